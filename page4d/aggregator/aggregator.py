@@ -1,0 +1,83 @@
+"""The aggregator: encoder, special tokens, and the layer schedule of time / view blocks.
+
+Tokens stay in the layout of the attention kind that last ran and are re-grouped only when the
+kind changes. Only the output entries the heads read are kept (VGGT keeps all of them, its top
+memory cost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import torch
+from torch import nn
+
+from page4d.aggregator import kinds
+from page4d.aggregator.schedule import LayerSchedule
+from page4d.aggregator.tokens import frame_positions, special_tokens
+from page4d.config import AggregatorConfig, EncoderConfig
+from page4d.conventions import IMAGENET_MEAN, IMAGENET_STD, patch_start_index
+from page4d.encoder import build_encoder
+from page4d.nn import Block, RotaryEmbedding2D
+
+
+class Aggregator(nn.Module):
+    """Images ``[B, T, V, 3, H, W]`` -> output entries ``{i: [B, T, V, P, 2C]}``.
+
+    Keys: ``camera_token`` [1,2,1,C], ``register_token`` [1,2,R,C], ``patch_embed.*``,
+    ``time_blocks.{i}.*``, ``view_blocks.{i}.*``.
+    """
+
+    def __init__(self, cfg: AggregatorConfig, encoder: EncoderConfig, patch_size: int):
+        super().__init__()
+        c = cfg.embed_dim
+        self.cfg = cfg
+        self.patch_size = patch_size
+        self.patch_start_idx = patch_start_index(cfg.num_register_tokens)
+        self.schedule = LayerSchedule.alternating(cfg)
+        self.patch_embed = build_encoder(encoder, patch_size)
+        self.rope = RotaryEmbedding2D(cfg.rope_freq)
+        self.time_blocks = nn.ModuleList(self._block() for _ in range(cfg.depth))
+        self.view_blocks = nn.ModuleList(self._block() for _ in range(cfg.depth))
+        self.camera_token = nn.Parameter(torch.randn(1, 2, 1, c) * 1e-6)
+        self.register_token = nn.Parameter(torch.randn(1, 2, cfg.num_register_tokens, c) * 1e-6)
+        self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+
+    def _block(self) -> Block:
+        cfg = self.cfg
+        return Block(
+            cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.proj_bias, cfg.ffn_bias,
+            init_values=cfg.init_values, qk_norm=cfg.qk_norm, norm_eps=cfg.layernorm_eps, rope=self.rope,
+        )
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens of every frame: ``[B, T, V, 3, H, W]`` in [0, 1] -> ``[B, T, V, h·w, C]``."""
+        b, t, v = images.shape[:3]
+        x = (images.flatten(0, 2) - self.image_mean) / self.image_std
+        return self.patch_embed(x).unflatten(0, (b, t, v))
+
+    def forward(self, images: torch.Tensor, keep: Collection[int]) -> dict[int, torch.Tensor]:
+        """Run the schedule and return the requested output entries ``{i: [B, T, V, P, 2C]}``."""
+        b, t, v, _, height, width = images.shape
+        patches = self.encode(images)
+        special = special_tokens(self.camera_token, self.register_token, b, t, v).to(patches.dtype)
+        grid = torch.cat([special, patches], dim=3)
+        pos = frame_positions(height // self.patch_size, width // self.patch_size, self.patch_start_idx, images.device)
+
+        keep = set(keep)
+        halves: dict[str, dict[int, torch.Tensor]] = {"time": {}, "view": {}}
+        entries: dict[int, torch.Tensor] = {}
+        layout = "global"
+        x = kinds.to_sequences(grid, layout)
+        for step in self.schedule.steps:
+            x = kinds.convert(x, layout, step.kind, b, t, v)
+            layout = step.kind
+            block = (self.time_blocks if step.bank == "time" else self.view_blocks)[step.index]
+            x = block(x, pos.repeat(kinds.frames_per_sequence(layout, t, v), 1))
+            if step.index in keep:
+                halves[step.bank][step.index] = kinds.from_sequences(x, layout, b, t, v)
+                if step.index in halves["time"] and step.index in halves["view"]:
+                    pair = (halves["time"].pop(step.index), halves["view"].pop(step.index))
+                    entries[step.index] = torch.cat(pair, dim=-1)
+        return entries

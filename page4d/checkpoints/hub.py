@@ -1,0 +1,72 @@
+"""Downloading checkpoints from the Hugging Face Hub, failing fast and clearly when offline."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from huggingface_hub import constants, hf_hub_download
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+
+@dataclass(frozen=True)
+class HubCheckpoint:
+    """A known foreign checkpoint: where it lives and how to read it."""
+
+    repo_id: str
+    filename: str
+    family: str
+    preset: str
+    repo_type: str = "model"
+
+    @property
+    def url(self) -> str:
+        kind = "datasets/" if self.repo_type == "dataset" else ""
+        return f"{constants.ENDPOINT}/{kind}{self.repo_id}/resolve/main/{self.filename}"
+
+
+KNOWN_CHECKPOINTS = {
+    "facebook/VGGT-1B": HubCheckpoint("facebook/VGGT-1B", "model.pt", family="vggt", preset="vggt-1b"),
+}
+
+
+class OfflineError(OSError):
+    """The file is not cached and the Hub cannot be reached."""
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def fetch(repo_id: str, filename: str, repo_type: str = "model", revision: str | None = None) -> Path:
+    """Local path of ``repo_id/filename``: from the cache, else downloaded.
+
+    Raises ``OfflineError`` within seconds (instead of the Hub client's retry loop) when the file is
+    not cached and the Hub is unreachable or ``HF_HUB_OFFLINE=1``, saying what to fetch and where.
+    """
+    kwargs = {"repo_id": repo_id, "filename": filename, "repo_type": repo_type, "revision": revision}
+    try:
+        return Path(hf_hub_download(**kwargs, local_files_only=True))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        pass
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    if offline or not _hub_reachable():
+        kind = "datasets/" if repo_type == "dataset" else ""
+        url = f"{constants.ENDPOINT}/{kind}{repo_id}/resolve/{revision or 'main'}/{filename}"
+        reason = "HF_HUB_OFFLINE is set" if offline else f"cannot reach {constants.ENDPOINT}"
+        raise OfflineError(
+            f"{filename} of {repo_id} is not in the local cache and {reason}. Fetch it on a connected machine "
+            f"({url}, or `hf download {repo_id} {filename}"
+            f"{' --repo-type dataset' if repo_type == 'dataset' else ''}`), then either pass the file's path "
+            f"instead of the repo id, or copy the Hugging Face cache to {constants.HF_HUB_CACHE}."
+        )
+    return Path(hf_hub_download(**kwargs))

@@ -1,0 +1,43 @@
+"""The load report: where every target key came from and why every unused source key was dropped."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class LoadReport:
+    """Accounts for every key of a conversion.
+
+    ``mapped``: target key -> source key. ``initialised``: target key -> reason it was not loaded.
+    ``unused``: source key -> reason it was dropped.
+    """
+
+    source: str
+    converter: str
+    mapped: dict[str, str] = field(default_factory=dict)
+    initialised: dict[str, str] = field(default_factory=dict)
+    unused: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def renamed(self) -> dict[str, str]:
+        """The mapped keys whose name changed (target -> source)."""
+        return {t: s for t, s in self.mapped.items() if t != s}
+
+    def summary(self) -> str:
+        """A few lines for humans: counts, renamed prefixes, initialised and unused keys."""
+        lines = [
+            f"{self.converter} <- {self.source}: {len(self.mapped)} keys loaded "
+            f"({len(self.renamed)} renamed), {len(self.initialised)} initialised, {len(self.unused)} unused",
+        ]
+        lines += [f"  initialised {k}: {why}" for k, why in sorted(self.initialised.items())]
+        lines += [f"  unused {k}: {why}" for k, why in sorted(self.unused.items())]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))

@@ -1,0 +1,92 @@
+"""The multi-view clip record: T time steps × V cameras of images, optional depth, masks and cameras."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from page4d.data.preprocess import ImageTransform, PreprocessMode, preprocess_images
+
+
+def _read_array(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.array(img)
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"{path}: cannot read the image ({err}); replace or re-export the file") from None
+
+
+@dataclass
+class MultiViewClip:
+    """A synchronised multi-view clip. Nested lists are indexed ``[t][v]`` in the order of ``time_ids``/``view_ids``.
+
+    Cameras follow ``page4d.conventions``: ``extrinsics`` world-to-camera ``[R | t]`` (OpenCV axes),
+    ``intrinsics`` pixel K for the original images, integer pixel = pixel centre.
+    """
+
+    root: Path
+    time_ids: list[int]
+    """Time index of each step (from the folder names; need not start at 0 or be contiguous)."""
+    view_ids: list[int]
+    """Camera index of each view (from the file names)."""
+    image_paths: list[list[Path]]
+    """T × V image files."""
+    image_size: tuple[int, int]
+    """(H0, W0) shared by every image."""
+    depth_paths: list[list[Path]] | None = None
+    """T × V uint16 depth PNGs, decoded as ``float32(k) / depth_divisor * depth_multiplier``; 0 = invalid."""
+    mask_paths: list[list[Path]] | None = None
+    """T × V dynamic-object masks (non-zero = moving)."""
+    intrinsics: torch.Tensor | None = None
+    """``[T, V, 3, 3]`` float32."""
+    extrinsics: torch.Tensor | None = None
+    """``[T, V, 3, 4]`` float32, world-to-camera."""
+    depth_divisor: float = 1000.0
+    depth_multiplier: float = 6.0
+
+    @property
+    def num_times(self) -> int:
+        return len(self.time_ids)
+
+    @property
+    def num_views(self) -> int:
+        return len(self.view_ids)
+
+    def load_images(
+        self, mode: PreprocessMode = "crop", target_size: int = 518
+    ) -> tuple[torch.Tensor, list[list[ImageTransform]]]:
+        """Images ``[T, V, 3, H, W]`` in [0, 1], pre-processed as VGGT does, and the T × V transforms."""
+        flat = [path for row in self.image_paths for path in row]
+        batch = preprocess_images(flat, mode=mode, target_size=target_size)
+        images = batch.images.reshape(self.num_times, self.num_views, *batch.images.shape[1:])
+        transforms = [batch.transforms[t * self.num_views : (t + 1) * self.num_views] for t in range(self.num_times)]
+        return images, transforms
+
+    def model_intrinsics(self, transforms: list[list[ImageTransform]]) -> torch.Tensor:
+        """``intrinsics`` adjusted to the pre-processed images of :meth:`load_images`: ``[T, V, 3, 3]``."""
+        if self.intrinsics is None:
+            raise ValueError(f"{self.root}: the clip has no cameras.json, so there are no intrinsics to adjust")
+        return torch.stack(
+            [
+                torch.stack([transforms[t][v].adjust_intrinsics(self.intrinsics[t, v]) for v in range(self.num_views)])
+                for t in range(self.num_times)
+            ]
+        )
+
+    def load_depths(self) -> torch.Tensor:
+        """Depth ``[T, V, H0, W0]`` float32 in world units, bit-exact to the source; 0 = invalid."""
+        if self.depth_paths is None:
+            raise ValueError(f"{self.root}: the clip has no depths/ folder")
+        divisor, multiplier = np.float32(self.depth_divisor), np.float32(self.depth_multiplier)
+        raw = np.stack([np.stack([_read_array(p) for p in row]) for row in self.depth_paths])
+        return torch.from_numpy(raw.astype(np.float32) / divisor * multiplier)
+
+    def load_masks(self) -> torch.Tensor:
+        """Dynamic masks ``[T, V, H0, W0]`` bool, True = moving."""
+        if self.mask_paths is None:
+            raise ValueError(f"{self.root}: the clip has no masks/ folder")
+        return torch.from_numpy(np.stack([np.stack([_read_array(p) != 0 for p in row]) for row in self.mask_paths]))

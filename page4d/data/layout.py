@@ -1,0 +1,187 @@
+"""The on-disk clip layout ``images/time_XX/viewN.png`` (+ optional ``depths/``, ``masks/``, ``cameras.json``).
+
+::
+
+    root/
+      images/time_XX/viewN.png   RGB (.png, .jpg or .jpeg); XX = time index, N = camera index
+      depths/time_XX/viewN.png   optional uint16 depth, same names as images/
+      masks/time_XX/viewN.png    optional dynamic mask (non-zero = moving), same names
+      cameras.json               optional: "time_ids", "view_ids", "K" [T][V] 3x3, "E_w2c" [T][V] 3x4
+
+Time ids come from the folder names and view ids from the file names; neither has to start at 0 or
+be contiguous. ``cameras.json`` rows are matched by id, so it may list more time steps or views than
+the folder holds. Anything else in the folders is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from page4d.data.clip import MultiViewClip
+
+TIME_DIR = re.compile(r"time_(\d+)")
+VIEW_FILE = re.compile(r"view(\d+)\.(?:png|jpe?g)", re.IGNORECASE)
+LAYOUT_HINT = "expected <clip>/images/time_XX/viewN.png"
+
+
+def _indexed(folder: Path, pattern: re.Pattern[str], want_dirs: bool) -> dict[int, Path]:
+    """``{index: path}`` of the entries of ``folder`` whose name matches ``pattern``."""
+    found: dict[int, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        match = pattern.fullmatch(entry.name)
+        if match is None or entry.is_dir() != want_dirs:
+            continue
+        index = int(match.group(1))
+        if index in found:
+            raise ValueError(f"{folder}: {found[index].name} and {entry.name} have the same index; keep one")
+        found[index] = entry
+    return found
+
+
+def _common_views(time_dirs: dict[int, Path], views: dict[int, dict[int, Path]]) -> list[int]:
+    """The view ids every time step must have (the most common set); raises naming the time steps that differ."""
+    counts = Counter(frozenset(found) for found in views.values())
+    expected = max(counts, key=lambda ids: counts[ids])
+    problems = []
+    for time_id, found in views.items():
+        missing, extra = sorted(expected - found.keys()), sorted(found.keys() - expected)
+        parts = [f"missing {', '.join(f'view{v}' for v in missing)}"] if missing else []
+        parts += [f"extra {', '.join(found[v].name for v in extra)}"] if extra else []
+        if parts:
+            problems.append(f"{time_dirs[time_id].name}: {'; '.join(parts)}")
+    images_dir = next(iter(time_dirs.values())).parent
+    if problems:
+        raise ValueError(
+            f"{images_dir}: time steps do not all have the same views (most have "
+            f"{', '.join(f'view{v}' for v in sorted(expected)) or 'none'}): {' | '.join(problems)}; "
+            "add the missing images or remove the extra ones"
+        )
+    if not expected:
+        raise ValueError(f"{images_dir}: the time_XX folders hold no viewN images; {LAYOUT_HINT}")
+    return sorted(expected)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the header; ``verify`` also catches truncated or corrupt files without decoding them."""
+    try:
+        with Image.open(path) as img:
+            size = (img.height, img.width)
+            img.verify()
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"{path}: cannot read the image ({err}); replace or re-export the file") from None
+    if 0 in size:
+        raise ValueError(f"{path}: the image is empty; replace the file")
+    return size
+
+
+def _check_sizes(root: Path, paths: list[list[Path]], reference: Path) -> tuple[int, int]:
+    """The (H, W) of ``reference``, shared by all ``paths``; raises naming the first file that differs."""
+    expected = _image_size(reference)
+    for path in (p for row in paths for p in row):
+        size = _image_size(path)
+        if size != expected:
+            raise ValueError(
+                f"{path.relative_to(root)} is {size[1]}x{size[0]} but {reference.relative_to(root)} is "
+                f"{expected[1]}x{expected[0]} (W x H); every image, depth and mask of a clip must have the same "
+                "resolution: resize them to one size first"
+            )
+    return expected
+
+
+def _companion_paths(root: Path, folder: str, image_paths: list[list[Path]]) -> list[list[Path]] | None:
+    """``root/folder/time_XX/viewN.png`` for every image, or None if ``folder`` is absent."""
+    if not (root / folder).is_dir():
+        return None
+    paths = [[root / folder / p.parent.name / f"{p.stem}.png" for p in row] for row in image_paths]
+    missing = [str(p.relative_to(root)) for row in paths for p in row if not p.is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(f"{root / folder}: missing {shown}; add them or remove the {folder}/ folder")
+    return paths
+
+
+def _read_cameras(
+    path: Path, time_ids: list[int], view_ids: list[int], image_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``K [T, V, 3, 3]`` and ``E_w2c [T, V, 3, 4]`` float32, rows selected by time and view id."""
+    try:
+        data = json.loads(path.read_text())
+        listed_t, listed_v = [int(t) for t in data["time_ids"]], [int(v) for v in data["view_ids"]]
+        shape = (len(listed_t), len(listed_v))
+        intr, extr = np.asarray(data["K"], dtype=np.float32), np.asarray(data["E_w2c"], dtype=np.float32)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{path}: not a valid cameras file ({type(err).__name__}: {err}); it needs 'time_ids', 'view_ids', "
+            "'K' [T][V][3][3] and 'E_w2c' [T][V][3][4]"
+        ) from None
+    if intr.shape != shape + (3, 3) or extr.shape != shape + (3, 4):
+        raise ValueError(
+            f"{path}: K has shape {intr.shape} and E_w2c {extr.shape}, expected {shape + (3, 3)} and "
+            f"{shape + (3, 4)} for its {shape[0]} time_ids x {shape[1]} view_ids; fix the file"
+        )
+    missing_t = [t for t in time_ids if t not in listed_t]
+    missing_v = [v for v in view_ids if v not in listed_v]
+    if missing_t or missing_v:
+        raise ValueError(
+            f"{path}: no camera entry for time ids {missing_t} / view ids {missing_v} present in images/; "
+            "add them to cameras.json or remove those images"
+        )
+    size = data.get("image_size")
+    if size is not None and (size["height"], size["width"]) != image_size:
+        raise ValueError(
+            f"{path}: cameras are for {size['width']}x{size['height']} images but the images are "
+            f"{image_size[1]}x{image_size[0]}; rescale K or use the matching images"
+        )
+    rows = np.ix_([listed_t.index(t) for t in time_ids], [listed_v.index(v) for v in view_ids])
+    return torch.from_numpy(intr[rows]), torch.from_numpy(extr[rows])
+
+
+def load_clip(root: str | Path) -> MultiViewClip:
+    """Parse a clip folder into a :class:`MultiViewClip` (paths and cameras; pixels are loaded on demand).
+
+    Checks that every time step has the same views, that all images (and depths, masks) share one
+    resolution and are readable, and that ``cameras.json`` covers every (time, view). Any problem
+    raises ``ValueError`` with what is wrong and what to do.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: clip folder not found; {LAYOUT_HINT}")
+    images_dir = root / "images"
+    if not images_dir.is_dir():
+        raise ValueError(f"{root}: no images/ folder; {LAYOUT_HINT}")
+    time_dirs = _indexed(images_dir, TIME_DIR, want_dirs=True)
+    if not time_dirs:
+        raise ValueError(f"{images_dir}: no time_XX folders; {LAYOUT_HINT}")
+    time_ids = sorted(time_dirs)
+    views = {t: _indexed(time_dirs[t], VIEW_FILE, want_dirs=False) for t in time_ids}
+    view_ids = _common_views(time_dirs, views)
+
+    image_paths = [[views[t][v] for v in view_ids] for t in time_ids]
+    image_size = _check_sizes(root, image_paths, image_paths[0][0])
+    depth_paths = _companion_paths(root, "depths", image_paths)
+    mask_paths = _companion_paths(root, "masks", image_paths)
+    for paths in (depth_paths, mask_paths):
+        if paths is not None:
+            _check_sizes(root, paths, image_paths[0][0])
+
+    intrinsics = extrinsics = None
+    if (root / "cameras.json").is_file():
+        intrinsics, extrinsics = _read_cameras(root / "cameras.json", time_ids, view_ids, image_size)
+    return MultiViewClip(
+        root=root,
+        time_ids=time_ids,
+        view_ids=view_ids,
+        image_paths=image_paths,
+        image_size=image_size,
+        depth_paths=depth_paths,
+        mask_paths=mask_paths,
+        intrinsics=intrinsics,
+        extrinsics=extrinsics,
+    )

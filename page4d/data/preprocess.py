@@ -1,0 +1,202 @@
+"""VGGT's image pre-processing (``load_and_preprocess_images``, modes ``crop`` and ``pad``), with its geometry.
+
+Both modes reproduce the reference bit-for-bit: RGBA is composited on white, the 8-bit RGB image is
+resized with PIL BICUBIC, the rounded side uses Python's ``round`` (halves to even), crop mode centre-crops
+rows beyond the target, pad mode and mixed sizes in one batch pad with white, ``floor(pad / 2)`` before.
+Each image also gets an :class:`ImageTransform` that maps pixels and intrinsics between the original
+image and the model input.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from page4d.conventions import PATCH_SIZE
+
+PreprocessMode = Literal["crop", "pad"]
+ImageSource = str | Path | Image.Image
+ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
+
+WHITE = 255
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Where the pixels of one original image land in the model input.
+
+    Pixel convention: integer (u, v) = (column, row) is the pixel centre, as in VGGT's unprojection.
+    PIL's resize places pixel centres at ``(i + 0.5)·s - 0.5``, so with ``sx = W1/W0`` and ``sy = H1/H0``
+    (resized over original size) an original pixel (u, v) maps to the model-input pixel
+
+        u' = sx·u + (sx - 1)/2 + pad_left
+        v' = sy·v + (sy - 1)/2 + pad_top - crop_top
+
+    and an original intrinsic K to ``A @ K`` with ``A = [[sx, 0, (sx-1)/2 + pad_left],
+    [0, sy, (sy-1)/2 + pad_top - crop_top], [0, 0, 1]]``.
+    """
+
+    original_size: tuple[int, int]
+    """(H0, W0) of the original image."""
+    resized_size: tuple[int, int]
+    """(H1, W1) after the resize, before cropping or padding."""
+    crop_top: int
+    """Rows removed at the top of the resized image (crop mode, H1 > target)."""
+    pad_top: int
+    """White rows added above (pad mode and batch padding)."""
+    pad_left: int
+    """White columns added on the left."""
+    output_size: tuple[int, int]
+    """(H, W) of the model input."""
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(sy, sx) = resized over original size; the two differ slightly because of the rounding to 14."""
+        return self.resized_size[0] / self.original_size[0], self.resized_size[1] / self.original_size[1]
+
+    def pixel_matrix(self) -> np.ndarray:
+        """``A [3, 3]`` float64 with ``[u', v', 1] = A @ [u, v, 1]`` (original -> model-input pixels)."""
+        sy, sx = self.scale
+        return np.array(
+            [
+                [sx, 0.0, (sx - 1) / 2 + self.pad_left],
+                [0.0, sy, (sy - 1) / 2 + self.pad_top - self.crop_top],
+                [0.0, 0.0, 1.0],
+            ]
+        )
+
+    def map_pixels(self, uv: ArrayT) -> ArrayT:
+        """Original pixels ``[..., 2]`` (u, v) -> model-input pixels ``[..., 2]``."""
+        return _apply_affine(self.pixel_matrix(), uv)
+
+    def unmap_pixels(self, uv: ArrayT) -> ArrayT:
+        """Model-input pixels ``[..., 2]`` (u, v) -> original pixels ``[..., 2]``."""
+        return _apply_affine(np.linalg.inv(self.pixel_matrix()), uv)
+
+    def adjust_intrinsics(self, intrinsic: ArrayT) -> ArrayT:
+        """Original-image ``K [..., 3, 3]`` -> ``A @ K`` for the model input (same type and dtype)."""
+        return _left_multiply(self.pixel_matrix(), intrinsic)
+
+    def restore_intrinsics(self, intrinsic: ArrayT) -> ArrayT:
+        """Model-input ``K [..., 3, 3]`` -> ``A⁻¹ @ K`` for the original image (same type and dtype)."""
+        return _left_multiply(np.linalg.inv(self.pixel_matrix()), intrinsic)
+
+
+@dataclass
+class PreprocessedImages:
+    """A batch ready for the model and the per-image geometry of how it was made."""
+
+    images: torch.Tensor
+    """``[N, 3, H, W]`` float32 RGB in [0, 1] (uint8 / 255)."""
+    transforms: list[ImageTransform]
+    """One per image, in input order."""
+
+
+def _left_multiply(matrix: np.ndarray, intrinsic: ArrayT) -> ArrayT:
+    if isinstance(intrinsic, torch.Tensor):
+        mat = torch.as_tensor(matrix, device=intrinsic.device)
+        return (mat @ intrinsic.double()).to(intrinsic.dtype)
+    return (matrix @ intrinsic.astype(np.float64)).astype(intrinsic.dtype)
+
+
+def _apply_affine(matrix: np.ndarray, uv: ArrayT) -> ArrayT:
+    if isinstance(uv, torch.Tensor):
+        mat = torch.as_tensor(matrix, device=uv.device)
+        return (uv.double() @ mat[:2, :2].T + mat[:2, 2]).to(uv.dtype)
+    return (uv.astype(np.float64) @ matrix[:2, :2].T + matrix[:2, 2]).astype(uv.dtype)
+
+
+def load_rgb(source: ImageSource) -> Image.Image:
+    """Open an image as 8-bit RGB, compositing RGBA on white. Raises ``ValueError`` naming the file if unusable."""
+    if isinstance(source, Image.Image):
+        img, name = source, "in-memory image"
+    else:
+        name = str(source)
+        try:
+            with Image.open(source) as opened:
+                opened.load()
+                img = opened.copy()
+        except FileNotFoundError:
+            raise ValueError(f"{name}: file not found; check the path") from None
+        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+            raise ValueError(f"{name}: cannot read the image ({err}); replace or re-export the file") from None
+    if img.width == 0 or img.height == 0:
+        raise ValueError(f"{name}: the image is empty ({img.width}x{img.height}); replace the file")
+    if img.mode == "RGBA":
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (WHITE,) * 4), img)
+    return img.convert("RGB")
+
+
+def _resized_size(height: int, width: int, mode: PreprocessMode, target: int) -> tuple[int, int]:
+    """(H1, W1): the long side (pad) or the width (crop) becomes ``target``, the other a rounded multiple of 14."""
+    if mode == "crop" or width >= height:
+        return round(height * (target / width) / PATCH_SIZE) * PATCH_SIZE, target
+    return target, round(width * (target / height) / PATCH_SIZE) * PATCH_SIZE
+
+
+def _centre_pad(pixels: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int, int]:
+    """Pad ``[h, w, 3]`` uint8 with white to ``[height, width, 3]``, ``floor(pad / 2)`` before."""
+    top, left = (height - pixels.shape[0]) // 2, (width - pixels.shape[1]) // 2
+    bottom, right = height - pixels.shape[0] - top, width - pixels.shape[1] - left
+    return np.pad(pixels, ((top, bottom), (left, right), (0, 0)), constant_values=WHITE), top, left
+
+
+def preprocess_images(
+    sources: Sequence[ImageSource], mode: PreprocessMode = "crop", target_size: int = 518
+) -> PreprocessedImages:
+    """Load and pre-process images exactly as VGGT's ``load_and_preprocess_images`` (target 518 there).
+
+    ``crop``: width -> ``target_size``, height -> ``round(h·target/w / 14)·14``, rows beyond the target
+    centre-cropped. ``pad``: the long side -> ``target_size``, the other rounded the same way, padded with
+    white to a square. If the results differ in size (crop mode with mixed aspect ratios) every image is
+    padded with white to the largest H and W and a ``UserWarning`` is issued.
+
+    Returns images ``[N, 3, H, W]`` and one :class:`ImageTransform` per image.
+    """
+    if not sources:
+        raise ValueError("no images given; pass at least one image path")
+    if mode not in ("crop", "pad"):
+        raise ValueError(f"mode must be 'crop' or 'pad', got {mode!r}")
+    if target_size <= 0 or target_size % PATCH_SIZE:
+        raise ValueError(f"target_size must be a positive multiple of {PATCH_SIZE}, got {target_size}")
+
+    arrays, partial = [], []
+    for source in sources:
+        img = load_rgb(source)
+        new_h, new_w = _resized_size(img.height, img.width, mode, target_size)
+        if new_h == 0 or new_w == 0:
+            raise ValueError(
+                f"{source}: aspect ratio {img.width}x{img.height} is too extreme to resize to a multiple of "
+                f"{PATCH_SIZE} at target size {target_size}; crop the image or raise target_size"
+            )
+        pixels = np.asarray(img.resize((new_w, new_h), Image.Resampling.BICUBIC))
+        crop_top = 0
+        if mode == "crop" and new_h > target_size:
+            crop_top = (new_h - target_size) // 2
+            pixels = pixels[crop_top : crop_top + target_size]
+        pad_top = pad_left = 0
+        if mode == "pad":
+            pixels, pad_top, pad_left = _centre_pad(pixels, target_size, target_size)
+        arrays.append(pixels)
+        partial.append(((img.height, img.width), (new_h, new_w), crop_top, pad_top, pad_left))
+
+    shapes = sorted({a.shape[:2] for a in arrays})
+    height, width = max(s[0] for s in shapes), max(s[1] for s in shapes)
+    if len(shapes) > 1:
+        warnings.warn(
+            f"images have different sizes after pre-processing {shapes}; padding them with white to {height}x{width}",
+            stacklevel=2,
+        )
+    transforms = []
+    for i, (original, resized, crop_top, pad_top, pad_left) in enumerate(partial):
+        arrays[i], top, left = _centre_pad(arrays[i], height, width)
+        transforms.append(ImageTransform(original, resized, crop_top, pad_top + top, pad_left + left, (height, width)))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255)
+    return PreprocessedImages(images=images, transforms=transforms)

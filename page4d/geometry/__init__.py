@@ -1,0 +1,22 @@
+"""Camera geometry: rotations, the ``absT_quaR_FoV`` pose encoding, depth unprojection and projection."""
+
+from page4d.geometry.pose_encoding import extri_intri_to_pose_encoding, pose_encoding_to_extri_intri
+from page4d.geometry.rotations import mat_to_quat, quat_to_mat, standardize_quaternion
+from page4d.geometry.unprojection import (
+    closed_form_inverse_se3,
+    depth_to_camera_points,
+    project_points,
+    unproject_depth,
+)
+
+__all__ = [
+    "closed_form_inverse_se3",
+    "depth_to_camera_points",
+    "extri_intri_to_pose_encoding",
+    "mat_to_quat",
+    "pose_encoding_to_extri_intri",
+    "project_points",
+    "quat_to_mat",
+    "standardize_quaternion",
+    "unproject_depth",
+]

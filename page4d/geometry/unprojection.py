@@ -1,0 +1,73 @@
+"""Depth maps -> camera / world points, projection, and the closed-form SE(3) inverse.
+
+Pixel convention (VGGT's): pixel (u, v) = (column, row) at integer coordinates is the pixel centre
+(no +0.5), and ``u = fx·x/z + cx``, ``v = fy·y/z + cy``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def closed_form_inverse_se3(transform: torch.Tensor) -> torch.Tensor:
+    """Invert rigid transforms ``[..., 3, 4]`` or ``[..., 4, 4]`` ``[R | t]`` as ``[Rᵀ | -Rᵀt]``, same shape.
+
+    Turns world-to-camera extrinsics into camera-to-world ones and back.
+    """
+    if transform.shape[-2:] not in ((3, 4), (4, 4)):
+        raise ValueError(f"expected [..., 3, 4] or [..., 4, 4] transforms, got shape {tuple(transform.shape)}")
+    rot_t = transform[..., :3, :3].transpose(-1, -2)
+    trans = -(rot_t @ transform[..., :3, 3:])
+    inverse = torch.cat([rot_t, trans], dim=-1)
+    if transform.shape[-2] == 4:
+        inverse = torch.cat([inverse, transform[..., 3:, :]], dim=-2)
+    return inverse
+
+
+def depth_to_camera_points(depth: torch.Tensor, intrinsic: torch.Tensor) -> torch.Tensor:
+    """Camera-frame points ``[..., H, W, 3]`` from z-depth ``[..., H, W]`` and ``intrinsic [..., 3, 3]`` (no skew).
+
+    Computed in float64 and returned as float32 (the reference's rounding).
+    """
+    height, width = depth.shape[-2:]
+    k = intrinsic.double()
+    fx, fy = k[..., 0, 0, None, None], k[..., 1, 1, None, None]
+    cx, cy = k[..., 0, 2, None, None], k[..., 1, 2, None, None]
+    rows = torch.arange(height, dtype=torch.float64, device=depth.device)[:, None]
+    cols = torch.arange(width, dtype=torch.float64, device=depth.device)[None, :]
+    d = depth.double()
+    x = (cols - cx) * d / fx
+    y = (rows - cy) * d / fy
+    return torch.stack([x, y, d], dim=-1).float()
+
+
+def unproject_depth(depth: torch.Tensor, extrinsic: torch.Tensor, intrinsic: torch.Tensor) -> torch.Tensor:
+    """World points ``[..., H, W, 3]`` (float32) from z-depth ``[..., H, W]`` or ``[..., H, W, 1]``.
+
+    The leading dims ``...`` of depth, ``extrinsic`` and ``intrinsic`` are the same.
+    ``extrinsic [..., 3, 4]`` is world-to-camera, ``intrinsic [..., 3, 3]``. Matches VGGT's
+    ``unproject_depth_map_to_point_map``: camera points rounded to float32, then
+    ``X_world = Rᵀ·X_cam - Rᵀ·t`` in float64 with ``-Rᵀ·t`` formed in the extrinsic's dtype.
+    Pixels with depth 0 map to the camera centre; mask them yourself (e.g. ``depth > 1e-8``).
+    """
+    if depth.dim() == extrinsic.dim() + 1:
+        depth = depth[..., 0]
+    cam_points = depth_to_camera_points(depth, intrinsic)
+    cam_to_world = closed_form_inverse_se3(extrinsic).double()
+    rot = cam_to_world[..., None, None, :3, :3]
+    trans = cam_to_world[..., None, None, :3, 3]
+    world = (rot @ cam_points.double()[..., None])[..., 0] + trans
+    return world.float()
+
+
+def project_points(
+    points: torch.Tensor, extrinsic: torch.Tensor, intrinsic: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project world points ``[..., N, 3]`` with ``extrinsic [..., 3, 4]`` (world-to-camera), ``intrinsic [..., 3, 3]``.
+
+    Returns pixels ``[..., N, 2]`` as (u, v) = (column, row) and z-depths ``[..., N]``.
+    """
+    cam = points @ extrinsic[..., :3, :3].transpose(-1, -2) + extrinsic[..., None, :3, 3]
+    pix = cam @ intrinsic.transpose(-1, -2)
+    depth = cam[..., 2]
+    return pix[..., :2] / pix[..., 2:3], depth

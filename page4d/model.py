@@ -1,0 +1,186 @@
+"""``Page4D``: the aggregator and the heads, wired together. Reads no files itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from huggingface_hub import ModelHubMixin
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from page4d.aggregator import Aggregator
+from page4d.config import ModelConfig
+from page4d.geometry import pose_encoding_to_extri_intri
+from page4d.heads import CameraHead, DPTHead, TrackHead
+from page4d.nn.precision import autocast, full_precision
+from page4d.outputs import Predictions
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def as_grid(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Validate images and return them as ``[B, T, V, 3, H, W]`` (a 5-D ``[B, S, ...]`` input is T = 1, V = S)."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise ValueError("images must be a floating-point tensor with values in [0, 1]")
+    if images.dim() == 5:
+        images = images.unsqueeze(1)
+    if images.dim() != 6:
+        raise ValueError(
+            f"images must be [B, T, V, 3, H, W] or [B, S, 3, H, W], got {images.dim()}-D shape {tuple(images.shape)}; "
+            "add a batch dimension with images[None] if needed"
+        )
+    channels, height, width = images.shape[-3:]
+    if channels != 3:
+        raise ValueError(f"images must be RGB with 3 channels in dim -3, got {channels} (shape {tuple(images.shape)})")
+    if height % patch_size or width % patch_size or height == 0 or width == 0:
+        raise ValueError(
+            f"image height and width must be positive multiples of {patch_size}, got {height}×{width}; "
+            "resize or crop them (page4d.data.preprocess does this)"
+        )
+    return images
+
+
+class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstruction", "multi-view", "vggt"]):
+    """Feed-forward 4D reconstruction from synchronized multi-view video.
+
+    ``Page4D(config)`` builds an untrained model; ``Page4D.from_pretrained(folder_or_repo)`` loads
+    a saved one. With T = 1 it is VGGT (the time bank acts as frame attention, the view bank as
+    global attention), so VGGT checkpoints load through ``page4d.checkpoints``.
+    """
+
+    def __init__(self, config: ModelConfig | dict | None = None):
+        super().__init__()
+        if config is None:
+            config = ModelConfig()
+        elif isinstance(config, dict):
+            config = ModelConfig.from_dict(config)
+        self.config = config
+        self._hub_mixin_config = config.to_dict()
+        dim_in, p = config.head_dim_in, config.patch_size
+        self.aggregator = Aggregator(config.aggregator, config.encoder, p)
+        self.camera_head = CameraHead(config.camera_head, dim_in) if config.camera_head else None
+        self.point_head = DPTHead(config.point_head, dim_in, p) if config.point_head else None
+        self.depth_head = DPTHead(config.depth_head, dim_in, p) if config.depth_head else None
+        self.track_head = TrackHead(config.track_head, dim_in, p) if config.track_head else None
+
+    def required_entries(self) -> set[int]:
+        """Aggregator output entries the built heads read (all other layer outputs are dropped)."""
+        entries: set[int] = set()
+        if self.camera_head is not None:
+            entries.add(self.config.aggregator.depth - 1)
+        for head in (self.config.point_head, self.config.depth_head, self.config.track_head):
+            if head is not None:
+                entries.update(head.intermediate_layer_idx)
+        return entries
+
+    def forward(self, images: torch.Tensor, query_points: torch.Tensor | None = None) -> Predictions:
+        """Predict cameras, depth, points (and tracks when ``query_points`` are given).
+
+        Args:
+            images: ``[B, T, V, 3, H, W]`` or ``[B, S, 3, H, W]`` (= T 1, V S), RGB in [0, 1].
+            query_points: optional ``[B, N, 2]`` pixel (x, y) in frame (t=0, v=0), for the track head.
+
+        Returns:
+            ``Predictions`` with ``[B, T, V, ...]`` fields (see its docstring).
+        """
+        images = as_grid(images, self.config.patch_size)
+        b, t, v, _, height, width = images.shape
+        psi = self.aggregator.patch_start_idx
+        with autocast(images.device):
+            entries = self.aggregator(images, self.required_entries())
+        frames = {i: rearrange(e, "b t v p c -> b (t v) p c").float() for i, e in entries.items()}
+
+        def per_tv(x: torch.Tensor) -> torch.Tensor:
+            return rearrange(x, "b (t v) ... -> b t v ...", t=t, v=v)
+
+        out = Predictions()
+        with full_precision(images.device):
+            if self.camera_head is not None:
+                poses = self.camera_head(frames[self.config.aggregator.depth - 1][:, :, 0])
+                out.pose_enc_list = [per_tv(p_) for p_ in poses]
+                out.pose_enc = out.pose_enc_list[-1]
+                out.extrinsic, out.intrinsic = pose_encoding_to_extri_intri(out.pose_enc, (height, width))
+            for name in ("depth", "point"):
+                head = getattr(self, f"{name}_head")
+                if head is None:
+                    continue
+                taps = [frames[i][:, :, psi:] for i in head.cfg.intermediate_layer_idx]
+                pred, conf = head(taps, (height, width))
+                key = "depth" if name == "depth" else "world_points"
+                setattr(out, key, per_tv(pred))
+                setattr(out, f"{key}_conf", per_tv(conf))
+            if self.track_head is not None and query_points is not None:
+                taps = [frames[i][:, :, psi:] for i in self.track_head.cfg.intermediate_layer_idx]
+                tracks = self.track_head(taps, (height, width), query_points.float())
+                out.track_list = [per_tv(x) for x in tracks.tracks]
+                out.track = out.track_list[-1]
+                out.track_vis = per_tv(tracks.vis)
+                if tracks.conf is not None:
+                    out.track_conf = per_tv(tracks.conf)
+        return out
+
+    @torch.inference_mode()
+    def infer(self, images: torch.Tensor, query_points: torch.Tensor | None = None) -> Predictions:
+        """Inference entry point: eval mode, inputs moved to the model's device, bf16 aggregator on CUDA."""
+        self.eval()
+        device = next(self.parameters()).device
+        if query_points is not None:
+            query_points = query_points.to(device)
+        return self(images.to(device), query_points)
+
+    # --- Hugging Face Hub mixin: native format = model.safetensors + config.json -------------------
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "page4d"})
+        (save_directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        config: dict | None = None,
+        map_location: str = "cpu",
+        **model_kwargs,
+    ) -> Page4D:
+        from page4d.checkpoints.hub import fetch
+        from page4d.checkpoints.loading import check_state_dict
+
+        if config is None:
+            raise ValueError(f"{model_id}: no {CONFIG_NAME} found; a native page4d checkpoint needs one")
+        folder = Path(model_id)
+        weights = folder / WEIGHTS_NAME if folder.is_dir() else fetch(model_id, WEIGHTS_NAME, revision=revision)
+        if not weights.is_file():
+            raise ValueError(f"{model_id}: {WEIGHTS_NAME} is missing")
+        model = cls(config)
+        state = load_file(weights, device=map_location)
+        check_state_dict(model, state, str(weights))
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> Page4D:
+        """Load a native folder or Hub repo; known foreign checkpoints (``facebook/VGGT-1B``) and checkpoint
+        files are converted on the fly (see ``page4d.checkpoints.pretrained.load_pretrained``)."""
+        from page4d.checkpoints.hub import KNOWN_CHECKPOINTS, fetch
+        from page4d.checkpoints.pretrained import load_pretrained
+
+        name = str(pretrained_model_name_or_path)
+        path = Path(name)
+        if name in KNOWN_CHECKPOINTS or path.is_file():
+            return load_pretrained(name)[0]
+        if not path.is_dir():
+            fetch(name, CONFIG_NAME, revision=kwargs.get("revision"))
+        elif not (path / CONFIG_NAME).is_file():
+            raise ValueError(f"{path} has no {CONFIG_NAME}; is it a page4d checkpoint folder?")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)

@@ -1,0 +1,44 @@
+"""2-D rotary position embedding (VGGT / CroCo style).
+
+The head dimension D is split in halves: the first half is rotated by the row (y) position, the
+second by the column (x) position. Within a half of size d, channel pairs are (i, i + d/2) with
+frequency ``base^(-2i/d)``. Position (0, 0) is the identity, which is what special tokens get.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RotaryEmbedding2D(nn.Module):
+    """Applies 2-D RoPE to queries or keys. Parameter-free."""
+
+    def __init__(self, base: float = 100.0):
+        super().__init__()
+        self.base = base
+
+    def _tables(self, pos: torch.Tensor, dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos / sin tables ``[..., L, dim]`` for integer positions ``[..., L]``."""
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, dim, 2, device=pos.device).float() / dim))
+        angles = (pos.float()[..., None] * inv_freq).to(dtype)
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos(), angles.sin()
+
+    @staticmethod
+    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` ``[N, heads, L, D]`` by positions ``pos`` ``[L, 2]`` or ``[N, L, 2]`` (y, x)."""
+        if x.shape[-1] % 4:
+            raise ValueError(f"2-D RoPE needs a head dimension divisible by 4, got {x.shape[-1]}")
+        if pos.dim() == 3:
+            pos = pos[:, None]  # broadcast over heads
+        half = x.shape[-1] // 2
+        out = []
+        for axis, part in enumerate((x[..., :half], x[..., half:])):
+            cos, sin = self._tables(pos[..., axis], half, x.dtype)
+            out.append(part * cos + self._rotate_half(part) * sin)
+        return torch.cat(out, dim=-1)

@@ -1,0 +1,91 @@
+"""Parity with the reference implementations over every fixture folder.
+
+By default every VGGT fixture under ``../shared/fixtures``; ``PAGE4D_FIXTURE_DIRS`` (os.pathsep-separated
+folders) replaces the list, so any folder of the same schema is a test case without code changes.
+Each fixture is built from its ``config.json``, its ``model.safetensors`` is converted and loaded
+strictly, its ``inputs.safetensors`` run as T = 1, V = S in eval / float32, and every tensor of
+``outputs.safetensors`` is compared within the fixture's own per-tensor tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FIXTURES, fixture_kind, load_fixture, rel_err, tolerance
+
+from page4d.checkpoints import vggt
+from page4d.checkpoints.loading import load_strict
+from page4d.geometry import extri_intri_to_pose_encoding, unproject_depth
+from page4d.model import Page4D
+
+
+def fixture_dirs() -> list[Path]:
+    env = os.environ.get("PAGE4D_FIXTURE_DIRS")
+    if env:
+        return [Path(p) for p in env.split(os.pathsep) if p]
+    folders = sorted(d for d in FIXTURES.iterdir() if (d / "config.json").is_file() and (d / "model.safetensors").is_file())
+    return [d for d in folders if fixture_kind(json.loads((d / "config.json").read_text())) == "vggt"]
+
+
+def test_default_fixture_list_has_the_vggt_fixtures():
+    names = {d.name for d in fixture_dirs()}
+    if "PAGE4D_FIXTURE_DIRS" not in os.environ:
+        assert {"vggt_conv_tiny", "vggt_dinov2_tiny"} <= names
+
+
+def squeeze_time(x: torch.Tensor) -> torch.Tensor:
+    """Our ``[B, 1, V, ...]`` -> the reference's ``[B, S, ...]``."""
+    assert x.shape[1] == 1
+    return x[:, 0]
+
+
+def run_vggt_fixture(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    fx = load_fixture(str(folder.resolve()))
+    model = Page4D(vggt.model_config_from_reference(fx["config"])).eval()
+    state, report = vggt.convert(fx["model"], source=str(folder / "model.safetensors"))
+    load_strict(model, state, report)
+    images = fx["inputs"]["images"]
+    query = fx["inputs"].get("query_points")
+    height, width = images.shape[-2:]
+    ours: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        pred = model(images, query)
+        grid = images.unsqueeze(1)
+        ours["patch_embed_tokens"] = model.aggregator.encode(grid).flatten(0, 2)
+        entries = model.aggregator(grid, keep=range(model.config.aggregator.depth))
+    for i, entry in entries.items():
+        ours[f"aggregator_layer_{i}"] = squeeze_time(entry)
+    ours["aggregator_last"] = ours[f"aggregator_layer_{max(entries)}"]
+    ours["pose_enc"] = squeeze_time(pred.pose_enc)
+    for k, p in enumerate(pred.pose_enc_list):
+        ours[f"pose_enc_list_{k}"] = squeeze_time(p)
+    for name in ("extrinsic", "intrinsic", "depth", "depth_conf", "world_points", "world_points_conf"):
+        ours[name] = squeeze_time(getattr(pred, name))
+    ours["pose_enc_roundtrip"] = extri_intri_to_pose_encoding(ours["extrinsic"], ours["intrinsic"], (height, width))
+    ours["depth_unprojected_world_points"] = unproject_depth(ours["depth"], ours["extrinsic"], ours["intrinsic"])
+    if query is not None:
+        ours["track"] = squeeze_time(pred.track)
+        for k, tr in enumerate(pred.track_list):
+            ours[f"track_list_{k}"] = squeeze_time(tr)
+        ours["vis"] = squeeze_time(pred.track_vis)
+        ours["conf"] = squeeze_time(pred.track_conf)
+    return fx, ours
+
+
+@pytest.mark.parametrize("folder", fixture_dirs(), ids=lambda d: d.name)
+def test_fixture_parity(folder: Path):
+    config = json.loads((folder / "config.json").read_text())
+    kind = fixture_kind(config)
+    if kind != "vggt":
+        pytest.fail(f"{folder.name}: fixture kind {kind!r} is not supported by this parity test yet")
+    fx, ours = run_vggt_fixture(folder)
+    errors = {}
+    for key, ref in fx["outputs"].items():
+        assert key in ours, f"{folder.name}: no counterpart for reference output {key!r}"
+        errors[key] = (rel_err(ours[key], ref), tolerance(fx, key))
+    failures = {k: e for k, e in errors.items() if not e[0] <= e[1]}
+    assert not failures, f"{folder.name}: outside tolerance (error, tolerance): {failures}"
