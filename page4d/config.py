@@ -160,7 +160,9 @@ class ModelConfig:
         for name in ("depth_head", "point_head", "track_head"):
             head = getattr(self, name)
             if head is not None and any(not 0 <= i < agg.depth for i in head.intermediate_layer_idx):
-                raise ValueError(f"{name}.intermediate_layer_idx {head.intermediate_layer_idx} out of range for depth {agg.depth}")
+                raise ValueError(
+                    f"{name}.intermediate_layer_idx {head.intermediate_layer_idx} out of range for depth {agg.depth}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (tuples become lists)."""

@@ -98,7 +98,8 @@ def test_missing_unexpected_and_misshaped_keys_are_named(conv_fixture):
     with pytest.raises(ValueError, match=r"unexpected keys: depth_head\.extra\.weight"):
         load_strict(model, extra, report)
     wrong = dict(state, **{"aggregator.camera_token": torch.zeros(1, 2, 1, 32)})
-    with pytest.raises(ValueError, match=r"aggregator\.camera_token \(checkpoint \[1, 2, 1, 32\] vs model \[1, 2, 1, 64\]\)"):
+    shapes = r"aggregator\.camera_token \(checkpoint \[1, 2, 1, 32\] vs model \[1, 2, 1, 64\]\)"
+    with pytest.raises(ValueError, match=shapes):
         load_strict(model, wrong, report)
     nan = dict(state, **{"aggregator.camera_token": torch.full((1, 2, 1, 64), float("nan"))})
     with pytest.raises(ValueError, match="NaN"):

@@ -66,6 +66,10 @@ class Aggregator(nn.Module):
         pos = frame_positions(height // self.patch_size, width // self.patch_size, self.patch_start_idx, images.device)
 
         keep = set(keep)
+        if not keep <= set(range(self.cfg.depth)):
+            raise ValueError(f"requested output entries {sorted(keep)} outside 0..{self.cfg.depth - 1}")
+        # RoPE positions are per frame, so a sequence of n frames repeats them n times.
+        positions = {k: pos.repeat(kinds.frames_per_sequence(k, t, v), 1) for k in set(self.cfg.bank_kinds.values())}
         halves: dict[str, dict[int, torch.Tensor]] = {"time": {}, "view": {}}
         entries: dict[int, torch.Tensor] = {}
         layout = "global"
@@ -74,7 +78,7 @@ class Aggregator(nn.Module):
             x = kinds.convert(x, layout, step.kind, b, t, v)
             layout = step.kind
             block = (self.time_blocks if step.bank == "time" else self.view_blocks)[step.index]
-            x = block(x, pos.repeat(kinds.frames_per_sequence(layout, t, v), 1))
+            x = block(x, positions[layout])
             if step.index in keep:
                 halves[step.bank][step.index] = kinds.from_sequences(x, layout, b, t, v)
                 if step.index in halves["time"] and step.index in halves["view"]:

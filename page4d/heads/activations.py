@@ -46,12 +46,9 @@ def activate_pose(
     """Activate a raw pose encoding ``[..., 9]`` = t (3), quaternion xyzw (4), fov_h, fov_w."""
     if raw.shape[-1] != POSE_ENCODING_DIM:
         raise ValueError(f"pose encoding must have {POSE_ENCODING_DIM} channels, got {raw.shape[-1]}")
-    trans, quat, fov = raw.split([3, 4, 2], dim=-1)
-    return torch.cat(
-        [_lookup(VALUE_ACTIVATIONS, trans_act)(trans), _lookup(VALUE_ACTIVATIONS, quat_act)(quat),
-         _lookup(VALUE_ACTIVATIONS, fl_act)(fov)],
-        dim=-1,
-    )
+    acts = [_lookup(VALUE_ACTIVATIONS, name) for name in (trans_act, quat_act, fl_act)]
+    parts = raw.split([3, 4, 2], dim=-1)
+    return torch.cat([act(part) for act, part in zip(acts, parts, strict=True)], dim=-1)
 
 
 def activate_dense(

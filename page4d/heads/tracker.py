@@ -95,7 +95,7 @@ class Tracker(nn.Module):
     def forward(
         self, query_points: torch.Tensor, fmaps: torch.Tensor, iters: int
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
-        """Track ``query_points`` ``[B, N, 2]`` (x, y in frame-0 feature-map pixels × ``stride``).
+        """Track ``query_points`` ``[B, N, 2]``: (x, y) in frame 0, in pixels of ``fmaps`` × ``stride``.
 
         ``fmaps`` ``[B, S, C, h, w]``. Returns per-iteration tracks ``[B, S, N, 2]`` (in the
         query's pixel units), visibility ``[B, S, N]`` and confidence ``[B, S, N]`` (or None).

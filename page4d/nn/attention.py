@@ -19,7 +19,9 @@ from page4d.nn.rope import RotaryEmbedding2D
 Backend = Literal["fused", "dense"]
 
 
-def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+def dense_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Reference attention ``softmax(q kᵀ / √D + mask) v``.
 
     Args:
@@ -63,7 +65,9 @@ class Attention(nn.Module):
         self.rope = rope
         self.backend: Backend = "fused"
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, pos: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``x`` ``[N, L, C]``, ``pos`` ``[L, 2]`` or ``[N, L, 2]`` (RoPE positions) -> ``[N, L, C]``.
 
         ``attn_mask`` (tests and reference checks only): boolean or additive, broadcastable to

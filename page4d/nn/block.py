@@ -49,7 +49,9 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)
         self.ls2 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, pos: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``x`` ``[N, L, C]`` -> ``[N, L, C]``; ``pos`` and ``attn_mask`` as in ``Attention.forward``."""
         x = x + self.ls1(self.attn(self.norm1(x), pos, attn_mask))
         return x + self.ls2(self.mlp(self.norm2(x)))

@@ -1,0 +1,1 @@
+"""The ``page4d`` console script."""
