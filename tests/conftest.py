@@ -35,8 +35,11 @@ def load_fixture(name: str) -> dict:
 
 
 def tolerance(fixture: dict, key: str) -> float:
+    """The fixture's threshold for ``key``: per tensor (VGGT fixtures) or one ``abs_scaled`` bound (PAGE-4D)."""
     tol = fixture["tolerance"]
-    return tol["per_tensor"].get(key, tol["default"])
+    if "per_tensor" in tol:
+        return tol["per_tensor"].get(key, tol["default"])
+    return float(tol["abs_scaled"])
 
 
 def fixture_kind(config: dict) -> str:

@@ -70,9 +70,10 @@ def test_subset_selects_camera_rows(tmp_path, tabletop):
 
 def _tiny_clip(root: Path, times=(0, 1), views=(0, 1), size=(21, 28)) -> Path:
     for t in times:
-        (root / "images" / f"time_{t:02d}").mkdir(parents=True)
+        folder = root / "images" / f"time_{t:02d}"
+        folder.mkdir(parents=True)
         for v in views:
-            Image.new("RGB", (size[1], size[0]), (10 * t, 20 * v, 30)).save(root / "images" / f"time_{t:02d}" / f"view{v}.png")
+            Image.new("RGB", (size[1], size[0]), (10 * t, 20 * v, 30)).save(folder / f"view{v}.png")
     return root
 
 

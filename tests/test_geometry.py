@@ -23,25 +23,17 @@ from page4d.geometry import (
 )
 
 
-def _fixture_dirs() -> list[Path]:
+def _fixtures_with(*keys: str) -> list[Path]:
+    """Fixture folders (``PAGE4D_FIXTURE_DIRS`` or all under ../shared/fixtures) whose outputs hold ``keys``."""
     listed = os.environ.get("PAGE4D_FIXTURE_DIRS")
     folders = [Path(p) for p in listed.split(os.pathsep) if p] if listed else sorted(FIXTURES.iterdir())
-    return [d for d in folders if (d / "outputs.safetensors").is_file() and (d / "config.json").is_file()]
-
-
-@pytest.fixture(scope="module", params=_fixture_dirs(), ids=lambda d: d.name)
-def fixture(request) -> dict:
-    with safe_open(request.param / "outputs.safetensors", "pt") as outputs:
-        if not {"pose_enc", "extrinsic", "intrinsic"} <= set(outputs.keys()):
-            pytest.skip("fixture has no VGGT camera outputs")
-    return load_fixture(str(request.param))
-
-
-def _tolerance(fix: dict, key: str) -> float:
-    """Per-tensor threshold; the PAGE-4D fixtures state one ``abs_scaled`` bound (same metric) instead."""
-    if "per_tensor" in fix["tolerance"]:
-        return tolerance(fix, key)
-    return float(fix["tolerance"]["abs_scaled"])
+    found = []
+    for folder in folders:
+        if (folder / "outputs.safetensors").is_file():
+            with safe_open(folder / "outputs.safetensors", "pt") as outputs:
+                if set(keys) <= set(outputs.keys()):
+                    found.append(folder)
+    return found
 
 
 def _image_size(fix: dict) -> tuple[int, int]:
@@ -49,30 +41,38 @@ def _image_size(fix: dict) -> tuple[int, int]:
     return height, width
 
 
-def test_pose_encoding_to_extri_intri_parity(fixture):
+@pytest.mark.parametrize("folder", _fixtures_with("pose_enc", "extrinsic", "intrinsic"), ids=lambda d: d.name)
+def test_pose_encoding_to_extri_intri_parity(folder):
+    fixture = load_fixture(str(folder))
     out = fixture["outputs"]
     extrinsic, intrinsic = pose_encoding_to_extri_intri(out["pose_enc"], _image_size(fixture))
-    assert rel_err(extrinsic, out["extrinsic"]) <= _tolerance(fixture, "extrinsic")
-    assert rel_err(intrinsic, out["intrinsic"]) <= _tolerance(fixture, "intrinsic")
+    assert rel_err(extrinsic, out["extrinsic"]) <= tolerance(fixture, "extrinsic")
+    assert rel_err(intrinsic, out["intrinsic"]) <= tolerance(fixture, "intrinsic")
 
 
-def test_pose_encoding_roundtrip_parity(fixture):
+@pytest.mark.parametrize("folder", _fixtures_with("pose_enc_roundtrip"), ids=lambda d: d.name)
+def test_pose_encoding_roundtrip_parity(folder):
+    fixture = load_fixture(str(folder))
     out = fixture["outputs"]
-    if "pose_enc_roundtrip" not in out:
-        pytest.skip("fixture has no pose_enc_roundtrip")
     pose_enc = extri_intri_to_pose_encoding(out["extrinsic"], out["intrinsic"], _image_size(fixture))
     assert pose_enc.dtype == torch.float32
-    assert rel_err(pose_enc, out["pose_enc_roundtrip"]) <= _tolerance(fixture, "pose_enc_roundtrip")
+    assert rel_err(pose_enc, out["pose_enc_roundtrip"]) <= tolerance(fixture, "pose_enc_roundtrip")
 
 
-def test_unprojection_parity(fixture):
+@pytest.mark.parametrize("folder", _fixtures_with("depth_unprojected_world_points"), ids=lambda d: d.name)
+def test_unprojection_parity(folder):
+    fixture = load_fixture(str(folder))
     out = fixture["outputs"]
-    if "depth_unprojected_world_points" not in out:
-        pytest.skip("fixture has no unprojected points")
     points = unproject_depth(out["depth"], out["extrinsic"], out["intrinsic"])
     ref = out["depth_unprojected_world_points"]
     assert points.dtype == torch.float32
-    assert rel_err(points, ref) <= _tolerance(fixture, "depth_unprojected_world_points")
+    assert rel_err(points, ref) <= tolerance(fixture, "depth_unprojected_world_points")
+
+
+def test_every_geometry_parity_source_is_present():
+    if "PAGE4D_FIXTURE_DIRS" not in os.environ:
+        assert {d.name for d in _fixtures_with("depth_unprojected_world_points")} == {"vggt_conv_tiny"}
+        assert {"vggt_conv_tiny", "vggt_dinov2_tiny"} <= {d.name for d in _fixtures_with("pose_enc_roundtrip")}
 
 
 def _random_quats(n: int, seed: int = 0) -> torch.Tensor:

@@ -16,7 +16,7 @@ def _read_array(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.array(img)
-    except (OSError, SyntaxError) as err:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path}: cannot read the image ({err}); replace or re-export the file") from None
 
 

@@ -74,7 +74,7 @@ def _image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as img:
             size = (img.height, img.width)
             img.verify()
-    except (OSError, SyntaxError) as err:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path}: cannot read the image ({err}); replace or re-export the file") from None
     if 0 in size:
         raise ValueError(f"{path}: the image is empty; replace the file")

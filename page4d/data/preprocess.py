@@ -116,7 +116,7 @@ def _apply_affine(matrix: np.ndarray, uv: ArrayT) -> ArrayT:
 def load_rgb(source: ImageSource) -> Image.Image:
     """Open an image as 8-bit RGB, compositing RGBA on white. Raises ``ValueError`` naming the file if unusable."""
     if isinstance(source, Image.Image):
-        img, name = source, "in-memory image"
+        img, name = source, "the in-memory image"
     else:
         name = str(source)
         try:
@@ -168,12 +168,13 @@ def preprocess_images(
         raise ValueError(f"target_size must be a positive multiple of {PATCH_SIZE}, got {target_size}")
 
     arrays, partial = [], []
-    for source in sources:
+    for index, source in enumerate(sources):
         img = load_rgb(source)
+        name = f"image {index}" if isinstance(source, Image.Image) else str(source)
         new_h, new_w = _resized_size(img.height, img.width, mode, target_size)
         if new_h == 0 or new_w == 0:
             raise ValueError(
-                f"{source}: aspect ratio {img.width}x{img.height} is too extreme to resize to a multiple of "
+                f"{name}: aspect ratio {img.width}x{img.height} is too extreme to resize to a multiple of "
                 f"{PATCH_SIZE} at target size {target_size}; crop the image or raise target_size"
             )
         pixels = np.asarray(img.resize((new_w, new_h), Image.Resampling.BICUBIC))
