@@ -78,6 +78,9 @@ def _write_atomically(out: Path, files: dict[str, object]) -> None:
     """Write every file into a temporary sibling folder, then move it into place in one rename."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes the folder private; the result should not be
     try:
         for name, content in files.items():
             if name.endswith(".npz"):
