@@ -90,3 +90,12 @@ def test_bad_clip_fails_cleanly(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "time_09" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_offline_hub_model_fails_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--model", "facebook/VGGT-1B"]) == 2
+    err = capsys.readouterr().err
+    assert "model.pt" in err and "HF_HUB_OFFLINE" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

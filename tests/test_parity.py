@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +92,18 @@ def test_fixture_parity(folder: Path):
         errors[key] = (rel_err(ours[key], ref), tolerance(fx, key))
     failures = {k: e for k, e in errors.items() if not e[0] <= e[1]}
     assert not failures, f"{folder.name}: outside tolerance (error, tolerance): {failures}"
+
+
+def test_fixture_dirs_variable_makes_any_folder_a_case(tmp_path):
+    """A copy of a fixture under another name, passed through PAGE4D_FIXTURE_DIRS, is the only test case."""
+    copy = tmp_path / "my_rig_fixture"
+    shutil.copytree(FIXTURES / "vggt_conv_tiny", copy)
+    env = dict(os.environ, PAGE4D_FIXTURE_DIRS=str(copy))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "tests/test_parity.py",
+         "-k", "test_fixture_parity"],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1],
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "PASSED tests/test_parity.py::test_fixture_parity[my_rig_fixture]" in result.stdout
+    assert "1 passed" in result.stdout

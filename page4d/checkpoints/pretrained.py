@@ -11,10 +11,7 @@ from page4d.checkpoints.io import detect_family, read_state_dict
 from page4d.checkpoints.loading import load_strict
 from page4d.checkpoints.report import LoadReport
 from page4d.config import ModelConfig, preset
-from page4d.model import Page4D
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from page4d.model import CONFIG_NAME, WEIGHTS_NAME, Page4D
 
 
 def load_file(path: str | Path, config: ModelConfig | None = None) -> tuple[Page4D, LoadReport]:
