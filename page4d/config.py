@@ -39,6 +39,30 @@ class EncoderConfig:
 
 
 @dataclass
+class DynamicMaskConfig:
+    """PAGE-4D's dynamic mask: a head on the patch tokens after one time block, whose output biases the
+    attention of the camera and register query rows in some view blocks.
+
+    ``logits[i, j] += row_i · key_j`` where ``key_j`` is the head's per-patch value (0 on special keys)
+    and ``row_i`` the strength on camera/register queries (0 on patch queries). The strength is
+    ``scale · alpha(step)``: ``alpha = 1`` for the ``constant`` schedule (fin10) and the release's cosine
+    hold for ``cosine_hold`` (1 before ``hold_start``, 0 from ``hold_end``, a cosine in between). The
+    step is an input of ``forward`` (the training loop passes it), never a counter inside the model.
+    """
+
+    head: Literal["fin10", "release"] = "release"
+    after_block: int = 9
+    """Time-bank block whose output (before the view block of the same index) feeds the head."""
+    biased_view_blocks: tuple[int, ...] = tuple(range(10, 20))
+    release_hidden: int = 256
+    """Width of the release head's hidden 1×1 conv."""
+    scale: float = 64.0
+    schedule: Literal["constant", "cosine_hold"] = "cosine_hold"
+    hold_start: float = 0.0
+    hold_end: float = 0.0
+
+
+@dataclass
 class AggregatorConfig:
     """Alternating-attention aggregator over tokens ``[B, T, V, P, C]``.
 
@@ -63,6 +87,7 @@ class AggregatorConfig:
     aa_order: tuple[BlockBank, ...] = ("time", "view")
     aa_block_size: int = 1
     bank_kinds: dict[str, AttentionKind] = field(default_factory=lambda: {"time": "time", "view": "view"})
+    dynamic_mask: DynamicMaskConfig | None = None
 
 
 @dataclass
@@ -157,6 +182,16 @@ class ModelConfig:
         for bank, kind in agg.bank_kinds.items():
             if kind not in ("time", "view", "frame", "global"):
                 raise ValueError(f"unknown attention kind {kind!r} for bank {bank!r}")
+        mask = agg.dynamic_mask
+        if mask is not None:
+            if not 0 <= mask.after_block < agg.depth:
+                raise ValueError(f"dynamic_mask.after_block {mask.after_block} is outside 0..{agg.depth - 1}")
+            if any(not 0 <= i < agg.depth for i in mask.biased_view_blocks):
+                raise ValueError(
+                    f"dynamic_mask.biased_view_blocks {mask.biased_view_blocks} outside 0..{agg.depth - 1}"
+                )
+            if mask.scale < 0 or mask.hold_end < mask.hold_start:
+                raise ValueError("dynamic_mask needs scale >= 0 and hold_end >= hold_start")
         for name in ("depth_head", "point_head", "track_head"):
             head = getattr(self, name)
             if head is not None and any(not 0 <= i < agg.depth for i in head.intermediate_layer_idx):
@@ -182,7 +217,8 @@ class ModelConfig:
             for f in dataclasses.fields(klass):
                 if f.name in values:
                     v = values[f.name]
-                    kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+                    nested = _NESTED.get((klass, f.name))
+                    kwargs[f.name] = build(nested, v) if nested else tuple(v) if isinstance(v, list) else v
             return klass(**kwargs)
 
         data = dict(data)
@@ -198,6 +234,9 @@ class ModelConfig:
             point_head=build(DPTHeadConfig, data.get("point_head")),
             track_head=build(TrackHeadConfig, data.get("track_head")),
         )
+
+
+_NESTED: dict[tuple[type, str], type] = {(AggregatorConfig, "dynamic_mask"): DynamicMaskConfig}
 
 
 def _vggt_1b() -> ModelConfig:
@@ -236,8 +275,46 @@ def _tiny_track() -> ModelConfig:
     return cfg
 
 
+def page4d_mask_config(
+    variant: str, depth: int = 24, hold_start: float = 0.0, hold_end: float = 0.0
+) -> DynamicMaskConfig:
+    """PAGE-4D's mask placement: ``fin10`` (after time block 7, biases view blocks 8..depth-1, strength 1)
+    or ``release`` (after block 9, biases 10..19, strength 64·alpha with the cosine hold)."""
+    if variant == "fin10":
+        return DynamicMaskConfig(
+            head="fin10", after_block=7, biased_view_blocks=tuple(range(8, depth)), scale=1.0, schedule="constant"
+        )
+    if variant == "release":
+        return DynamicMaskConfig(
+            head="release", after_block=9, biased_view_blocks=tuple(range(10, 20)), scale=64.0,
+            schedule="cosine_hold", hold_start=hold_start, hold_end=hold_end,
+        )
+    raise ValueError(f"unknown PAGE-4D variant {variant!r}; use 'fin10' or 'release'")
+
+
+def _with_mask(base: ModelConfig, mask: DynamicMaskConfig) -> ModelConfig:
+    base.aggregator.dynamic_mask = mask
+    base.validate()
+    return base
+
+
+def _tiny_page4d(head: Literal["fin10", "release"]) -> ModelConfig:
+    """Tiny PAGE-4D model: the mask head reads time block 1 and biases view blocks 2 and 3."""
+    release = head == "release"
+    return _with_mask(_tiny(), DynamicMaskConfig(
+        head=head, after_block=1, biased_view_blocks=(2, 3), release_hidden=16, scale=64.0 if release else 1.0,
+        schedule="cosine_hold" if release else "constant", hold_start=1.0 if release else 0.0,
+        hold_end=2.0 if release else 0.0,
+    ))
+
+
 PRESETS = {
     "vggt-1b": _vggt_1b,
+    "page4d-fin10": lambda: _with_mask(_vggt_1b(), page4d_mask_config("fin10")),
+    "page4d-release": lambda: _with_mask(_vggt_1b(), page4d_mask_config("release")),
+    "page4d-release-mask": lambda: _with_mask(_vggt_1b(), page4d_mask_config("release", hold_start=1.0, hold_end=2.0)),
+    "tiny-page4d-fin10": lambda: _tiny_page4d("fin10"),
+    "tiny-page4d-release": lambda: _tiny_page4d("release"),
     "tiny": _tiny,
     "tiny-conv": _tiny_conv,
     "tiny-track": _tiny_track,
@@ -245,7 +322,14 @@ PRESETS = {
 
 
 def preset(name: str) -> ModelConfig:
-    """A fresh ``ModelConfig`` for a named preset (``vggt-1b``, ``tiny``, ``tiny-conv``, ``tiny-track``)."""
+    """A fresh ``ModelConfig`` for a named preset.
+
+    ``vggt-1b``; ``page4d-fin10`` (author's PAGE-4D: mask after time block 7, biases view blocks 8–23);
+    ``page4d-release`` (official release: mask after block 9, biases 10–19, strength 64·alpha with the
+    release default hold 0/0, i.e. off at inference, as ``checkpoint_nomask.pt`` is used) and
+    ``page4d-release-mask`` (hold 1/2: strength 64 at step 0, for ``checkpoint_mask.pt``); tiny test
+    models ``tiny``, ``tiny-conv``, ``tiny-track``, ``tiny-page4d-fin10``, ``tiny-page4d-release``.
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; available: {', '.join(sorted(PRESETS))}")
     return PRESETS[name]()

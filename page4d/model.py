@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from huggingface_hub import ModelHubMixin
 from safetensors.torch import load_file, save_file
@@ -77,12 +78,15 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
                 entries.update(head.intermediate_layer_idx)
         return entries
 
-    def forward(self, images: torch.Tensor, query_points: torch.Tensor | None = None) -> Predictions:
+    def forward(
+        self, images: torch.Tensor, query_points: torch.Tensor | None = None, mask_step: float = 0.0
+    ) -> Predictions:
         """Predict cameras, depth, points (and tracks when ``query_points`` are given).
 
         Args:
             images: ``[B, T, V, 3, H, W]`` or ``[B, S, 3, H, W]`` (= T 1, V S), RGB in [0, 1].
             query_points: optional ``[B, N, 2]`` pixel (x, y) in frame (t=0, v=0), for the track head.
+            mask_step: training step for the dynamic mask's strength schedule (0 at inference).
 
         Returns:
             ``Predictions`` with ``[B, T, V, ...]`` fields (see its docstring).
@@ -91,13 +95,17 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         b, t, v, _, height, width = images.shape
         psi = self.aggregator.patch_start_idx
         with autocast(images.device):
-            entries = self.aggregator(images, self.required_entries())
-        frames = {i: rearrange(e, "b t v p c -> b (t v) p c").float() for i, e in entries.items()}
+            aggregated = self.aggregator(images, self.required_entries(), mask_step)
+        frames = {i: rearrange(e, "b t v p c -> b (t v) p c").float() for i, e in aggregated.entries.items()}
 
         def per_tv(x: torch.Tensor) -> torch.Tensor:
             return rearrange(x, "b (t v) ... -> b t v ...", t=t, v=v)
 
         out = Predictions()
+        if aggregated.mask is not None:
+            moving = aggregated.mask.moving.float().flatten(0, 2)[:, None]
+            moving = F.interpolate(moving, size=(height, width), mode="bilinear", align_corners=False)
+            out.dynamic_mask = moving[:, 0].unflatten(0, (b, t, v))
         with full_precision(images.device):
             if self.camera_head is not None:
                 poses = self.camera_head(frames[self.config.aggregator.depth - 1][:, :, 0])

@@ -30,6 +30,9 @@ class Predictions:
     """``[B, T, V, H, W, 3]`` points in the world frame from the point head."""
     world_points_conf: torch.Tensor | None = None
     """``[B, T, V, H, W]`` point confidence (> 1)."""
+    dynamic_mask: torch.Tensor | None = None
+    """``[B, T, V, H, W]`` probability that a pixel is moving (1 = moving), from the dynamic-mask head
+    (bilinearly upsampled from the patch grid); None for models without one."""
     track: torch.Tensor | None = None
     """``[B, T, V, N, 2]`` pixel (x, y) of each query point in every frame (last iteration)."""
     track_list: list[torch.Tensor] | None = None

@@ -1,10 +1,11 @@
 """Parity with the reference implementations over every fixture folder.
 
-By default every VGGT fixture under ``../shared/fixtures``; ``PAGE4D_FIXTURE_DIRS`` (os.pathsep-separated
-folders) replaces the list, so any folder of the same schema is a test case without code changes.
-Each fixture is built from its ``config.json``, its ``model.safetensors`` is converted and loaded
-strictly, its ``inputs.safetensors`` run as T = 1, V = S in eval / float32, and every tensor of
-``outputs.safetensors`` is compared within the fixture's own per-tensor tolerance.
+By default every VGGT and PAGE-4D fixture under ``../shared/fixtures``; ``PAGE4D_FIXTURE_DIRS``
+(os.pathsep-separated folders) replaces the list, so any folder of the same schema is a test case
+without code changes. Each fixture is built from its ``config.json``, its ``model.safetensors`` is
+converted and loaded strictly, its ``inputs.safetensors`` run as T = 1, V = S in eval / float32, and
+every tensor of ``outputs.safetensors`` is compared within the fixture's own tolerance. PAGE-4D
+negative controls (the same forward with the mask zeroed) must NOT match.
 """
 
 from __future__ import annotations
@@ -19,25 +20,27 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FIXTURES, fixture_kind, load_fixture, rel_err, tolerance
+from einops import rearrange
 
-from page4d.checkpoints import vggt
+from page4d.checkpoints import page4d, vggt
 from page4d.checkpoints.loading import load_strict
 from page4d.geometry import extri_intri_to_pose_encoding, unproject_depth
 from page4d.model import Page4D
 
-
+SUPPORTED = {"vggt": vggt, "page4d": page4d}
+EXP_OUTPUTS = {"depth", "depth_conf", "world_points_conf"}
 def fixture_dirs() -> list[Path]:
     env = os.environ.get("PAGE4D_FIXTURE_DIRS")
     if env:
         return [Path(p) for p in env.split(os.pathsep) if p]
     folders = sorted(d for d in FIXTURES.iterdir() if (d / "config.json").is_file())
-    return [d for d in folders if fixture_kind(json.loads((d / "config.json").read_text())) == "vggt"]
+    return [d for d in folders if fixture_kind(json.loads((d / "config.json").read_text())) in SUPPORTED]
 
 
-def test_default_fixture_list_has_the_vggt_fixtures():
+def test_default_fixture_list_has_the_reference_fixtures():
     names = {d.name for d in fixture_dirs()}
     if "PAGE4D_FIXTURE_DIRS" not in os.environ:
-        assert {"vggt_conv_tiny", "vggt_dinov2_tiny"} <= names
+        assert {"vggt_conv_tiny", "vggt_dinov2_tiny", "page4d_tiny", "page4d_release_tiny"} <= names
 
 
 def squeeze_time(x: torch.Tensor) -> torch.Tensor:
@@ -46,10 +49,12 @@ def squeeze_time(x: torch.Tensor) -> torch.Tensor:
     return x[:, 0]
 
 
-def run_vggt_fixture(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def run_fixture(folder: Path, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Our counterpart of every output a reference fixture may hold."""
     fx = load_fixture(str(folder.resolve()))
-    model = Page4D(vggt.model_config_from_reference(fx["config"])).eval()
-    state, report = vggt.convert(fx["model"], source=str(folder / "model.safetensors"))
+    converter = SUPPORTED[kind]
+    model = Page4D(converter.model_config_from_reference(fx["config"])).eval()
+    state, report = converter.convert(fx["model"], source=str(folder / "model.safetensors"))
     load_strict(model, state, report)
     images = fx["inputs"]["images"]
     query = fx["inputs"].get("query_points")
@@ -59,39 +64,66 @@ def run_vggt_fixture(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         pred = model(images, query)
         grid = images.unsqueeze(1)
         ours["patch_embed_tokens"] = model.aggregator.encode(grid).flatten(0, 2)
-        entries = model.aggregator(grid, keep=range(model.config.aggregator.depth))
-    for i, entry in entries.items():
+        aggregated = model.aggregator(grid, keep=range(model.config.aggregator.depth))
+    for i, entry in aggregated.entries.items():
         ours[f"aggregator_layer_{i}"] = squeeze_time(entry)
-    ours["aggregator_last"] = ours[f"aggregator_layer_{max(entries)}"]
-    ours["pose_enc"] = squeeze_time(pred.pose_enc)
-    for k, p in enumerate(pred.pose_enc_list):
-        ours[f"pose_enc_list_{k}"] = squeeze_time(p)
-    for name in ("extrinsic", "intrinsic", "depth", "depth_conf", "world_points", "world_points_conf"):
-        ours[name] = squeeze_time(getattr(pred, name))
-    ours["pose_enc_roundtrip"] = extri_intri_to_pose_encoding(ours["extrinsic"], ours["intrinsic"], (height, width))
-    ours["depth_unprojected_world_points"] = unproject_depth(ours["depth"], ours["extrinsic"], ours["intrinsic"])
-    if query is not None:
+    ours["aggregator_last"] = ours[f"aggregator_layer_{max(aggregated.entries)}"]
+    if pred.pose_enc is not None:
+        ours["pose_enc"] = squeeze_time(pred.pose_enc)
+        for k, p in enumerate(pred.pose_enc_list):
+            ours[f"pose_enc_list_{k}"] = squeeze_time(p)
+        ours["extrinsic"], ours["intrinsic"] = squeeze_time(pred.extrinsic), squeeze_time(pred.intrinsic)
+        ours["pose_enc_roundtrip"] = extri_intri_to_pose_encoding(ours["extrinsic"], ours["intrinsic"], (height, width))
+    for name in ("depth", "depth_conf", "world_points", "world_points_conf"):
+        if getattr(pred, name) is not None:
+            ours[name] = squeeze_time(getattr(pred, name))
+    if "depth" in ours and "extrinsic" in ours:
+        ours["depth_unprojected_world_points"] = unproject_depth(ours["depth"], ours["extrinsic"], ours["intrinsic"])
+    if pred.track is not None:
         ours["track"] = squeeze_time(pred.track)
         for k, tr in enumerate(pred.track_list):
             ours[f"track_list_{k}"] = squeeze_time(tr)
         ours["vis"] = squeeze_time(pred.track_vis)
-        ours["conf"] = squeeze_time(pred.track_conf)
+        if pred.track_conf is not None:
+            ours["conf"] = squeeze_time(pred.track_conf)
+    mask = aggregated.mask
+    if mask is not None:
+        ours["mask_key_bias"] = rearrange(mask.key_bias, "b t v p -> b (t v p)")
+        ours["mask_cam_row"] = rearrange(mask.row_weight, "b t v p -> b (t v p)")
+        ours["mask_logits"] = rearrange(mask.logits, "b t v h w -> (b t v) 1 h w")
     return fx, ours
+
+
+def compare(fx: dict, key: str, ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(error, threshold) under the fixture's rule; PAGE-4D fixtures compare exponential outputs relatively."""
+    relative = "relative" in fx["tolerance"].get("rule", "") and key in EXP_OUTPUTS
+    if relative:
+        bound = tolerance(fx, key)
+        assert ours.shape == ref.shape, f"{key}: shape {tuple(ours.shape)} vs {tuple(ref.shape)}"
+        ratio = ((ours.double() - ref.double()).abs() / (bound * ref.double().abs() + 1e-6)).max()
+        return float(ratio) * bound, bound
+    return rel_err(ours, ref), tolerance(fx, key)
 
 
 @pytest.mark.parametrize("folder", fixture_dirs(), ids=lambda d: d.name)
 def test_fixture_parity(folder: Path):
     config = json.loads((folder / "config.json").read_text())
     kind = fixture_kind(config)
-    if kind != "vggt":
+    if kind not in SUPPORTED:
         pytest.fail(f"{folder.name}: fixture kind {kind!r} is not supported by this parity test yet")
-    fx, ours = run_vggt_fixture(folder)
-    errors = {}
+    fx, ours = run_fixture(folder, kind)
+    errors, controls = {}, {}
     for key, ref in fx["outputs"].items():
+        if key.startswith("control_mask_zeroed_"):
+            target = key.removeprefix("control_mask_zeroed_")
+            controls[key] = compare(fx, target, ours[target], ref)
+            continue
         assert key in ours, f"{folder.name}: no counterpart for reference output {key!r}"
-        errors[key] = (rel_err(ours[key], ref), tolerance(fx, key))
+        errors[key] = compare(fx, key, ours[key], ref)
     failures = {k: e for k, e in errors.items() if not e[0] <= e[1]}
     assert not failures, f"{folder.name}: outside tolerance (error, tolerance): {failures}"
+    matched = {k: e for k, e in controls.items() if e[0] <= e[1]}
+    assert not matched, f"{folder.name}: outputs match a mask-zeroed negative control: {matched}"
 
 
 def test_fixture_dirs_variable_makes_any_folder_a_case(tmp_path):

@@ -8,24 +8,35 @@ memory cost).
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from page4d.aggregator import kinds
+from page4d.aggregator.mask_head import MaskOutput, build_mask_head, compute_mask, mask_strength
 from page4d.aggregator.schedule import LayerSchedule
 from page4d.aggregator.tokens import frame_positions, special_tokens
 from page4d.config import AggregatorConfig, EncoderConfig
 from page4d.conventions import IMAGENET_MEAN, IMAGENET_STD, patch_start_index
 from page4d.encoder import build_encoder
-from page4d.nn import Block, RotaryEmbedding2D
+from page4d.nn import Block, RotaryEmbedding2D, RowKeyBias
+
+
+@dataclass
+class AggregatorOutput:
+    """The requested output entries and, with a dynamic-mask head, its outputs."""
+
+    entries: dict[int, torch.Tensor]
+    """``{i: [B, T, V, P, 2C]}`` = concat(time block i output, view block i output)."""
+    mask: MaskOutput | None = None
 
 
 class Aggregator(nn.Module):
-    """Images ``[B, T, V, 3, H, W]`` -> output entries ``{i: [B, T, V, P, 2C]}``.
+    """Images ``[B, T, V, 3, H, W]`` -> output entries ``{i: [B, T, V, P, 2C]}`` (+ dynamic mask).
 
     Keys: ``camera_token`` [1,2,1,C], ``register_token`` [1,2,R,C], ``patch_embed.*``,
-    ``time_blocks.{i}.*``, ``view_blocks.{i}.*``.
+    ``time_blocks.{i}.*``, ``view_blocks.{i}.*`` and, with a dynamic mask, ``spatial_mask_head.*``.
     """
 
     def __init__(self, cfg: AggregatorConfig, encoder: EncoderConfig, patch_size: int):
@@ -41,6 +52,8 @@ class Aggregator(nn.Module):
         self.view_blocks = nn.ModuleList(self._block() for _ in range(cfg.depth))
         self.camera_token = nn.Parameter(torch.randn(1, 2, 1, c) * 1e-6)
         self.register_token = nn.Parameter(torch.randn(1, 2, cfg.num_register_tokens, c) * 1e-6)
+        if cfg.dynamic_mask is not None:
+            self.spatial_mask_head = build_mask_head(cfg.dynamic_mask, c)
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
@@ -57,13 +70,20 @@ class Aggregator(nn.Module):
         x = (images.flatten(0, 2) - self.image_mean) / self.image_std
         return self.patch_embed(x).unflatten(0, (b, t, v))
 
-    def forward(self, images: torch.Tensor, keep: Collection[int]) -> dict[int, torch.Tensor]:
-        """Run the schedule and return the requested output entries ``{i: [B, T, V, P, 2C]}``."""
+    def forward(self, images: torch.Tensor, keep: Collection[int], mask_step: float = 0.0) -> AggregatorOutput:
+        """Run the schedule and return the requested output entries ``{i: [B, T, V, P, 2C]}``.
+
+        ``mask_step`` is the training step for the dynamic mask's strength schedule (0 at inference).
+        """
         b, t, v, _, height, width = images.shape
+        patch_grid = (height // self.patch_size, width // self.patch_size)
         patches = self.encode(images)
         special = special_tokens(self.camera_token, self.register_token, b, t, v).to(patches.dtype)
         grid = torch.cat([special, patches], dim=3)
-        pos = frame_positions(height // self.patch_size, width // self.patch_size, self.patch_start_idx, images.device)
+        pos = frame_positions(*patch_grid, self.patch_start_idx, images.device)
+        mask_cfg = self.cfg.dynamic_mask
+        strength = mask_strength(mask_cfg, mask_step) if mask_cfg is not None else 0.0
+        mask: MaskOutput | None = None
 
         keep = set(keep)
         if not keep <= set(range(self.cfg.depth)):
@@ -78,10 +98,19 @@ class Aggregator(nn.Module):
             x = kinds.convert(x, layout, step.kind, b, t, v)
             layout = step.kind
             block = (self.time_blocks if step.bank == "time" else self.view_blocks)[step.index]
-            x = block(x, positions[layout])
+            bias = None
+            if step.biased and strength != 0.0:  # strength 0 is plain attention, exactly
+                bias = RowKeyBias(
+                    rows=kinds.to_sequences(mask.row_weight[..., None], layout)[..., 0],
+                    keys=kinds.to_sequences(mask.key_bias[..., None], layout)[..., 0],
+                )
+            x = block(x, positions[layout], bias=bias)
+            if step.emits_mask:
+                tokens = kinds.from_sequences(x, layout, b, t, v)
+                mask = compute_mask(self.spatial_mask_head, tokens, patch_grid, self.patch_start_idx, strength)
             if step.index in keep:
                 halves[step.bank][step.index] = kinds.from_sequences(x, layout, b, t, v)
                 if step.index in halves["time"] and step.index in halves["view"]:
                     pair = (halves["time"].pop(step.index), halves["view"].pop(step.index))
                     entries[step.index] = torch.cat(pair, dim=-1)
-        return entries
+        return AggregatorOutput(entries, mask)

@@ -14,11 +14,17 @@ from page4d.config import AggregatorConfig
 
 @dataclass(frozen=True)
 class BlockStep:
-    """Run block ``index`` of ``bank`` (``time`` or ``view``) with attention ``kind``."""
+    """Run block ``index`` of ``bank`` (``time`` or ``view``) with attention ``kind``.
+
+    ``emits_mask``: the dynamic-mask head reads this block's output. ``biased``: this block's attention
+    takes the mask bias.
+    """
 
     bank: str
     index: int
     kind: str
+    emits_mask: bool = False
+    biased: bool = False
 
 
 @dataclass(frozen=True)
@@ -30,12 +36,33 @@ class LayerSchedule:
 
     @classmethod
     def alternating(cls, cfg: AggregatorConfig) -> LayerSchedule:
-        """VGGT's alternating schedule: groups of ``aa_block_size`` blocks of each bank in ``aa_order``."""
+        """VGGT's alternating schedule: groups of ``aa_block_size`` blocks of each bank in ``aa_order``,
+        with the dynamic-mask placement of ``cfg.dynamic_mask`` (if any)."""
         k = cfg.aa_block_size
-        steps = [
-            BlockStep(bank, g * k + j, cfg.bank_kinds[bank])
-            for g in range(cfg.depth // k)
-            for bank in cfg.aa_order
-            for j in range(k)
-        ]
-        return cls(tuple(steps), cfg.depth)
+        mask = cfg.dynamic_mask
+        steps = []
+        for g in range(cfg.depth // k):
+            for bank in cfg.aa_order:
+                for j in range(k):
+                    i = g * k + j
+                    emits = mask is not None and bank == "time" and i == mask.after_block
+                    biased = mask is not None and bank == "view" and i in mask.biased_view_blocks
+                    steps.append(BlockStep(bank, i, cfg.bank_kinds[bank], emits, biased))
+        schedule = cls(tuple(steps), cfg.depth)
+        schedule.validate()
+        return schedule
+
+    def validate(self) -> None:
+        """Every biased block must run after the block that feeds the mask head."""
+        emits = [n for n, s in enumerate(self.steps) if s.emits_mask]
+        biased = [n for n, s in enumerate(self.steps) if s.biased]
+        if biased and len(emits) != 1:
+            raise ValueError("a schedule with mask-biased blocks needs exactly one block that computes the mask")
+        early = [self.steps[n] for n in biased if n < emits[0]] if biased else []
+        if early:
+            source = self.steps[emits[0]]
+            raise ValueError(
+                f"the dynamic mask is computed after {source.bank} block {source.index}, but "
+                f"{', '.join(f'{s.bank} block {s.index}' for s in early)} run(s) before it and cannot use it; "
+                "move dynamic_mask.after_block earlier or bias later blocks"
+            )

@@ -1,8 +1,8 @@
 """Transformer building blocks shared by the encoder, the aggregator and the heads."""
 
-from page4d.nn.attention import Attention, set_attention_backend
+from page4d.nn.attention import Attention, RowKeyBias, set_attention_backend
 from page4d.nn.block import Block, LayerScale
 from page4d.nn.mlp import Mlp
 from page4d.nn.rope import RotaryEmbedding2D
 
-__all__ = ["Attention", "Block", "LayerScale", "Mlp", "RotaryEmbedding2D", "set_attention_backend"]
+__all__ = ["Attention", "Block", "LayerScale", "Mlp", "RotaryEmbedding2D", "RowKeyBias", "set_attention_backend"]

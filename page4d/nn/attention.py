@@ -1,12 +1,17 @@
 """Multi-head self-attention with a fused path and a dense reference path of identical semantics.
 
 The fused path calls ``scaled_dot_product_attention`` (flash / memory-efficient kernels, no N×N
-tensor). The dense path writes the softmax out explicitly; it exists so tests (and later attention
-biases) can be checked against an unambiguous reference.
+tensor). The dense path writes the softmax out explicitly; it exists so tests and attention biases
+can be checked against an unambiguous reference.
+
+A rank-1 bias ``logits[i, j] += rows_i · keys_j`` (PAGE-4D's mask) is applied on the fused path by
+augmenting q and k with one extra channel (padded to a multiple of 8 for the fused kernels):
+``[q, √D·rows] · [k, keys] / √D = q·k / √D + rows·keys``, so no N×N tensor is ever built.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -19,16 +24,46 @@ from page4d.nn.rope import RotaryEmbedding2D
 Backend = Literal["fused", "dense"]
 
 
+@dataclass
+class RowKeyBias:
+    """Rank-1 logit bias ``logits[n, h, i, j] += rows[n, i] · keys[n, j]``, identical for every head."""
+
+    rows: torch.Tensor
+    """``[N, L]`` weight of each query row."""
+    keys: torch.Tensor
+    """``[N, L]`` value of each key."""
+
+
+def _augmented_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: RowKeyBias) -> torch.Tensor:
+    """Fused attention with a rank-1 bias via one extra q/k channel; ``[N, heads, L, D]`` in and out."""
+    n, heads, length, dim = q.shape
+    pad = 8 * ((dim + 8) // 8) - dim  # at least one channel, total a multiple of 8
+    zeros = q.new_zeros(n, heads, length, pad - 1)
+    rows = (bias.rows * dim**0.5).to(q.dtype)[:, None, :, None].expand(n, heads, length, 1)
+    keys = bias.keys.to(k.dtype)[:, None, :, None].expand(n, heads, length, 1)
+    q = torch.cat([q, rows, zeros], dim=-1)
+    k = torch.cat([k, keys, zeros], dim=-1)
+    v = torch.cat([v, zeros, v.new_zeros(n, heads, length, 1)], dim=-1)
+    return F.scaled_dot_product_attention(q, k, v, scale=dim**-0.5)[..., :dim]
+
+
 def dense_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    bias: RowKeyBias | None = None,
 ) -> torch.Tensor:
-    """Reference attention ``softmax(q kᵀ / √D + mask) v``.
+    """Reference attention ``softmax(q kᵀ / √D + rows keysᵀ + mask) v``.
 
     Args:
         q, k, v: ``[N, heads, L, D]``.
         attn_mask: optional boolean ``[..., L, L]`` (True = may attend) or additive float bias.
+        bias: optional rank-1 bias, written out densely here.
     """
     logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    if bias is not None:
+        logits = logits + (bias.rows[:, :, None] * bias.keys[:, None, :])[:, None].to(logits.dtype)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             logits = logits.masked_fill(~attn_mask, float("-inf"))
@@ -66,12 +101,16 @@ class Attention(nn.Module):
         self.backend: Backend = "fused"
 
     def forward(
-        self, x: torch.Tensor, pos: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        pos: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        bias: RowKeyBias | None = None,
     ) -> torch.Tensor:
         """``x`` ``[N, L, C]``, ``pos`` ``[L, 2]`` or ``[N, L, 2]`` (RoPE positions) -> ``[N, L, C]``.
 
         ``attn_mask`` (tests and reference checks only): boolean or additive, broadcastable to
-        ``[N, heads, L, L]``.
+        ``[N, heads, L, L]``. ``bias``: a rank-1 logit bias (applied after q/k-norm and RoPE).
         """
         qkv = rearrange(self.qkv(x), "n l (three h d) -> three n h l d", three=3, h=self.num_heads)
         q, k, v = qkv.unbind(0)
@@ -80,10 +119,14 @@ class Attention(nn.Module):
             if pos is None:
                 raise ValueError("this attention uses RoPE and needs token positions")
             q, k = self.rope(q, pos), self.rope(k, pos)
-        if self.backend == "fused":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        if self.backend == "dense":
+            out = dense_attention(q, k, v, attn_mask, bias)
+        elif bias is not None:
+            if attn_mask is not None:
+                raise ValueError("the fused path does not combine an explicit attn_mask with a rank-1 bias")
+            out = _augmented_attention(q, k, v, bias)
         else:
-            out = dense_attention(q, k, v, attn_mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(rearrange(out, "n h l d -> n l (h d)"))
 
 

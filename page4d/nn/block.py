@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from page4d.nn.attention import Attention
+from page4d.nn.attention import Attention, RowKeyBias
 from page4d.nn.mlp import Mlp
 from page4d.nn.rope import RotaryEmbedding2D
 
@@ -50,8 +50,12 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, pos: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        pos: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        bias: RowKeyBias | None = None,
     ) -> torch.Tensor:
-        """``x`` ``[N, L, C]`` -> ``[N, L, C]``; ``pos`` and ``attn_mask`` as in ``Attention.forward``."""
-        x = x + self.ls1(self.attn(self.norm1(x), pos, attn_mask))
+        """``x`` ``[N, L, C]`` -> ``[N, L, C]``; ``pos``, ``attn_mask``, ``bias`` as in ``Attention.forward``."""
+        x = x + self.ls1(self.attn(self.norm1(x), pos, attn_mask, bias))
         return x + self.ls2(self.mlp(self.norm2(x)))
