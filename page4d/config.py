@@ -192,6 +192,9 @@ class ModelConfig:
                 )
             if mask.scale < 0 or mask.hold_end < mask.hold_start:
                 raise ValueError("dynamic_mask needs scale >= 0 and hold_end >= hold_start")
+            from page4d.aggregator.schedule import LayerSchedule  # the schedule owns the ordering rules
+
+            LayerSchedule.alternating(agg)
         for name in ("depth_head", "point_head", "track_head"):
             head = getattr(self, name)
             if head is not None and any(not 0 <= i < agg.depth for i in head.intermediate_layer_idx):

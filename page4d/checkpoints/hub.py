@@ -14,22 +14,23 @@ from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
 @dataclass(frozen=True)
 class HubCheckpoint:
-    """A known foreign checkpoint: where it lives and how to read it."""
+    """A known foreign checkpoint: where it lives and the model preset it loads into."""
 
     repo_id: str
     filename: str
-    family: str
     preset: str
     repo_type: str = "model"
 
-    @property
-    def url(self) -> str:
-        kind = "datasets/" if self.repo_type == "dataset" else ""
-        return f"{constants.ENDPOINT}/{kind}{self.repo_id}/resolve/main/{self.filename}"
-
 
 KNOWN_CHECKPOINTS = {
-    "facebook/VGGT-1B": HubCheckpoint("facebook/VGGT-1B", "model.pt", family="vggt", preset="vggt-1b"),
+    "facebook/VGGT-1B": HubCheckpoint("facebook/VGGT-1B", "model.pt", preset="vggt-1b"),
+    # PAGE-4D's official weights live in a Hugging Face *dataset* repo.
+    "zhouk777/PAGE4D/checkpoint_nomask.pt": HubCheckpoint(
+        "zhouk777/PAGE4D", "checkpoint_nomask.pt", preset="page4d-release", repo_type="dataset"
+    ),
+    "zhouk777/PAGE4D/checkpoint_mask.pt": HubCheckpoint(
+        "zhouk777/PAGE4D", "checkpoint_mask.pt", preset="page4d-release-mask", repo_type="dataset"
+    ),
 }
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from page4d.checkpoints import vggt
+import torch
+
+from page4d.checkpoints import page4d, vggt
 from page4d.checkpoints.hub import KNOWN_CHECKPOINTS, fetch
 from page4d.checkpoints.io import detect_family, read_state_dict
-from page4d.checkpoints.loading import load_strict
+from page4d.checkpoints.loading import check_state_dict
 from page4d.checkpoints.report import LoadReport
 from page4d.config import ModelConfig, preset
 from page4d.model import CONFIG_NAME, WEIGHTS_NAME, Page4D
@@ -18,7 +20,9 @@ def load_file(path: str | Path, config: ModelConfig | None = None) -> tuple[Page
     """Build a model for a checkpoint file and load it strictly.
 
     Native files use ``config`` or the ``config.json`` beside them; VGGT files use ``config`` or the
-    ``vggt-1b`` preset (the only released VGGT size).
+    ``vggt-1b`` preset (the only released VGGT size); PAGE-4D files use ``config`` or the preset of the
+    variant their keys show (``page4d-fin10`` or ``page4d-release``, whose mask is off at inference
+    as the release runs it; pass the ``page4d-release-mask`` config for ``checkpoint_mask.pt``).
     """
     path = Path(path)
     state = read_state_dict(path)
@@ -33,12 +37,17 @@ def load_file(path: str | Path, config: ModelConfig | None = None) -> tuple[Page
     elif family == "vggt":
         config = config or preset("vggt-1b")
         state, report = vggt.convert(state, source=str(path))
+    elif family == "page4d-ref":
+        config = config or preset(f"page4d-{page4d.detect_variant(state, str(path))}")
+        state, report = page4d.convert(state, source=str(path))
     else:
         raise ValueError(
-            f"{path}: unsupported checkpoint family {family!r}; this version loads page4d and VGGT checkpoints"
+            f"{path}: unsupported checkpoint family {family!r}; this version loads page4d, VGGT and PAGE-4D checkpoints"
         )
+    with torch.device("meta"):  # check keys and shapes before allocating a full-size model
+        check_state_dict(Page4D(config), state, report.source)
     model = Page4D(config)
-    load_strict(model, state, report)
+    model.load_state_dict(state, strict=True)
     return model.eval(), report
 
 
