@@ -40,26 +40,41 @@ class EncoderConfig:
 
 @dataclass
 class DynamicMaskConfig:
-    """PAGE-4D's dynamic mask: a head on the patch tokens after one time block, whose output biases the
-    attention of the camera and register query rows in some view blocks.
+    """A dynamic-mask head on the patch tokens after one time block, and how its output biases attention.
 
-    ``logits[i, j] += row_i · key_j`` where ``key_j`` is the head's per-patch value (0 on special keys)
-    and ``row_i`` the strength on camera/register queries (0 on patch queries). The strength is
-    ``scale · alpha(step)``: ``alpha = 1`` for the ``constant`` schedule (fin10) and the release's cosine
-    hold for ``cosine_hold`` (1 before ``hold_start``, 0 from ``hold_end``, a cosine in between). The
-    step is an input of ``forward`` (the training loop passes it), never a counter inside the model.
+    Every bias is rank 1: ``logits[i, j] += row_i · key_j`` with ``key_j = 0`` on camera/register keys.
+
+    ``bias = "page4d"`` (PAGE-4D, both variants): ``key`` is the head's own key value, ``row`` is the
+    strength on camera/register queries and 0 on patch queries, in ``biased_view_blocks`` only. The
+    strength is ``scale · alpha(step)`` with ``alpha = 1`` (``constant``, fin10) or the release's cosine
+    hold (``cosine_hold``: 1 before ``hold_start``, 0 from ``hold_end``). The step is an input of
+    ``forward`` (the training loop passes it), never a counter inside the model.
+
+    ``bias = "pose_geo"`` (the seeds' shared stream): ``key`` is the moving probability M (1 = moving),
+    ``row = -λ_pose`` on camera/register queries (the pose stream ignores moving keys) and ``+λ_geo`` on
+    patch queries (the geometry stream attends to them), with separate ``λ_pose_t``, ``λ_geo_t`` in the
+    biased time blocks. The λ are learnable, clamped to ``[-lambda_bound, lambda_bound]`` and start at 0,
+    so an untrained bias leaves the model exactly as it was.
+
+    Heads: ``fin10`` and ``release`` (PAGE-4D's two, reference key names) and ``seeds`` (the design
+    documents' head with ``M = sigmoid(alpha·z(M̃) + beta·M_ext)``, gates ``scalar`` or per-frame ``mlp``).
     """
 
-    head: Literal["fin10", "release"] = "release"
+    head: Literal["fin10", "release", "seeds"] = "release"
     after_block: int = 9
     """Time-bank block whose output (before the view block of the same index) feeds the head."""
     biased_view_blocks: tuple[int, ...] = tuple(range(10, 20))
+    biased_time_blocks: tuple[int, ...] = ()
+    bias: Literal["page4d", "pose_geo"] = "page4d"
     release_hidden: int = 256
     """Width of the release head's hidden 1×1 conv."""
     scale: float = 64.0
     schedule: Literal["constant", "cosine_hold"] = "cosine_hold"
     hold_start: float = 0.0
     hold_end: float = 0.0
+    lambda_bound: float = 4.0
+    gate: Literal["scalar", "mlp"] = "scalar"
+    """How the seeds head weighs its own logit and the external mask."""
 
 
 @dataclass
@@ -190,8 +205,16 @@ class ModelConfig:
                 raise ValueError(
                     f"dynamic_mask.biased_view_blocks {mask.biased_view_blocks} outside 0..{agg.depth - 1}"
                 )
+            if any(not 0 <= i < agg.depth for i in mask.biased_time_blocks):
+                raise ValueError(
+                    f"dynamic_mask.biased_time_blocks {mask.biased_time_blocks} outside 0..{agg.depth - 1}"
+                )
             if mask.scale < 0 or mask.hold_end < mask.hold_start:
                 raise ValueError("dynamic_mask needs scale >= 0 and hold_end >= hold_start")
+            if mask.lambda_bound <= 0:
+                raise ValueError(f"dynamic_mask.lambda_bound must be > 0, got {mask.lambda_bound}")
+            if mask.bias == "page4d" and mask.biased_time_blocks:
+                raise ValueError("the page4d bias only applies to view blocks; use bias='pose_geo' to bias time blocks")
             from page4d.aggregator.schedule import LayerSchedule  # the schedule owns the ordering rules
 
             LayerSchedule.alternating(agg)

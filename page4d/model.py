@@ -79,14 +79,21 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         return entries
 
     def forward(
-        self, images: torch.Tensor, query_points: torch.Tensor | None = None, mask_step: float = 0.0
+        self,
+        images: torch.Tensor,
+        query_points: torch.Tensor | None = None,
+        mask_step: float = 0.0,
+        external_mask: torch.Tensor | None = None,
     ) -> Predictions:
         """Predict cameras, depth, points (and tracks when ``query_points`` are given).
 
         Args:
             images: ``[B, T, V, 3, H, W]`` or ``[B, S, 3, H, W]`` (= T 1, V S), RGB in [0, 1].
             query_points: optional ``[B, N, 2]`` pixel (x, y) in frame (t=0, v=0), for the track head.
-            mask_step: training step for the dynamic mask's strength schedule (0 at inference).
+            mask_step: training step for PAGE-4D's mask-strength schedule (0 at inference).
+            external_mask: optional moving mask in [0, 1] (1 = moving, e.g. from SegAnyMo) shaped like the
+                images without channels, ``[B, T, V, H, W]`` or ``[B, S, H, W]``; averaged over each patch and
+                fused by the ``seeds`` mask head.
 
         Returns:
             ``Predictions`` with ``[B, T, V, ...]`` fields (see its docstring).
@@ -94,8 +101,9 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         images = as_grid(images, self.config.patch_size)
         b, t, v, _, height, width = images.shape
         psi = self.aggregator.patch_start_idx
+        patch_mask = None if external_mask is None else self._patch_mask(external_mask, images.shape)
         with autocast(images.device):
-            aggregated = self.aggregator(images, self.required_entries(), mask_step)
+            aggregated = self.aggregator(images, self.required_entries(), mask_step, patch_mask)
         frames = {i: rearrange(e, "b t v p c -> b (t v) p c").float() for i, e in aggregated.entries.items()}
 
         def per_tv(x: torch.Tensor) -> torch.Tensor:
@@ -130,6 +138,19 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
                 if tracks.conf is not None:
                     out.track_conf = per_tv(tracks.conf)
         return out
+
+    def _patch_mask(self, mask: torch.Tensor, image_shape: torch.Size) -> torch.Tensor:
+        """External mask ``[B, T, V, H, W]`` (or ``[B, S, H, W]`` when T = 1) -> patch means ``[B, T, V, h, w]``."""
+        b, t, v, _, height, width = image_shape
+        if mask.dim() == 4 and t == 1:
+            mask = mask.unsqueeze(1)
+        if tuple(mask.shape) != (b, t, v, height, width):
+            raise ValueError(
+                f"external_mask must be [B, T, V, H, W] = {[b, t, v, height, width]} like the images "
+                f"(or [B, S, H, W] for 5-D images), got {list(mask.shape)}"
+            )
+        pooled = F.avg_pool2d(mask.float().flatten(0, 2)[:, None], kernel_size=self.config.patch_size)
+        return pooled[:, 0].unflatten(0, (b, t, v))
 
     @torch.inference_mode()
     def infer(self, images: torch.Tensor, query_points: torch.Tensor | None = None) -> Predictions:

@@ -10,7 +10,7 @@ import torch
 from conftest import FIXTURES, load_fixture
 from safetensors.torch import save_file
 
-from page4d.aggregator.mask_head import mask_alpha
+from page4d.aggregator.streams import mask_alpha
 from page4d.checkpoints import page4d, vggt
 from page4d.checkpoints.loading import load_strict
 from page4d.checkpoints.pretrained import load_file

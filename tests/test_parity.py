@@ -22,6 +22,7 @@ import torch
 from conftest import FIXTURES, fixture_kind, load_fixture, rel_err, tolerance
 from einops import rearrange
 
+from page4d.aggregator.streams import grid_bias
 from page4d.checkpoints import page4d, vggt
 from page4d.checkpoints.loading import load_strict
 from page4d.geometry import extri_intri_to_pose_encoding, unproject_depth
@@ -88,8 +89,10 @@ def run_fixture(folder: Path, kind: str) -> tuple[dict, dict[str, torch.Tensor]]
             ours["conf"] = squeeze_time(pred.track_conf)
     mask = aggregated.mask
     if mask is not None:
-        ours["mask_key_bias"] = rearrange(mask.key_bias, "b t v p -> b (t v p)")
-        ours["mask_cam_row"] = rearrange(mask.row_weight, "b t v p -> b (t v p)")
+        strategy = model.aggregator.mask_bias
+        rows, keys = grid_bias(strategy.row_values(0.0)["view"], strategy.key_values(mask), 5)
+        ours["mask_key_bias"] = rearrange(keys, "b t v p -> b (t v p)")
+        ours["mask_cam_row"] = rearrange(rows, "b t v p -> b (t v p)")
         ours["mask_logits"] = rearrange(mask.logits, "b t v h w -> (b t v) 1 h w")
     return fx, ours
 

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from page4d.aggregator import kinds
-from page4d.aggregator.mask_head import MaskOutput, build_mask_head, compute_mask, mask_strength
+from page4d.aggregator.mask_head import HEAD_KEYS, MaskOutput, build_mask_head, compute_mask
 from page4d.aggregator.schedule import LayerSchedule
+from page4d.aggregator.streams import build_bias, grid_bias
 from page4d.aggregator.tokens import frame_positions, special_tokens
 from page4d.config import AggregatorConfig, EncoderConfig
 from page4d.conventions import IMAGENET_MEAN, IMAGENET_STD, patch_start_index
@@ -36,7 +37,9 @@ class Aggregator(nn.Module):
     """Images ``[B, T, V, 3, H, W]`` -> output entries ``{i: [B, T, V, P, 2C]}`` (+ dynamic mask).
 
     Keys: ``camera_token`` [1,2,1,C], ``register_token`` [1,2,R,C], ``patch_embed.*``,
-    ``time_blocks.{i}.*``, ``view_blocks.{i}.*`` and, with a dynamic mask, ``spatial_mask_head.*``.
+    ``time_blocks.{i}.*``, ``view_blocks.{i}.*`` and, with a dynamic mask, its head
+    (``spatial_mask_head.*`` for PAGE-4D's, ``dynamic_mask_head.*`` for the seeds') and its bias
+    strategy's parameters (``mask_bias.*``, none for PAGE-4D).
     """
 
     def __init__(self, cfg: AggregatorConfig, encoder: EncoderConfig, patch_size: int):
@@ -53,7 +56,8 @@ class Aggregator(nn.Module):
         self.camera_token = nn.Parameter(torch.randn(1, 2, 1, c) * 1e-6)
         self.register_token = nn.Parameter(torch.randn(1, 2, cfg.num_register_tokens, c) * 1e-6)
         if cfg.dynamic_mask is not None:
-            self.spatial_mask_head = build_mask_head(cfg.dynamic_mask, c)
+            self.add_module(HEAD_KEYS[cfg.dynamic_mask.head], build_mask_head(cfg.dynamic_mask, c))
+            self.mask_bias = build_bias(cfg.dynamic_mask)
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
@@ -70,10 +74,23 @@ class Aggregator(nn.Module):
         x = (images.flatten(0, 2) - self.image_mean) / self.image_std
         return self.patch_embed(x).unflatten(0, (b, t, v))
 
-    def forward(self, images: torch.Tensor, keep: Collection[int], mask_step: float = 0.0) -> AggregatorOutput:
+    @property
+    def mask_head(self) -> nn.Module | None:
+        """The dynamic-mask head, if the config has one."""
+        mask = self.cfg.dynamic_mask
+        return None if mask is None else getattr(self, HEAD_KEYS[mask.head])
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        keep: Collection[int],
+        mask_step: float = 0.0,
+        external_mask: torch.Tensor | None = None,
+    ) -> AggregatorOutput:
         """Run the schedule and return the requested output entries ``{i: [B, T, V, P, 2C]}``.
 
-        ``mask_step`` is the training step for the dynamic mask's strength schedule (0 at inference).
+        ``mask_step``: training step for PAGE-4D's strength schedule (0 at inference).
+        ``external_mask``: optional ``[B, T, V, h, w]`` moving mask in [0, 1] for the seeds head.
         """
         b, t, v, _, height, width = images.shape
         patch_grid = (height // self.patch_size, width // self.patch_size)
@@ -82,8 +99,11 @@ class Aggregator(nn.Module):
         grid = torch.cat([special, patches], dim=3)
         pos = frame_positions(*patch_grid, self.patch_start_idx, images.device)
         mask_cfg = self.cfg.dynamic_mask
-        strength = mask_strength(mask_cfg, mask_step) if mask_cfg is not None else 0.0
+        if external_mask is not None and (mask_cfg is None or mask_cfg.head != "seeds"):
+            raise ValueError("an external dynamic mask needs a model whose dynamic_mask head is 'seeds'")
+        rows = self.mask_bias.row_values(mask_step) if mask_cfg is not None else {}
         mask: MaskOutput | None = None
+        biases: dict[tuple[str, str], RowKeyBias] = {}
 
         keep = set(keep)
         if not keep <= set(range(self.cfg.depth)):
@@ -99,15 +119,16 @@ class Aggregator(nn.Module):
             layout = step.kind
             block = (self.time_blocks if step.bank == "time" else self.view_blocks)[step.index]
             bias = None
-            if step.biased and strength != 0.0:  # strength 0 is plain attention, exactly
-                bias = RowKeyBias(
-                    rows=kinds.to_sequences(mask.row_weight[..., None], layout)[..., 0],
-                    keys=kinds.to_sequences(mask.key_bias[..., None], layout)[..., 0],
-                )
+            if step.biased and step.bank in rows:  # no rows: every weight is 0, plain attention exactly
+                if (step.bank, layout) not in biases:
+                    grids = grid_bias(rows[step.bank], self.mask_bias.key_values(mask), self.patch_start_idx)
+                    row, key = (kinds.to_sequences(g[..., None], layout)[..., 0] for g in grids)
+                    biases[step.bank, layout] = RowKeyBias(rows=row, keys=key)
+                bias = biases[step.bank, layout]
             x = block(x, positions[layout], bias=bias)
             if step.emits_mask:
                 tokens = kinds.from_sequences(x, layout, b, t, v)
-                mask = compute_mask(self.spatial_mask_head, tokens, patch_grid, self.patch_start_idx, strength)
+                mask = compute_mask(self.mask_head, tokens, patch_grid, self.patch_start_idx, external_mask)
             if step.index in keep:
                 halves[step.bank][step.index] = kinds.from_sequences(x, layout, b, t, v)
                 if step.index in halves["time"] and step.index in halves["view"]:

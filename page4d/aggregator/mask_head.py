@@ -1,19 +1,20 @@
-"""PAGE-4D dynamic-mask heads and the attention bias they produce.
+"""Dynamic-mask heads: patch tokens of every frame -> a per-patch key value and a moving probability.
 
-Both heads read the patch tokens of every frame after a configured time block (detached: the head
-learns only through the bias it produces) and return a per-patch key value. The aggregator adds
-``row_i · key_j`` to the attention logits of the biased view blocks, where ``row`` is the strength
-on camera and register queries and 0 on patch queries.
+Each head reads the patch tokens after a configured time block, detached: it learns only through
+the attention bias it produces (and through a mask loss, when one is used). Three heads:
 
-Two incompatible variants exist (see docs of ``DynamicMaskConfig``):
+* ``fin10`` (PAGE-4D, the author's copy): two depthwise 3×3 convs and a 1×1 conv give a *keep* logit
+  m; ``suppress = sigmoid(-m / tau)`` and the key value is ``-0.5 · clamp(alpha · suppress, 0, 1)``.
+* ``release`` (PAGE-4D, kaichen-z/PAGE4D): per-channel standardisation, depthwise 3×3, 1×1 to a hidden
+  width, 1×1 to one channel; the key value is ``sigmoid(logit + channel-mean) - 0.5``.
+* ``seeds`` (the design documents): depthwise 3×3, 3×3 to C/2, 1×1 to one channel gives M̃, z-scored
+  per frame; ``M = sigmoid(alpha·z(M̃) + beta·m_ext)`` with ``m_ext = 2·M_ext - 1`` (the external mask,
+  1 = moving, pooled to patches and centred so that static patches push M down as moving ones push
+  it up). ``alpha, beta`` are learnable scalars (``scalar`` gate) or per-frame values from a small
+  MLP on the frame's mean token (``mlp`` gate). The key value is M.
 
-* ``fin10`` (the author's copy): two depthwise 3×3 convs and a 1×1 conv give a *keep* logit m;
-  ``suppress = sigmoid(-m / tau)`` and the key value is ``-0.5 · clamp(alpha · suppress, 0, 1)``.
-* ``release`` (kaichen-z/PAGE4D): per-channel standardisation, depthwise 3×3, 1×1 to a hidden width,
-  1×1 to one channel; the key value is ``sigmoid(logit + channel-mean) - 0.5``.
-
-``moving`` is the probability that a patch is dynamic (1 = moving): ``suppress`` for fin10 and
-``0.5 - key`` for the release (a key the pose queries are pushed away from is treated as moving).
+``moving`` (1 = moving) is ``suppress`` for fin10, ``0.5 - key`` for the release (keys the pose queries
+are pushed away from count as moving) and M for the seeds head.
 """
 
 from __future__ import annotations
@@ -28,33 +29,18 @@ from torch import nn
 
 from page4d.config import DynamicMaskConfig
 
-
-def mask_alpha(step: float, hold_start: float, hold_end: float) -> float:
-    """The release's cosine hold: 1 before ``hold_start``, 0 from ``hold_end``, a half cosine in between."""
-    if step < hold_start:
-        return 1.0
-    if step >= hold_end:
-        return 0.0
-    return 0.5 * (1.0 + math.cos(math.pi * (step - hold_start) / (hold_end - hold_start)))
-
-
-def mask_strength(cfg: DynamicMaskConfig, step: float) -> float:
-    """Weight of the bias on camera / register query rows at training step ``step`` (0 at inference)."""
-    if cfg.schedule == "constant":
-        return cfg.scale
-    return cfg.scale * mask_alpha(step, cfg.hold_start, cfg.hold_end)
+HEAD_KEYS = {"fin10": "spatial_mask_head", "release": "spatial_mask_head", "seeds": "dynamic_mask_head"}
+"""Module name of each head inside the aggregator (PAGE-4D's heads keep their reference key names)."""
 
 
 @dataclass
 class MaskOutput:
-    """The head's outputs for every (t, v); ``P`` = special tokens + h·w patches."""
+    """Per-patch outputs of a mask head for every (t, v)."""
 
-    key_bias: torch.Tensor
-    """``[B, T, V, P]`` value added (times the row weight) to the logits of each key; 0 on special tokens."""
-    row_weight: torch.Tensor
-    """``[B, T, V, P]`` strength on camera/register query rows, 0 on patch rows."""
     logits: torch.Tensor
     """``[B, T, V, h, w]`` raw output of the conv stack."""
+    key: torch.Tensor
+    """``[B, T, V, h, w]`` the head's key value (PAGE-4D's bias value; M for the seeds head)."""
     moving: torch.Tensor
     """``[B, T, V, h, w]`` probability that each patch is dynamic (1 = moving)."""
 
@@ -72,7 +58,7 @@ class Fin10MaskHead(nn.Module):
         self.alpha_logit = nn.Parameter(torch.tensor(0.0))
         self.tau_logit = nn.Parameter(torch.tensor(math.log(2.0)))
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor, external: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """Patch image ``[N, C, h, w]`` -> (logits, key value, moving), each ``[N, h, w]``."""
         logits = self.head0(image)[:, 0]
         alpha = F.softplus(self.alpha_logit) + 1e-6
@@ -92,7 +78,7 @@ class ReleaseMaskHead(nn.Module):
             nn.Conv2d(hidden, 1, 1),
         )
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor, external: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """Patch image ``[N, C, h, w]`` -> (logits, key value, moving), each ``[N, h, w]``."""
         mean = image.mean(dim=(-2, -1), keepdim=True)
         std = image.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
@@ -102,24 +88,66 @@ class ReleaseMaskHead(nn.Module):
         return logits, key, 0.5 - key
 
 
+class SeedsMaskHead(nn.Module):
+    """Keys ``convs.{0,2,4}``, ``alpha`` / ``beta`` (scalar gate) or ``gate.{0,2}`` (MLP gate)."""
+
+    def __init__(self, dim: int, gate: str):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, padding=1, groups=dim), nn.GELU(),
+            nn.Conv2d(dim, dim // 2, 3, padding=1), nn.GELU(),
+            nn.Conv2d(dim // 2, 1, 1),
+        )
+        if gate == "scalar":
+            self.alpha = nn.Parameter(torch.tensor(1.0))
+            self.beta = nn.Parameter(torch.tensor(1.0))
+        elif gate == "mlp":
+            self.gate = nn.Sequential(nn.Linear(dim, dim // 4), nn.GELU(), nn.Linear(dim // 4, 2))
+            nn.init.zeros_(self.gate[2].weight)
+            with torch.no_grad():
+                self.gate[2].bias.fill_(1.0)
+        else:
+            raise ValueError(f"unknown mask gate {gate!r}; use 'scalar' or 'mlp'")
+
+    def forward(self, image: torch.Tensor, external: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Patch image ``[N, C, h, w]`` (+ external mask ``[N, h, w]`` in [0, 1]) -> (logits, M, M)."""
+        logits = self.convs(image)[:, 0]
+        flat = logits.flatten(1)
+        z = ((flat - flat.mean(1, keepdim=True)) / (flat.std(1, keepdim=True) + 1e-6)).view_as(logits)
+        if hasattr(self, "gate"):
+            alpha, beta = self.gate(image.mean(dim=(-2, -1))).unbind(-1)
+            alpha, beta = alpha[:, None, None], beta[:, None, None]
+        else:
+            alpha, beta = self.alpha, self.beta
+        fused = alpha * z
+        if external is not None:
+            fused = fused + beta * (2.0 * external - 1.0)
+        moving = torch.sigmoid(fused)
+        return logits, moving, moving
+
+
 def build_mask_head(cfg: DynamicMaskConfig, dim: int) -> nn.Module:
-    """The head named by ``cfg.head``, registered as ``aggregator.spatial_mask_head`` (reference key names)."""
+    """The head named by ``cfg.head``."""
     if cfg.head == "fin10":
         return Fin10MaskHead(dim)
     if cfg.head == "release":
         return ReleaseMaskHead(dim, cfg.release_hidden)
-    raise ValueError(f"unknown dynamic mask head {cfg.head!r}; use 'fin10' or 'release'")
+    if cfg.head == "seeds":
+        return SeedsMaskHead(dim, cfg.gate)
+    raise ValueError(f"unknown dynamic mask head {cfg.head!r}; use 'fin10', 'release' or 'seeds'")
 
 
 def compute_mask(
-    head: nn.Module, tokens: torch.Tensor, grid: tuple[int, int], num_special: int, strength: float
+    head: nn.Module, tokens: torch.Tensor, grid: tuple[int, int], num_special: int,
+    external: torch.Tensor | None = None,
 ) -> MaskOutput:
-    """Run ``head`` on the patch tokens of ``tokens`` ``[B, T, V, P, C]`` (detached) and build the bias."""
+    """Run ``head`` on the patch tokens of ``tokens`` ``[B, T, V, P, C]`` (detached).
+
+    ``external``: optional ``[B, T, V, h, w]`` mask in [0, 1] (1 = moving), already pooled to patches.
+    """
     b, t, v = tokens.shape[:3]
     h, w = grid
     image = rearrange(tokens[:, :, :, num_special:].detach(), "b t v (h w) c -> (b t v) c h w", h=h, w=w)
-    logits, key, moving = (rearrange(x, "(b t v) h w -> b t v h w", b=b, t=t, v=v) for x in head(image))
-    special = key.new_zeros(b, t, v, num_special)
-    key_bias = torch.cat([special, key.flatten(-2)], dim=-1)
-    row_weight = torch.cat([special + strength, torch.zeros_like(key.flatten(-2))], dim=-1)
-    return MaskOutput(key_bias=key_bias, row_weight=row_weight, logits=logits, moving=moving)
+    ext = None if external is None else rearrange(external, "b t v h w -> (b t v) h w").to(image.dtype)
+    logits, key, moving = (rearrange(x, "(b t v) h w -> b t v h w", b=b, t=t, v=v) for x in head(image, ext))
+    return MaskOutput(logits=logits, key=key, moving=moving)

@@ -46,7 +46,9 @@ class LayerSchedule:
                 for j in range(k):
                     i = g * k + j
                     emits = mask is not None and bank == "time" and i == mask.after_block
-                    biased = mask is not None and bank == "view" and i in mask.biased_view_blocks
+                    biased = mask is not None and i in (
+                        mask.biased_view_blocks if bank == "view" else mask.biased_time_blocks
+                    )
                     steps.append(BlockStep(bank, i, cfg.bank_kinds[bank], emits, biased))
         schedule = cls(tuple(steps), cfg.depth)
         schedule.validate()

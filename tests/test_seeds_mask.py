@@ -1,0 +1,156 @@
+"""The seeds' dynamic mask: head with external-mask fusion (both gates) and the λ pose/geo biases."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from page4d.aggregator.mask_head import SeedsMaskHead
+from page4d.aggregator.streams import PoseGeoBias
+from page4d.config import DynamicMaskConfig, preset
+from page4d.model import Page4D
+from page4d.nn import set_attention_backend
+
+
+def seeds_model(gate: str = "scalar", lambdas: tuple[float, ...] | None = None, seed: int = 0) -> Page4D:
+    """Tiny model, mask head after time block 0, biases in view blocks 1..3 and time blocks 1..3."""
+    cfg = preset("tiny")
+    cfg.aggregator.dynamic_mask = DynamicMaskConfig(
+        head="seeds", gate=gate, bias="pose_geo", after_block=0, biased_view_blocks=(1, 2, 3),
+        biased_time_blocks=(1, 2, 3),
+    )
+    cfg.validate()
+    torch.manual_seed(seed)
+    model = Page4D(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        bias = model.aggregator.mask_bias
+        for lam, value in zip((bias.lambda_pose, bias.lambda_geo, bias.lambda_pose_t, bias.lambda_geo_t),
+                              lambdas or (0.0, 0.0, 0.0, 0.0), strict=True):
+            lam.fill_(value)
+    return model
+
+
+def plain_twin(model: Page4D) -> Page4D:
+    cfg = dataclasses.replace(model.config)
+    cfg.aggregator = dataclasses.replace(cfg.aggregator, dynamic_mask=None)
+    plain = Page4D(cfg).eval()
+    state = {k: v for k, v in model.state_dict().items() if "mask" not in k.split(".")[1]}
+    plain.load_state_dict(state)
+    return plain
+
+
+IMAGES = torch.rand(1, 2, 3, 3, 28, 42, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("gate", ["scalar", "mlp"])
+def test_zero_lambdas_are_the_plain_model_bit_for_bit(gate):
+    model = seeds_model(gate)
+    external = (torch.rand(1, 2, 3, 28, 42) > 0.5).float()
+    with torch.no_grad():
+        ours, plain = model(IMAGES, external_mask=external), plain_twin(model)(IMAGES)
+    for name in ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf"):
+        assert torch.equal(getattr(ours, name), getattr(plain, name)), name
+    assert ours.dynamic_mask.shape == (1, 2, 3, 28, 42) and plain.dynamic_mask is None
+
+
+def test_lambdas_change_outputs_and_fused_equals_dense():
+    model = seeds_model(lambdas=(2.0, 1.5, -1.0, 3.0))
+    with torch.no_grad():
+        fused = model(IMAGES)
+        plain = plain_twin(model)(IMAGES)
+        set_attention_backend(model, "dense")
+        dense = model(IMAGES)
+    assert not torch.allclose(fused.pose_enc, plain.pose_enc, atol=1e-4)
+    for name in ("pose_enc", "depth", "world_points", "dynamic_mask"):
+        assert torch.allclose(getattr(fused, name), getattr(dense, name), atol=1e-5, rtol=1e-5), name
+
+
+def test_time_lambdas_act_in_time_blocks_only():
+    """λ_t bias only time blocks: with T = 1 every time block sees one frame per view, but the bias still
+    changes them; with the view λ zero and time λ non-zero the output differs from the plain model."""
+    model = seeds_model(lambdas=(0.0, 0.0, 2.0, 2.0))
+    with torch.no_grad():
+        assert not torch.allclose(model(IMAGES).pose_enc, plain_twin(model)(IMAGES).pose_enc, atol=1e-4)
+
+
+def test_row_values_signs_and_clamp():
+    bias = PoseGeoBias(DynamicMaskConfig(bias="pose_geo", lambda_bound=4.0))
+    with torch.no_grad():
+        bias.lambda_pose.fill_(1.0)
+        bias.lambda_geo.fill_(9.0)
+        bias.lambda_pose_t.fill_(-7.0)
+        bias.lambda_geo_t.fill_(0.5)
+        rows = bias.row_values(0.0)
+    assert [float(x) for x in rows["view"]] == [-1.0, 4.0]
+    assert [float(x) for x in rows["time"]] == [4.0, 0.5]
+
+
+def new_parameter_grads(model: Page4D, with_mask_loss: bool) -> dict[str, bool]:
+    external = (torch.rand(1, 2, 3, 28, 42, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    pred = model(IMAGES, external_mask=external)
+    torch.manual_seed(0)
+    terms = [*pred.pose_enc_list, pred.depth, pred.world_points] + ([pred.dynamic_mask] if with_mask_loss else [])
+    sum((x * torch.randn_like(x)).sum() for x in terms).backward()
+    new = {n: p for n, p in model.named_parameters() if n.split(".")[1] in ("dynamic_mask_head", "mask_bias")}
+    assert len(new) == 12
+    return {n: p.grad is not None and bool(p.grad.abs().sum() > 0) for n, p in new.items()}
+
+
+def test_zero_lambdas_still_train():
+    """At λ = 0 the bias path runs in training, so every λ gets a gradient (the head learns from a mask
+    loss until the λ move); the outputs equal the plain model's within rounding."""
+    model = seeds_model().train()
+    with torch.no_grad():
+        assert torch.allclose(model(IMAGES).pose_enc, plain_twin(model).train()(IMAGES).pose_enc, atol=1e-5)
+    assert all(new_parameter_grads(model, with_mask_loss=True).values())
+
+
+def test_nonzero_lambdas_train_the_head_through_the_bias():
+    grads = new_parameter_grads(seeds_model(lambdas=(1.0, 1.0, 1.0, 1.0)).train(), with_mask_loss=False)
+    assert all(grads.values()), [n for n, ok in grads.items() if not ok]
+
+
+@pytest.mark.parametrize("gate", ["scalar", "mlp"])
+def test_head_fuses_the_external_mask_with_the_right_polarity(gate):
+    torch.manual_seed(0)
+    head = SeedsMaskHead(16, gate)
+    image = torch.randn(4, 16, 3, 5)
+    alone = head(image)
+    external = torch.zeros(4, 3, 5)
+    external[:, :, :2] = 1.0
+    fused = head(image, external)
+    for out in (alone, fused):
+        assert all(x.shape == (4, 3, 5) for x in out)
+        assert ((out[1] > 0) & (out[1] < 1)).all()
+    # A patch the external mask calls moving ends up more likely moving, a static one less.
+    assert (fused[1][..., :2] > alone[1][..., :2]).all() and (fused[1][..., 2:] < alone[1][..., 2:]).all()
+
+
+def test_external_mask_errors():
+    model = seeds_model()
+    with pytest.raises(ValueError, match=r"external_mask must be \[B, T, V, H, W\] = \[1, 2, 3, 28, 42\]"):
+        model(IMAGES, external_mask=torch.zeros(1, 2, 3, 28, 40))
+    with pytest.raises(ValueError, match="needs a model whose dynamic_mask head is 'seeds'"):
+        Page4D(preset("tiny-page4d-release"))(IMAGES, external_mask=torch.zeros(1, 2, 3, 28, 42))
+
+
+def test_five_d_images_take_a_four_d_external_mask():
+    model = seeds_model()
+    with torch.no_grad():
+        five = model(IMAGES[:, 0], external_mask=torch.ones(1, 3, 28, 42))
+        six = model(IMAGES[:, :1], external_mask=torch.ones(1, 1, 3, 28, 42))
+    assert torch.equal(five.dynamic_mask, six.dynamic_mask)
+
+
+@pytest.mark.parametrize("bound", [0.0, -1.0])
+def test_lambda_bound_must_be_positive(bound):
+    cfg = preset("tiny")
+    cfg.aggregator.dynamic_mask = DynamicMaskConfig(
+        head="seeds", bias="pose_geo", after_block=0, biased_view_blocks=(1,), lambda_bound=bound
+    )
+    with pytest.raises(ValueError, match="lambda_bound must be > 0"):
+        cfg.validate()
