@@ -103,6 +103,8 @@ class AggregatorConfig:
     aa_block_size: int = 1
     bank_kinds: dict[str, AttentionKind] = field(default_factory=lambda: {"time": "time", "view": "view"})
     dynamic_mask: DynamicMaskConfig | None = None
+    temporal_rope: bool = False
+    """Relative time encoding in the time bank (learnable RoPE-style rotation by t, identity at init)."""
 
 
 @dataclass

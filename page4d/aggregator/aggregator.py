@@ -17,11 +17,12 @@ from page4d.aggregator import kinds
 from page4d.aggregator.mask_head import HEAD_KEYS, MaskOutput, build_mask_head, compute_mask
 from page4d.aggregator.schedule import LayerSchedule
 from page4d.aggregator.streams import build_bias, grid_bias
+from page4d.aggregator.temporal import TemporalRoPE, token_times
 from page4d.aggregator.tokens import frame_positions, special_tokens
 from page4d.config import AggregatorConfig, EncoderConfig
 from page4d.conventions import IMAGENET_MEAN, IMAGENET_STD, patch_start_index
 from page4d.encoder import build_encoder
-from page4d.nn import Block, RotaryEmbedding2D, RowKeyBias
+from page4d.nn import Block, RotaryEmbedding2D, RowKeyBias, TimeRotation
 
 
 @dataclass
@@ -39,7 +40,8 @@ class Aggregator(nn.Module):
     Keys: ``camera_token`` [1,2,1,C], ``register_token`` [1,2,R,C], ``patch_embed.*``,
     ``time_blocks.{i}.*``, ``view_blocks.{i}.*`` and, with a dynamic mask, its head
     (``spatial_mask_head.*`` for PAGE-4D's, ``dynamic_mask_head.*`` for the seeds') and its bias
-    strategy's parameters (``mask_bias.*``, none for PAGE-4D).
+    strategy's parameters (``mask_bias.*``, none for PAGE-4D); with a temporal encoding,
+    ``temporal_rope.scale``.
     """
 
     def __init__(self, cfg: AggregatorConfig, encoder: EncoderConfig, patch_size: int):
@@ -58,6 +60,8 @@ class Aggregator(nn.Module):
         if cfg.dynamic_mask is not None:
             self.add_module(HEAD_KEYS[cfg.dynamic_mask.head], build_mask_head(cfg.dynamic_mask, c))
             self.mask_bias = build_bias(cfg.dynamic_mask)
+        if cfg.temporal_rope:
+            self.temporal_rope = TemporalRoPE(cfg.depth, cfg.num_heads)
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
@@ -110,6 +114,10 @@ class Aggregator(nn.Module):
             raise ValueError(f"requested output entries {sorted(keep)} outside 0..{self.cfg.depth - 1}")
         # RoPE positions are per frame, so a sequence of n frames repeats them n times.
         positions = {k: pos.repeat(kinds.frames_per_sequence(k, t, v), 1) for k in set(self.cfg.bank_kinds.values())}
+        times = {}
+        if self.cfg.temporal_rope and self.temporal_rope.active():
+            p = pos.shape[0]
+            times = {k: token_times(k, t, v, p, images.device) for k in set(self.cfg.bank_kinds.values())}
         halves: dict[str, dict[int, torch.Tensor]] = {"time": {}, "view": {}}
         entries: dict[int, torch.Tensor] = {}
         layout = "global"
@@ -125,7 +133,10 @@ class Aggregator(nn.Module):
                     row, key = (kinds.to_sequences(g[..., None], layout)[..., 0] for g in grids)
                     biases[step.bank, layout] = RowKeyBias(rows=row, keys=key)
                 bias = biases[step.bank, layout]
-            x = block(x, positions[layout], bias=bias)
+            rotation = None
+            if step.bank == "time" and times.get(layout) is not None:
+                rotation = TimeRotation(times[layout], self.temporal_rope.scale[step.index])
+            x = block(x, positions[layout], bias=bias, time_rotation=rotation)
             if step.emits_mask:
                 tokens = kinds.from_sequences(x, layout, b, t, v)
                 mask = compute_mask(self.mask_head, tokens, patch_grid, self.patch_start_idx, external_mask)

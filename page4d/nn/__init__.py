@@ -3,6 +3,15 @@
 from page4d.nn.attention import Attention, RowKeyBias, set_attention_backend
 from page4d.nn.block import Block, LayerScale
 from page4d.nn.mlp import Mlp
-from page4d.nn.rope import RotaryEmbedding2D
+from page4d.nn.rope import RotaryEmbedding2D, TimeRotation
 
-__all__ = ["Attention", "Block", "LayerScale", "Mlp", "RotaryEmbedding2D", "RowKeyBias", "set_attention_backend"]
+__all__ = [
+    "Attention",
+    "Block",
+    "LayerScale",
+    "Mlp",
+    "RotaryEmbedding2D",
+    "RowKeyBias",
+    "TimeRotation",
+    "set_attention_backend",
+]

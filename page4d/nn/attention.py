@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from page4d.nn.rope import RotaryEmbedding2D
+from page4d.nn.rope import RotaryEmbedding2D, TimeRotation
 
 Backend = Literal["fused", "dense"]
 
@@ -106,11 +106,13 @@ class Attention(nn.Module):
         pos: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
         bias: RowKeyBias | None = None,
+        time_rotation: TimeRotation | None = None,
     ) -> torch.Tensor:
         """``x`` ``[N, L, C]``, ``pos`` ``[L, 2]`` or ``[N, L, 2]`` (RoPE positions) -> ``[N, L, C]``.
 
         ``attn_mask`` (tests and reference checks only): boolean or additive, broadcastable to
         ``[N, heads, L, L]``. ``bias``: a rank-1 logit bias (applied after q/k-norm and RoPE).
+        ``time_rotation``: a relative time encoding applied to q and k after the 2-D RoPE.
         """
         qkv = rearrange(self.qkv(x), "n l (three h d) -> three n h l d", three=3, h=self.num_heads)
         q, k, v = qkv.unbind(0)
@@ -119,6 +121,10 @@ class Attention(nn.Module):
             if pos is None:
                 raise ValueError("this attention uses RoPE and needs token positions")
             q, k = self.rope(q, pos), self.rope(k, pos)
+        if time_rotation is not None:
+            if self.rope is None:
+                raise ValueError("a time rotation needs an attention with RoPE")
+            q, k = self.rope.rotate_time(q, time_rotation), self.rope.rotate_time(k, time_rotation)
         if self.backend == "dense":
             out = dense_attention(q, k, v, attn_mask, bias)
         elif bias is not None:

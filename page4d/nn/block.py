@@ -7,7 +7,7 @@ from torch import nn
 
 from page4d.nn.attention import Attention, RowKeyBias
 from page4d.nn.mlp import Mlp
-from page4d.nn.rope import RotaryEmbedding2D
+from page4d.nn.rope import RotaryEmbedding2D, TimeRotation
 
 
 class LayerScale(nn.Module):
@@ -55,7 +55,8 @@ class Block(nn.Module):
         pos: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
         bias: RowKeyBias | None = None,
+        time_rotation: TimeRotation | None = None,
     ) -> torch.Tensor:
-        """``x`` ``[N, L, C]`` -> ``[N, L, C]``; ``pos``, ``attn_mask``, ``bias`` as in ``Attention.forward``."""
-        x = x + self.ls1(self.attn(self.norm1(x), pos, attn_mask, bias))
+        """``x`` ``[N, L, C]`` -> ``[N, L, C]``; the other arguments as in ``Attention.forward``."""
+        x = x + self.ls1(self.attn(self.norm1(x), pos, attn_mask, bias, time_rotation))
         return x + self.ls2(self.mlp(self.norm2(x)))

@@ -3,12 +3,28 @@
 The head dimension D is split in halves: the first half is rotated by the row (y) position, the
 second by the column (x) position. Within a half of size d, channel pairs are (i, i + d/2) with
 frequency ``base^(-2i/d)``. Position (0, 0) is the identity, which is what special tokens get.
+
+A time rotation (``TimeRotation``) turns the same channel pairs further by ``scale_h · t · base^(-2i/d)``
+per head h. Rotations of the same planes commute, so q·k depends on t - t' (and on y - y', x - x')
+only; ``t = 0`` for every token, or ``scale = 0``, is the identity.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+
+@dataclass
+class TimeRotation:
+    """Per-token time index and per-head scale of a time rotation."""
+
+    times: torch.Tensor
+    """``[L]`` time index of each token of a sequence."""
+    scale: torch.Tensor
+    """``[heads]`` angle per unit of time, in units of each channel pair's frequency."""
 
 
 class RotaryEmbedding2D(nn.Module):
@@ -19,7 +35,7 @@ class RotaryEmbedding2D(nn.Module):
         self.base = base
 
     def _tables(self, pos: torch.Tensor, dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos / sin tables ``[..., L, dim]`` for integer positions ``[..., L]``."""
+        """cos / sin tables ``[..., L, dim]`` for positions ``[..., L]``."""
         inv_freq = 1.0 / (self.base ** (torch.arange(0, dim, 2, device=pos.device).float() / dim))
         angles = (pos.float()[..., None] * inv_freq).to(dtype)
         angles = torch.cat((angles, angles), dim=-1)
@@ -29,6 +45,13 @@ class RotaryEmbedding2D(nn.Module):
     def _rotate_half(x: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    def rotate_time(self, x: torch.Tensor, rotation: TimeRotation) -> torch.Tensor:
+        """Rotate ``x`` ``[N, heads, L, D]`` by ``scale_h · t_l`` on the channel pairs of both halves."""
+        angle = rotation.scale[:, None].float() * rotation.times[None, :].float()  # [heads, L]
+        half = x.shape[-1] // 2
+        cos, sin = self._tables(angle, half, x.dtype)
+        return torch.cat([part * cos + self._rotate_half(part) * sin for part in (x[..., :half], x[..., half:])], -1)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Rotate ``x`` ``[N, heads, L, D]`` by positions ``pos`` ``[L, 2]`` or ``[N, L, 2]`` (y, x)."""

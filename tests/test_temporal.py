@@ -1,0 +1,93 @@
+"""Relative temporal encoding in the time bank: identity at init and at T = 1, relative in t, trainable."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from page4d.config import preset
+from page4d.model import Page4D
+from page4d.nn import RotaryEmbedding2D, TimeRotation
+
+
+def temporal_model(scale: float = 0.0) -> Page4D:
+    cfg = preset("tiny")
+    cfg.aggregator = dataclasses.replace(cfg.aggregator, temporal_rope=True)
+    torch.manual_seed(0)
+    model = Page4D(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        model.aggregator.temporal_rope.scale.fill_(scale)
+    return model
+
+
+def plain_twin(model: Page4D) -> Page4D:
+    cfg = dataclasses.replace(model.config)
+    cfg.aggregator = dataclasses.replace(cfg.aggregator, temporal_rope=False)
+    plain = Page4D(cfg).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "temporal_rope" not in k})
+    return plain
+
+
+IMAGES = torch.rand(1, 3, 2, 3, 28, 42, generator=torch.Generator().manual_seed(3))
+
+
+def outputs_equal(a, b) -> bool:
+    return all(torch.equal(getattr(a, n), getattr(b, n)) for n in ("pose_enc", "depth", "world_points"))
+
+
+def test_zero_scale_is_the_plain_model_bit_for_bit():
+    model = temporal_model(0.0)
+    with torch.no_grad():
+        assert outputs_equal(model(IMAGES), plain_twin(model)(IMAGES))
+
+
+def test_one_time_step_is_the_identity_even_with_nonzero_scale():
+    model = temporal_model(0.7)
+    with torch.no_grad():
+        assert outputs_equal(model(IMAGES[:, :1]), plain_twin(model)(IMAGES[:, :1]))
+        assert not torch.allclose(model(IMAGES).pose_enc, plain_twin(model)(IMAGES).pose_enc, atol=1e-4)
+
+
+def test_rotation_depends_only_on_the_time_difference():
+    rope = RotaryEmbedding2D(100.0)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 3, 1, 16, generator=gen, dtype=torch.double)
+    k = torch.randn(1, 3, 1, 16, generator=gen, dtype=torch.double)
+    scale = torch.tensor([0.3, -1.2, 2.0], dtype=torch.double)
+
+    def score(tq: float, tk: float) -> torch.Tensor:
+        rq = rope.rotate_time(q, TimeRotation(torch.tensor([tq]), scale))
+        rk = rope.rotate_time(k, TimeRotation(torch.tensor([tk]), scale))
+        return (rq * rk).sum(-1)
+
+    assert torch.allclose(score(5.0, 2.0), score(9.0, 6.0), atol=1e-12)
+    assert not torch.allclose(score(5.0, 2.0), score(5.0, 3.0), atol=1e-3)
+    assert torch.allclose(score(4.0, 4.0), (q * k).sum(-1), atol=1e-12)
+
+
+def test_scale_trains_from_zero():
+    model = temporal_model(0.0).train()
+    pred = model(IMAGES)
+    (pred.pose_enc.sum() + pred.depth.mean()).backward()
+    grad = model.aggregator.temporal_rope.scale.grad
+    assert grad is not None and (grad.abs().sum(-1) > 0).all()
+
+
+def test_only_sequences_spanning_time_are_rotated():
+    """With the time bank run as per-frame attention no sequence spans two time steps: scales change nothing."""
+    model = temporal_model(0.9)
+
+    def framewise(temporal: bool) -> Page4D:
+        cfg = dataclasses.replace(model.config)
+        cfg.aggregator = dataclasses.replace(
+            cfg.aggregator, bank_kinds={"time": "frame", "view": "view"}, temporal_rope=temporal
+        )
+        twin = Page4D(cfg).eval()
+        twin.load_state_dict({k: v for k, v in model.state_dict().items() if temporal or "temporal_rope" not in k})
+        return twin
+
+    with torch.no_grad():
+        assert outputs_equal(framewise(True)(IMAGES), framewise(False)(IMAGES))
