@@ -74,3 +74,31 @@ def test_rope_is_identity_at_origin_and_relative():
     dot = (rope(q, a) * rope(k, b)).sum()
     dot_shifted = (rope(q, a + shift) * rope(k, b + shift)).sum()
     assert torch.allclose(dot, dot_shifted, atol=1e-12)
+
+
+class _FullBias:
+    """A ChunkedBias over an explicit matrix (tests only)."""
+
+    def __init__(self, matrix: torch.Tensor):
+        self.matrix = matrix
+
+    def block(self, start: int, stop: int) -> torch.Tensor:
+        return self.matrix[:, :, start:stop]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_chunked_bias_fused_equals_dense_with_and_without_rank_one(chunk):
+    from page4d.nn import RowKeyBias, attend
+
+    gen = torch.Generator().manual_seed(chunk)
+    q = torch.randn(2, 3, 23, 16, generator=gen, dtype=torch.double)
+    k, v = (torch.randn(2, 3, 17, 16, generator=gen, dtype=torch.double) for _ in range(2))
+    full = _FullBias(torch.randn(2, 1, 23, 17, generator=gen, dtype=torch.double) * 3)
+    rank1 = RowKeyBias(torch.randn(2, 23, generator=gen, dtype=torch.double), torch.randn(2, 17, generator=gen,
+                                                                                           dtype=torch.double))
+    for bias in (None, rank1):
+        fused = attend(q, k, v, chunked_bias=full, bias=bias, chunk_size=chunk)
+        dense = attend(q, k, v, chunked_bias=full, bias=bias, backend="dense")
+        assert torch.allclose(fused, dense, atol=1e-12)
+    cross = attend(q, k, v, bias=rank1)
+    assert torch.allclose(cross, attend(q, k, v, bias=rank1, backend="dense"), atol=1e-12)

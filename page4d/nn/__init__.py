@@ -1,17 +1,19 @@
 """Transformer building blocks shared by the encoder, the aggregator and the heads."""
 
-from page4d.nn.attention import Attention, RowKeyBias, set_attention_backend
+from page4d.nn.attention import Attention, ChunkedBias, RowKeyBias, attend, set_attention_backend
 from page4d.nn.block import Block, LayerScale
 from page4d.nn.mlp import Mlp
 from page4d.nn.rope import RotaryEmbedding2D, TimeRotation
 
 __all__ = [
     "Attention",
+    "ChunkedBias",
     "Block",
     "LayerScale",
     "Mlp",
     "RotaryEmbedding2D",
     "RowKeyBias",
     "TimeRotation",
+    "attend",
     "set_attention_backend",
 ]

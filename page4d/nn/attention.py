@@ -12,7 +12,7 @@ augmenting q and k with one extra channel (padded to a multiple of 8 for the fus
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,21 +29,33 @@ class RowKeyBias:
     """Rank-1 logit bias ``logits[n, h, i, j] += rows[n, i] · keys[n, j]``, identical for every head."""
 
     rows: torch.Tensor
-    """``[N, L]`` weight of each query row."""
+    """``[N, Lq]`` weight of each query row."""
     keys: torch.Tensor
-    """``[N, L]`` value of each key."""
+    """``[N, Lk]`` value of each key."""
+
+    def dense(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """The bias written out for query rows ``start:stop``: ``[N, 1, rows, Lk]`` (reference paths only)."""
+        return (self.rows[:, start:stop, None] * self.keys[:, None, :])[:, None]
+
+
+class ChunkedBias(Protocol):
+    """An additive logit bias that is not low-rank, produced a block of query rows at a time."""
+
+    def block(self, start: int, stop: int) -> torch.Tensor:
+        """Bias for query rows ``start:stop``: ``[N, 1 or heads, stop - start, Lk]``."""
+        ...
 
 
 def _augmented_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: RowKeyBias) -> torch.Tensor:
     """Fused attention with a rank-1 bias via one extra q/k channel; ``[N, heads, L, D]`` in and out."""
     n, heads, length, dim = q.shape
+    keys_length = k.shape[2]
     pad = 8 * ((dim + 8) // 8) - dim  # at least one channel, total a multiple of 8
-    zeros = q.new_zeros(n, heads, length, pad - 1)
     rows = (bias.rows * dim**0.5).to(q.dtype)[:, None, :, None].expand(n, heads, length, 1)
-    keys = bias.keys.to(k.dtype)[:, None, :, None].expand(n, heads, length, 1)
-    q = torch.cat([q, rows, zeros], dim=-1)
-    k = torch.cat([k, keys, zeros], dim=-1)
-    v = torch.cat([v, zeros, v.new_zeros(n, heads, length, 1)], dim=-1)
+    keys = bias.keys.to(k.dtype)[:, None, :, None].expand(n, heads, keys_length, 1)
+    q = torch.cat([q, rows, q.new_zeros(n, heads, length, pad - 1)], dim=-1)
+    k = torch.cat([k, keys, k.new_zeros(n, heads, keys_length, pad - 1)], dim=-1)
+    v = torch.cat([v, v.new_zeros(n, heads, keys_length, pad)], dim=-1)
     return F.scaled_dot_product_attention(q, k, v, scale=dim**-0.5)[..., :dim]
 
 
@@ -53,23 +65,63 @@ def dense_attention(
     v: torch.Tensor,
     attn_mask: torch.Tensor | None = None,
     bias: RowKeyBias | None = None,
+    chunked_bias: ChunkedBias | None = None,
 ) -> torch.Tensor:
-    """Reference attention ``softmax(q kᵀ / √D + rows keysᵀ + mask) v``.
+    """Reference attention ``softmax(q kᵀ / √D + biases + mask) v``, every bias written out densely.
 
     Args:
-        q, k, v: ``[N, heads, L, D]``.
-        attn_mask: optional boolean ``[..., L, L]`` (True = may attend) or additive float bias.
-        bias: optional rank-1 bias, written out densely here.
+        q: ``[N, heads, Lq, D]``; k, v: ``[N, heads, Lk, D]``.
+        attn_mask: optional boolean ``[..., Lq, Lk]`` (True = may attend) or additive float bias.
+        bias: optional rank-1 bias. chunked_bias: optional block-wise bias, taken in one block here.
     """
     logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
     if bias is not None:
-        logits = logits + (bias.rows[:, :, None] * bias.keys[:, None, :])[:, None].to(logits.dtype)
+        logits = logits + bias.dense().to(logits.dtype)
+    if chunked_bias is not None:
+        logits = logits + chunked_bias.block(0, q.shape[2]).to(logits.dtype)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             logits = logits.masked_fill(~attn_mask, float("-inf"))
         else:
             logits = logits + attn_mask
     return logits.softmax(dim=-1) @ v
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    backend: Backend = "fused",
+    attn_mask: torch.Tensor | None = None,
+    bias: RowKeyBias | None = None,
+    chunked_bias: ChunkedBias | None = None,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Attention of ``q`` ``[N, heads, Lq, D]`` over ``k``, ``v`` ``[N, heads, Lk, D]`` -> ``[N, heads, Lq, D]``.
+
+    Fused path: plain SDPA; a rank-1 ``bias`` by q/k augmentation; a ``chunked_bias`` one block of
+    ``chunk_size`` query rows at a time (memory ``chunk_size × Lk`` per head group, never ``Lq × Lk``),
+    with the rank-1 bias added to each block. ``attn_mask`` is for tests and reference checks.
+    """
+    if backend == "dense":
+        return dense_attention(q, k, v, attn_mask, bias, chunked_bias)
+    if backend != "fused":
+        raise ValueError(f"unknown attention backend {backend!r}; use 'fused' or 'dense'")
+    if (bias is not None or chunked_bias is not None) and attn_mask is not None:
+        raise ValueError("the fused path does not combine an explicit attn_mask with attention biases")
+    if chunked_bias is not None:
+        outputs = []
+        for start in range(0, q.shape[2], chunk_size):
+            stop = min(start + chunk_size, q.shape[2])
+            block = chunked_bias.block(start, stop)
+            if bias is not None:
+                block = block + bias.dense(start, stop)
+            outputs.append(F.scaled_dot_product_attention(q[:, :, start:stop], k, v, attn_mask=block.to(q.dtype)))
+        return torch.cat(outputs, dim=2)
+    if bias is not None:
+        return _augmented_attention(q, k, v, bias)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
 class Attention(nn.Module):
@@ -100,20 +152,10 @@ class Attention(nn.Module):
         self.rope = rope
         self.backend: Backend = "fused"
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        pos: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-        bias: RowKeyBias | None = None,
-        time_rotation: TimeRotation | None = None,
-    ) -> torch.Tensor:
-        """``x`` ``[N, L, C]``, ``pos`` ``[L, 2]`` or ``[N, L, 2]`` (RoPE positions) -> ``[N, L, C]``.
-
-        ``attn_mask`` (tests and reference checks only): boolean or additive, broadcastable to
-        ``[N, heads, L, L]``. ``bias``: a rank-1 logit bias (applied after q/k-norm and RoPE).
-        ``time_rotation``: a relative time encoding applied to q and k after the 2-D RoPE.
-        """
+    def heads(
+        self, x: torch.Tensor, pos: torch.Tensor | None = None, time_rotation: TimeRotation | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v ``[N, heads, L, D]`` of tokens ``x`` ``[N, L, C]``, after q/k-norm, RoPE and time rotation."""
         qkv = rearrange(self.qkv(x), "n l (three h d) -> three n h l d", three=3, h=self.num_heads)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
@@ -125,14 +167,26 @@ class Attention(nn.Module):
             if self.rope is None:
                 raise ValueError("a time rotation needs an attention with RoPE")
             q, k = self.rope.rotate_time(q, time_rotation), self.rope.rotate_time(k, time_rotation)
-        if self.backend == "dense":
-            out = dense_attention(q, k, v, attn_mask, bias)
-        elif bias is not None:
-            if attn_mask is not None:
-                raise ValueError("the fused path does not combine an explicit attn_mask with a rank-1 bias")
-            out = _augmented_attention(q, k, v, bias)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return q, k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        pos: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        bias: RowKeyBias | None = None,
+        time_rotation: TimeRotation | None = None,
+        chunked_bias: ChunkedBias | None = None,
+    ) -> torch.Tensor:
+        """``x`` ``[N, L, C]``, ``pos`` ``[L, 2]`` or ``[N, L, 2]`` (RoPE positions) -> ``[N, L, C]``.
+
+        ``attn_mask`` (tests and reference checks only): boolean or additive, broadcastable to
+        ``[N, heads, L, L]``. ``bias``: a rank-1 logit bias (applied after q/k-norm and RoPE).
+        ``time_rotation``: a relative time encoding applied to q and k after the 2-D RoPE.
+        ``chunked_bias``: a block-wise additive bias (see ``attend``).
+        """
+        q, k, v = self.heads(x, pos, time_rotation)
+        out = attend(q, k, v, backend=self.backend, attn_mask=attn_mask, bias=bias, chunked_bias=chunked_bias)
         return self.proj(rearrange(out, "n h l d -> n l (h d)"))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from page4d.nn.attention import Attention, RowKeyBias
+from page4d.nn.attention import Attention, ChunkedBias, RowKeyBias
 from page4d.nn.mlp import Mlp
 from page4d.nn.rope import RotaryEmbedding2D, TimeRotation
 
@@ -56,7 +56,8 @@ class Block(nn.Module):
         attn_mask: torch.Tensor | None = None,
         bias: RowKeyBias | None = None,
         time_rotation: TimeRotation | None = None,
+        chunked_bias: ChunkedBias | None = None,
     ) -> torch.Tensor:
         """``x`` ``[N, L, C]`` -> ``[N, L, C]``; the other arguments as in ``Attention.forward``."""
-        x = x + self.ls1(self.attn(self.norm1(x), pos, attn_mask, bias, time_rotation))
+        x = x + self.ls1(self.attn(self.norm1(x), pos, attn_mask, bias, time_rotation, chunked_bias))
         return x + self.ls2(self.mlp(self.norm2(x)))
