@@ -78,6 +78,42 @@ class DynamicMaskConfig:
 
 
 @dataclass
+class SparseGlobalConfig:
+    """Sparse global attention: extra blocks over all T·V·P tokens, each run after one (time, view) pair.
+
+    ``landmark``: every token attends to ``num_landmarks`` anchor patches per (t, v) (the most static
+    patches by the dynamic mask, or given keypoints, or the largest tokens). ``dilated``: the tokens of
+    frame (t, v) attend to the frames at time and view offsets ``0, ±l`` for l in ``dilation_levels``.
+    ``memory``: ``num_memory_tokens`` learned tokens gather from all tokens, then every token reads them.
+    With ``keypoint_bias``, patch queries get ``+λ_kpt · K_ext`` on keypoint keys (λ_kpt learnable, 0 at
+    init, clamped to ``[-lambda_bound, lambda_bound]``). The blocks start as the identity (LayerScale 0).
+    """
+
+    strategy: Literal["landmark", "dilated", "memory"] = "landmark"
+    after_pairs: tuple[int, ...] = (11,)
+    num_landmarks: int = 16
+    dilation_levels: tuple[int, ...] = (1, 2, 4)
+    num_memory_tokens: int = 32
+    keypoint_bias: bool = False
+    lambda_bound: float = 4.0
+
+
+@dataclass
+class EpipolarConfig:
+    """Epipolar prior in view blocks, used when coarse cameras are given to ``forward``.
+
+    For a query patch of view a and a key patch of view b (same time step, a ≠ b), the key's centre is
+    compared with the epipolar line of the query's centre in view b; keys farther than ``band_px``
+    pixels get ``-penalty`` added to their logit. Computed ``chunk_size`` query rows at a time.
+    """
+
+    view_blocks: tuple[int, ...] = ()
+    band_px: float = 14.0
+    penalty: float = 4.0
+    chunk_size: int = 1024
+
+
+@dataclass
 class AggregatorConfig:
     """Alternating-attention aggregator over tokens ``[B, T, V, P, C]``.
 
@@ -104,6 +140,8 @@ class AggregatorConfig:
     bank_kinds: dict[str, AttentionKind] = field(default_factory=lambda: {"time": "time", "view": "view"})
     dynamic_mask: DynamicMaskConfig | None = None
     temporal_rope: bool = False
+    sparse_global: SparseGlobalConfig | None = None
+    epipolar: EpipolarConfig | None = None
     """Relative time encoding in the time bank (learnable RoPE-style rotation by t, identity at init)."""
 
 
@@ -264,7 +302,11 @@ class ModelConfig:
         )
 
 
-_NESTED: dict[tuple[type, str], type] = {(AggregatorConfig, "dynamic_mask"): DynamicMaskConfig}
+_NESTED: dict[tuple[type, str], type] = {
+    (AggregatorConfig, "dynamic_mask"): DynamicMaskConfig,
+    (AggregatorConfig, "sparse_global"): SparseGlobalConfig,
+    (AggregatorConfig, "epipolar"): EpipolarConfig,
+}
 
 
 def _vggt_1b() -> ModelConfig:

@@ -79,8 +79,9 @@ def test_rope_is_identity_at_origin_and_relative():
 class _FullBias:
     """A ChunkedBias over an explicit matrix (tests only)."""
 
-    def __init__(self, matrix: torch.Tensor):
+    def __init__(self, matrix: torch.Tensor, chunk_size: int):
         self.matrix = matrix
+        self.chunk_size = chunk_size
 
     def block(self, start: int, stop: int) -> torch.Tensor:
         return self.matrix[:, :, start:stop]
@@ -93,11 +94,11 @@ def test_chunked_bias_fused_equals_dense_with_and_without_rank_one(chunk):
     gen = torch.Generator().manual_seed(chunk)
     q = torch.randn(2, 3, 23, 16, generator=gen, dtype=torch.double)
     k, v = (torch.randn(2, 3, 17, 16, generator=gen, dtype=torch.double) for _ in range(2))
-    full = _FullBias(torch.randn(2, 1, 23, 17, generator=gen, dtype=torch.double) * 3)
+    full = _FullBias(torch.randn(2, 1, 23, 17, generator=gen, dtype=torch.double) * 3, chunk)
     rank1 = RowKeyBias(torch.randn(2, 23, generator=gen, dtype=torch.double), torch.randn(2, 17, generator=gen,
                                                                                            dtype=torch.double))
     for bias in (None, rank1):
-        fused = attend(q, k, v, chunked_bias=full, bias=bias, chunk_size=chunk)
+        fused = attend(q, k, v, chunked_bias=full, bias=bias)
         dense = attend(q, k, v, chunked_bias=full, bias=bias, backend="dense")
         assert torch.allclose(fused, dense, atol=1e-12)
     cross = attend(q, k, v, bias=rank1)

@@ -39,7 +39,9 @@ class RowKeyBias:
 
 
 class ChunkedBias(Protocol):
-    """An additive logit bias that is not low-rank, produced a block of query rows at a time."""
+    """An additive logit bias that is not low-rank, produced a block of ``chunk_size`` query rows at a time."""
+
+    chunk_size: int
 
     def block(self, start: int, stop: int) -> torch.Tensor:
         """Bias for query rows ``start:stop``: ``[N, 1 or heads, stop - start, Lk]``."""
@@ -96,11 +98,10 @@ def attend(
     attn_mask: torch.Tensor | None = None,
     bias: RowKeyBias | None = None,
     chunked_bias: ChunkedBias | None = None,
-    chunk_size: int = 1024,
 ) -> torch.Tensor:
     """Attention of ``q`` ``[N, heads, Lq, D]`` over ``k``, ``v`` ``[N, heads, Lk, D]`` -> ``[N, heads, Lq, D]``.
 
-    Fused path: plain SDPA; a rank-1 ``bias`` by q/k augmentation; a ``chunked_bias`` one block of
+    Fused path: plain SDPA; a rank-1 ``bias`` by q/k augmentation; a ``chunked_bias`` one block of its
     ``chunk_size`` query rows at a time (memory ``chunk_size × Lk`` per head group, never ``Lq × Lk``),
     with the rank-1 bias added to each block. ``attn_mask`` is for tests and reference checks.
     """
@@ -112,8 +113,9 @@ def attend(
         raise ValueError("the fused path does not combine an explicit attn_mask with attention biases")
     if chunked_bias is not None:
         outputs = []
-        for start in range(0, q.shape[2], chunk_size):
-            stop = min(start + chunk_size, q.shape[2])
+        step = chunked_bias.chunk_size
+        for start in range(0, q.shape[2], step):
+            stop = min(start + step, q.shape[2])
             block = chunked_bias.block(start, stop)
             if bias is not None:
                 block = block + bias.dense(start, stop)
