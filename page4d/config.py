@@ -56,6 +56,13 @@ class DynamicMaskConfig:
     biased time blocks. The λ are learnable, clamped to ``[-lambda_bound, lambda_bound]`` and start at 0,
     so an untrained bias leaves the model exactly as it was.
 
+    ``streams = "dual"`` (with ``pose_geo``): from block ``dual_from_block`` on, two token streams run
+    the remaining blocks: the pose stream with row ``-λ_pose`` on every query (read by the camera head)
+    and the geometry stream with ``+λ_geo`` (read by the dense heads and the mask head). Their blocks
+    share weights (``dual_weights = "shared"``) or the pose stream gets its own copies (``branched``,
+    keys ``pose_time_blocks.{i}`` / ``pose_view_blocks.{i}``, initialised equal to the shared ones).
+    At λ = 0 both streams equal the single stream exactly.
+
     Heads: ``fin10`` and ``release`` (PAGE-4D's two, reference key names) and ``seeds`` (the design
     documents' head with ``M = sigmoid(alpha·z(M̃) + beta·M_ext)``, gates ``scalar`` or per-frame ``mlp``).
     """
@@ -75,6 +82,9 @@ class DynamicMaskConfig:
     lambda_bound: float = 4.0
     gate: Literal["scalar", "mlp"] = "scalar"
     """How the seeds head weighs its own logit and the external mask."""
+    streams: Literal["shared", "dual"] = "shared"
+    dual_from_block: int = 0
+    dual_weights: Literal["shared", "branched"] = "shared"
 
 
 @dataclass
@@ -253,6 +263,10 @@ class ModelConfig:
                 raise ValueError("dynamic_mask needs scale >= 0 and hold_end >= hold_start")
             if mask.lambda_bound <= 0:
                 raise ValueError(f"dynamic_mask.lambda_bound must be > 0, got {mask.lambda_bound}")
+            if mask.streams == "dual" and mask.bias != "pose_geo":
+                raise ValueError("dual streams need bias='pose_geo' (the pose and geometry λ)")
+            if not 0 <= mask.dual_from_block < agg.depth:
+                raise ValueError(f"dynamic_mask.dual_from_block {mask.dual_from_block} is outside 0..{agg.depth - 1}")
             if mask.bias == "page4d" and mask.biased_time_blocks:
                 raise ValueError("the page4d bias only applies to view blocks; use bias='pose_geo' to bias time blocks")
             from page4d.aggregator.schedule import LayerSchedule  # the schedule owns the ordering rules

@@ -70,13 +70,14 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
 
     def required_entries(self) -> set[int]:
         """Aggregator output entries the built heads read (all other layer outputs are dropped)."""
-        entries: set[int] = set()
-        if self.camera_head is not None:
-            entries.add(self.config.aggregator.depth - 1)
-        for head in (self.config.point_head, self.config.depth_head, self.config.track_head):
-            if head is not None:
-                entries.update(head.intermediate_layer_idx)
-        return entries
+        return self._dense_entries() | self._camera_entries()
+
+    def _camera_entries(self) -> set[int]:
+        return {self.config.aggregator.depth - 1} if self.camera_head is not None else set()
+
+    def _dense_entries(self) -> set[int]:
+        heads = (self.config.point_head, self.config.depth_head, self.config.track_head)
+        return {i for head in heads if head is not None for i in head.intermediate_layer_idx}
 
     def forward(
         self,
@@ -103,8 +104,12 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         psi = self.aggregator.patch_start_idx
         patch_mask = None if external_mask is None else self._patch_mask(external_mask, images.shape)
         with autocast(images.device):
-            aggregated = self.aggregator(images, self.required_entries(), mask_step, patch_mask)
+            mask_cfg = self.config.aggregator.dynamic_mask
+            dual = mask_cfg is not None and mask_cfg.streams == "dual"
+            keep = self._dense_entries() if dual else self.required_entries()
+            aggregated = self.aggregator(images, keep, mask_step, patch_mask, pose_keep=self._camera_entries())
         frames = {i: rearrange(e, "b t v p c -> b (t v) p c").float() for i, e in aggregated.entries.items()}
+        pose_source = aggregated.pose_entries if aggregated.pose_entries is not None else aggregated.entries
 
         def per_tv(x: torch.Tensor) -> torch.Tensor:
             return rearrange(x, "b (t v) ... -> b t v ...", t=t, v=v)
@@ -116,7 +121,8 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
             out.dynamic_mask = moving[:, 0].unflatten(0, (b, t, v))
         with full_precision(images.device):
             if self.camera_head is not None:
-                poses = self.camera_head(frames[self.config.aggregator.depth - 1][:, :, 0])
+                camera_tokens = pose_source[self.config.aggregator.depth - 1][:, :, :, 0].float()
+                poses = self.camera_head(rearrange(camera_tokens, "b t v c -> b (t v) c"))
                 out.pose_enc_list = [per_tv(p_) for p_ in poses]
                 out.pose_enc = out.pose_enc_list[-1]
                 out.extrinsic, out.intrinsic = pose_encoding_to_extri_intri(out.pose_enc, (height, width))

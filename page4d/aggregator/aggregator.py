@@ -2,20 +2,22 @@
 
 Tokens stay in the layout of the attention kind that last ran and are re-grouped only when the
 kind changes. Only the output entries the heads read are kept (VGGT keeps all of them, its top
-memory cost).
+memory cost). With dual streams the token grid is forked into a pose and a geometry stream; while
+both would compute the same thing (no active bias, shared weights) the fork is not made.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from page4d.aggregator import kinds
 from page4d.aggregator.mask_head import HEAD_KEYS, MaskOutput, build_mask_head, compute_mask
-from page4d.aggregator.schedule import LayerSchedule
+from page4d.aggregator.schedule import BlockStep, LayerSchedule
 from page4d.aggregator.streams import build_bias, grid_bias
 from page4d.aggregator.temporal import TemporalRoPE, token_times
 from page4d.aggregator.tokens import frame_positions, special_tokens
@@ -30,7 +32,45 @@ class AggregatorOutput:
     """The requested output entries and, with a dynamic-mask head, its outputs."""
 
     entries: dict[int, torch.Tensor]
-    """``{i: [B, T, V, P, 2C]}`` = concat(time block i output, view block i output)."""
+    """``{i: [B, T, V, P, 2C]}`` = concat(time block i output, view block i output); the geometry stream's
+    entries with dual streams."""
+    mask: MaskOutput | None = None
+    pose_entries: dict[int, torch.Tensor] | None = None
+    """With dual streams, the pose stream's entries (read by the camera head); else None."""
+
+
+@dataclass
+class _Stream:
+    """One token stream during a forward: tokens in the layout of the last block, and its kept outputs."""
+
+    x: torch.Tensor
+    layout: str
+    keep: set[int]
+    halves: dict[str, dict[int, torch.Tensor]] = field(default_factory=lambda: {"time": {}, "view": {}})
+    entries: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def fork(self, keep: set[int]) -> _Stream:
+        halves = {bank: dict(kept) for bank, kept in self.halves.items()}
+        return _Stream(self.x, self.layout, keep, halves, dict(self.entries))
+
+    def record(self, bank: str, index: int, grid: torch.Tensor) -> None:
+        self.halves[bank][index] = grid
+        if index in self.halves["time"] and index in self.halves["view"]:
+            pair = (self.halves["time"].pop(index), self.halves["view"].pop(index))
+            self.entries[index] = torch.cat(pair, dim=-1)
+
+
+@dataclass
+class _Run:
+    """Per-forward state shared by every block: sizes, positions, time indices, bias rows and caches."""
+
+    b: int
+    t: int
+    v: int
+    positions: dict[str, torch.Tensor]
+    times: dict[str, torch.Tensor | None]
+    rows: dict[str, dict]
+    biases: dict[tuple[str, str, str], RowKeyBias] = field(default_factory=dict)
     mask: MaskOutput | None = None
 
 
@@ -40,8 +80,8 @@ class Aggregator(nn.Module):
     Keys: ``camera_token`` [1,2,1,C], ``register_token`` [1,2,R,C], ``patch_embed.*``,
     ``time_blocks.{i}.*``, ``view_blocks.{i}.*`` and, with a dynamic mask, its head
     (``spatial_mask_head.*`` for PAGE-4D's, ``dynamic_mask_head.*`` for the seeds') and its bias
-    strategy's parameters (``mask_bias.*``, none for PAGE-4D); with a temporal encoding,
-    ``temporal_rope.scale``.
+    strategy's parameters (``mask_bias.*``, none for PAGE-4D); with branched dual streams
+    ``pose_time_blocks.{i}`` / ``pose_view_blocks.{i}``; with a temporal encoding ``temporal_rope.scale``.
     """
 
     def __init__(self, cfg: AggregatorConfig, encoder: EncoderConfig, patch_size: int):
@@ -57,9 +97,14 @@ class Aggregator(nn.Module):
         self.view_blocks = nn.ModuleList(self._block() for _ in range(cfg.depth))
         self.camera_token = nn.Parameter(torch.randn(1, 2, 1, c) * 1e-6)
         self.register_token = nn.Parameter(torch.randn(1, 2, cfg.num_register_tokens, c) * 1e-6)
-        if cfg.dynamic_mask is not None:
-            self.add_module(HEAD_KEYS[cfg.dynamic_mask.head], build_mask_head(cfg.dynamic_mask, c))
-            self.mask_bias = build_bias(cfg.dynamic_mask)
+        mask = cfg.dynamic_mask
+        if mask is not None:
+            self.add_module(HEAD_KEYS[mask.head], build_mask_head(mask, c))
+            self.mask_bias = build_bias(mask)
+            if mask.streams == "dual" and mask.dual_weights == "branched":
+                for bank, blocks in (("time", self.time_blocks), ("view", self.view_blocks)):
+                    copies = {str(i): copy.deepcopy(blocks[i]) for i in range(mask.dual_from_block, cfg.depth)}
+                    self.add_module(f"pose_{bank}_blocks", nn.ModuleDict(copies))
         if cfg.temporal_rope:
             self.temporal_rope = TemporalRoPE(cfg.depth, cfg.num_heads)
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
@@ -84,65 +129,92 @@ class Aggregator(nn.Module):
         mask = self.cfg.dynamic_mask
         return None if mask is None else getattr(self, HEAD_KEYS[mask.head])
 
+    def block_for(self, bank: str, index: int, stream: str) -> Block:
+        """The block a stream runs: the pose stream's own copy when dual weights are branched."""
+        if stream == "pose" and hasattr(self, f"pose_{bank}_blocks"):
+            return getattr(self, f"pose_{bank}_blocks")[str(index)]
+        return (self.time_blocks if bank == "time" else self.view_blocks)[index]
+
     def forward(
         self,
         images: torch.Tensor,
         keep: Collection[int],
         mask_step: float = 0.0,
         external_mask: torch.Tensor | None = None,
+        pose_keep: Collection[int] | None = None,
     ) -> AggregatorOutput:
         """Run the schedule and return the requested output entries ``{i: [B, T, V, P, 2C]}``.
 
         ``mask_step``: training step for PAGE-4D's strength schedule (0 at inference).
         ``external_mask``: optional ``[B, T, V, h, w]`` moving mask in [0, 1] for the seeds head.
+        ``pose_keep``: with dual streams, the entries to keep from the pose stream (default ``keep``).
         """
         b, t, v, _, height, width = images.shape
         patch_grid = (height // self.patch_size, width // self.patch_size)
         patches = self.encode(images)
         special = special_tokens(self.camera_token, self.register_token, b, t, v).to(patches.dtype)
         grid = torch.cat([special, patches], dim=3)
-        pos = frame_positions(*patch_grid, self.patch_start_idx, images.device)
         mask_cfg = self.cfg.dynamic_mask
         if external_mask is not None and (mask_cfg is None or mask_cfg.head != "seeds"):
             raise ValueError("an external dynamic mask needs a model whose dynamic_mask head is 'seeds'")
-        rows = self.mask_bias.row_values(mask_step) if mask_cfg is not None else {}
-        mask: MaskOutput | None = None
-        biases: dict[tuple[str, str], RowKeyBias] = {}
+        keep, pose_keep = set(keep), set(keep if pose_keep is None else pose_keep)
+        if not keep | pose_keep <= set(range(self.cfg.depth)):
+            raise ValueError(f"requested output entries {sorted(keep | pose_keep)} outside 0..{self.cfg.depth - 1}")
 
-        keep = set(keep)
-        if not keep <= set(range(self.cfg.depth)):
-            raise ValueError(f"requested output entries {sorted(keep)} outside 0..{self.cfg.depth - 1}")
+        run = self._prepare_run(grid.shape, patch_grid, mask_step, images.device)
+        dual = mask_cfg is not None and mask_cfg.streams == "dual"
+        fork = dual and (bool(run.rows.get("pose")) or mask_cfg.dual_weights == "branched")
+        streams = {"main": _Stream(kinds.to_sequences(grid, "global"), "global", keep | pose_keep)}
+        for step in self.schedule.steps:
+            if fork and "main" in streams and step.index >= mask_cfg.dual_from_block:
+                streams = {"pose": streams["main"].fork(pose_keep), "geo": streams.pop("main").fork(keep)}
+            for name, stream in streams.items():
+                self._run_block(step, stream, name, run)
+            if step.emits_mask:
+                source = streams.get("geo", streams.get("main"))
+                tokens = kinds.from_sequences(source.x, source.layout, b, t, v)
+                run.mask = compute_mask(self.mask_head, tokens, patch_grid, self.patch_start_idx, external_mask)
+
+        if "main" in streams:
+            entries = streams["main"].entries
+            pose = {i: e for i, e in entries.items() if i in pose_keep} if dual else None
+            return AggregatorOutput({i: e for i, e in entries.items() if i in keep}, run.mask, pose)
+        return AggregatorOutput(streams["geo"].entries, run.mask, streams["pose"].entries)
+
+    def _prepare_run(
+        self, grid_shape: torch.Size, patch_grid: tuple[int, int], mask_step: float, device: torch.device
+    ) -> _Run:
+        b, t, v = grid_shape[:3]
+        pos = frame_positions(*patch_grid, self.patch_start_idx, device)
+        kinds_used = set(self.cfg.bank_kinds.values())
         # RoPE positions are per frame, so a sequence of n frames repeats them n times.
-        positions = {k: pos.repeat(kinds.frames_per_sequence(k, t, v), 1) for k in set(self.cfg.bank_kinds.values())}
+        positions = {k: pos.repeat(kinds.frames_per_sequence(k, t, v), 1) for k in kinds_used}
         times = {}
         if self.cfg.temporal_rope and self.temporal_rope.active():
-            p = pos.shape[0]
-            times = {k: token_times(k, t, v, p, images.device) for k in set(self.cfg.bank_kinds.values())}
-        halves: dict[str, dict[int, torch.Tensor]] = {"time": {}, "view": {}}
-        entries: dict[int, torch.Tensor] = {}
-        layout = "global"
-        x = kinds.to_sequences(grid, layout)
-        for step in self.schedule.steps:
-            x = kinds.convert(x, layout, step.kind, b, t, v)
-            layout = step.kind
-            block = (self.time_blocks if step.bank == "time" else self.view_blocks)[step.index]
-            bias = None
-            if step.biased and step.bank in rows:  # no rows: every weight is 0, plain attention exactly
-                if (step.bank, layout) not in biases:
-                    grids = grid_bias(rows[step.bank], self.mask_bias.key_values(mask), self.patch_start_idx)
-                    row, key = (kinds.to_sequences(g[..., None], layout)[..., 0] for g in grids)
-                    biases[step.bank, layout] = RowKeyBias(rows=row, keys=key)
-                bias = biases[step.bank, layout]
-            rotation = None
-            if step.bank == "time" and times.get(layout) is not None:
-                rotation = TimeRotation(times[layout], self.temporal_rope.scale[step.index])
-            x = block(x, positions[layout], bias=bias, time_rotation=rotation)
-            if step.emits_mask:
-                tokens = kinds.from_sequences(x, layout, b, t, v)
-                mask = compute_mask(self.mask_head, tokens, patch_grid, self.patch_start_idx, external_mask)
-            if step.index in keep:
-                halves[step.bank][step.index] = kinds.from_sequences(x, layout, b, t, v)
-                if step.index in halves["time"] and step.index in halves["view"]:
-                    pair = (halves["time"].pop(step.index), halves["view"].pop(step.index))
-                    entries[step.index] = torch.cat(pair, dim=-1)
-        return AggregatorOutput(entries, mask)
+            times = {k: token_times(k, t, v, pos.shape[0], device) for k in kinds_used}
+        mask_cfg = self.cfg.dynamic_mask
+        rows = {}
+        if mask_cfg is not None:
+            names = ("main", "pose", "geo") if mask_cfg.streams == "dual" else ("main",)
+            rows = {name: self.mask_bias.row_values(mask_step, name) for name in names}
+        return _Run(b, t, v, positions, times, rows)
+
+    def _run_block(self, step: BlockStep, stream: _Stream, name: str, run: _Run) -> None:
+        """Run one scheduled block on one stream, with the biases and rotations that apply to it."""
+        stream.x, stream.layout = kinds.convert(stream.x, stream.layout, step.kind, run.b, run.t, run.v), step.kind
+        bias = None
+        rows = run.rows.get(name, {})
+        if step.biased and step.bank in rows:  # no rows: every weight is 0, plain attention exactly
+            cache = (name, step.bank, stream.layout)
+            if cache not in run.biases:
+                grids = grid_bias(rows[step.bank], self.mask_bias.key_values(run.mask), self.patch_start_idx)
+                row, key = (kinds.to_sequences(g[..., None], stream.layout)[..., 0] for g in grids)
+                run.biases[cache] = RowKeyBias(rows=row, keys=key)
+            bias = run.biases[cache]
+        rotation = None
+        if step.bank == "time" and run.times.get(stream.layout) is not None:
+            rotation = TimeRotation(run.times[stream.layout], self.temporal_rope.scale[step.index])
+        block = self.block_for(step.bank, step.index, name)
+        stream.x = block(stream.x, run.positions[stream.layout], bias=bias, time_rotation=rotation)
+        if step.index in stream.keep:
+            stream.record(step.bank, step.index, kinds.from_sequences(stream.x, stream.layout, run.b, run.t, run.v))

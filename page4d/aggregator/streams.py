@@ -5,10 +5,12 @@ queries and one for patch queries, and ``key_j`` a per-patch value (0 on camera/
 
 * ``Page4DBias``: PAGE-4D; view blocks only; row = strength on camera/register queries, 0 on patch
   queries; key = the head's key value.
-* ``PoseGeoBias``: the seeds' shared stream. One token stream whose camera/register queries act as the
-  pose stream (row ``-λ_pose``: attend less to moving keys) and whose patch queries act as the geometry
-  stream (row ``+λ_geo``: attend more to them), with separate ``λ_pose_t``, ``λ_geo_t`` in time blocks;
-  key = the moving probability M. Learnable, clamped to ``[-b, b]``, starting at 0.
+* ``PoseGeoBias``: the seeds' λ biases; key = the moving probability M; learnable, clamped to
+  ``[-b, b]``, starting at 0, with separate ``λ_pose_t``, ``λ_geo_t`` in time blocks. With one shared
+  stream (``main``) the camera/register queries act as the pose stream (row ``-λ_pose``: attend less to
+  moving keys) and the patch queries as the geometry stream (row ``+λ_geo``: attend more to them).
+  With dual streams every query of the ``pose`` stream gets ``-λ_pose`` and every query of the ``geo``
+  stream ``+λ_geo``.
 
 A strategy returns no rows when every row weight is exactly 0 and none needs a gradient, and the
 aggregator then runs plain attention: at inference an untrained bias is bit-for-bit the model without
@@ -54,7 +56,7 @@ class Page4DBias(nn.Module):
         super().__init__()
         self.cfg = cfg
 
-    def row_values(self, step: float) -> RowValues:
+    def row_values(self, step: float, stream: str = "main") -> RowValues:
         strength = mask_strength(self.cfg, step)
         if strength == 0.0:
             return {}
@@ -75,12 +77,16 @@ class PoseGeoBias(nn.Module):
         self.lambda_pose_t = nn.Parameter(torch.tensor(0.0))
         self.lambda_geo_t = nn.Parameter(torch.tensor(0.0))
 
-    def row_values(self, step: float) -> RowValues:
+    def row_values(self, step: float, stream: str = "main") -> RowValues:
         raw = (self.lambda_pose, self.lambda_geo, self.lambda_pose_t, self.lambda_geo_t)
         pose, geo, pose_t, geo_t = (lam.clamp(-self.bound, self.bound) for lam in raw)
         trained = torch.is_grad_enabled() and any(lam.requires_grad for lam in raw)
         if not trained and not any(bool(lam.detach() != 0) for lam in raw):
             return {}
+        if stream == "pose":
+            return {"view": (-pose, -pose), "time": (-pose_t, -pose_t)}
+        if stream == "geo":
+            return {"view": (geo, geo), "time": (geo_t, geo_t)}
         return {"view": (-pose, geo), "time": (-pose_t, geo_t)}
 
     def key_values(self, mask: MaskOutput) -> torch.Tensor:
