@@ -272,6 +272,14 @@ class ModelConfig:
             from page4d.aggregator.schedule import LayerSchedule  # the schedule owns the ordering rules
 
             LayerSchedule.alternating(agg)
+        epi = agg.epipolar
+        if epi is not None:
+            if any(not 0 <= i < agg.depth for i in epi.view_blocks):
+                raise ValueError(f"epipolar.view_blocks {epi.view_blocks} outside 0..{agg.depth - 1}")
+            if epi.view_blocks and agg.bank_kinds["view"] != "view":
+                raise ValueError("the epipolar prior needs the view bank to run view attention (bank_kinds['view'])")
+            if epi.band_px < 0 or epi.penalty < 0 or epi.chunk_size < 1:
+                raise ValueError("epipolar needs band_px >= 0, penalty >= 0 and chunk_size >= 1")
         for name in ("depth_head", "point_head", "track_head"):
             head = getattr(self, name)
             if head is not None and any(not 0 <= i < agg.depth for i in head.intermediate_layer_idx):

@@ -85,6 +85,7 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         query_points: torch.Tensor | None = None,
         mask_step: float = 0.0,
         external_mask: torch.Tensor | None = None,
+        camera_priors: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Predictions:
         """Predict cameras, depth, points (and tracks when ``query_points`` are given).
 
@@ -95,6 +96,9 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
             external_mask: optional moving mask in [0, 1] (1 = moving, e.g. from SegAnyMo) shaped like the
                 images without channels, ``[B, T, V, H, W]`` or ``[B, S, H, W]``; averaged over each patch and
                 fused by the ``seeds`` mask head.
+            camera_priors: optional coarse (intrinsics ``[B, T, V, 3, 3]``, world-to-camera extrinsics
+                ``[B, T, V, 3, 4]``) at the input resolution (``[B, S, ...]`` for 5-D images), for the
+                epipolar prior of the configured view blocks.
 
         Returns:
             ``Predictions`` with ``[B, T, V, ...]`` fields (see its docstring).
@@ -103,11 +107,15 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         b, t, v, _, height, width = images.shape
         psi = self.aggregator.patch_start_idx
         patch_mask = None if external_mask is None else self._patch_mask(external_mask, images.shape)
+        if camera_priors is not None and camera_priors[0].dim() == 4 and t == 1:
+            camera_priors = (camera_priors[0].unsqueeze(1), camera_priors[1].unsqueeze(1))
         with autocast(images.device):
             mask_cfg = self.config.aggregator.dynamic_mask
             dual = mask_cfg is not None and mask_cfg.streams == "dual"
             keep = self._dense_entries() if dual else self.required_entries()
-            aggregated = self.aggregator(images, keep, mask_step, patch_mask, pose_keep=self._camera_entries())
+            aggregated = self.aggregator(
+                images, keep, mask_step, patch_mask, pose_keep=self._camera_entries(), cameras=camera_priors
+            )
         frames = {i: rearrange(e, "b t v p c -> b (t v) p c").float() for i, e in aggregated.entries.items()}
         pose_source = aggregated.pose_entries if aggregated.pose_entries is not None else aggregated.entries
 

@@ -243,3 +243,97 @@ def test_bad_inputs_raise():
         make(intr, ext, cfg=EpipolarConfig(band_px=-1.0))
     with pytest.raises(ValueError, match="outside"):
         make(intr, ext).block(0, 3 * P + 1)
+
+
+# --- the prior inside the model ---------------------------------------------------------------------
+
+
+def _epipolar_model(penalty: float = 6.0):
+    import dataclasses
+
+    from page4d.config import EpipolarConfig, preset
+    from page4d.model import Page4D
+
+    cfg = preset("tiny")
+    cfg.aggregator = dataclasses.replace(
+        cfg.aggregator, epipolar=EpipolarConfig(view_blocks=(1, 2, 3), band_px=10.0, penalty=penalty, chunk_size=16)
+    )
+    torch.manual_seed(0)
+    model = Page4D(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def _circle_rig(t: int, v: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """V cameras on a circle looking at the origin, the same at every time step: [1, T, V, 3, 3], [1, T, V, 3, 4]."""
+    ks, es = [], []
+    for i in range(v):
+        angle = 2 * math.pi * i / v * 0.3
+        centre = torch.tensor([4 * math.sin(angle), 0.3 * i, -4 * math.cos(angle)], dtype=torch.float64)
+        forward = -centre / centre.norm()
+        right = torch.linalg.cross(torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), forward)
+        right = right / right.norm()
+        down = torch.linalg.cross(forward, right)
+        rot = torch.stack([right, down, forward])
+        es.append(torch.cat([rot, (-rot @ centre)[:, None]], dim=1))
+        ks.append(torch.tensor([[50.0, 0, width / 2], [0, 50.0, height / 2], [0, 0, 1]], dtype=torch.float64))
+    k = torch.stack(ks).float()[None, None].expand(1, t, v, 3, 3)
+    e = torch.stack(es).float()[None, None].expand(1, t, v, 3, 4)
+    return k.contiguous(), e.contiguous()
+
+
+def test_model_without_cameras_is_unchanged_and_with_cameras_changes():
+    import dataclasses
+
+    from page4d.model import Page4D
+    from page4d.nn import set_attention_backend
+
+    model = _epipolar_model()
+    cfg = dataclasses.replace(model.config)
+    cfg.aggregator = dataclasses.replace(cfg.aggregator, epipolar=None)
+    plain = Page4D(cfg).eval()
+    plain.load_state_dict(model.state_dict())
+    images = torch.rand(1, 2, 3, 3, 28, 42, generator=torch.Generator().manual_seed(0))
+    cameras = _circle_rig(2, 3, 28, 42)
+    with torch.no_grad():
+        assert torch.equal(model(images).depth, plain(images).depth)
+        fused = model(images, camera_priors=cameras)
+        set_attention_backend(model, "dense")
+        dense = model(images, camera_priors=cameras)
+    assert not torch.allclose(fused.pose_enc, plain(images).pose_enc, atol=1e-4)
+    assert torch.allclose(fused.pose_enc, dense.pose_enc, atol=1e-5)
+    assert torch.allclose(fused.depth, dense.depth, atol=1e-5)
+
+
+def test_zero_penalty_with_cameras_matches_the_plain_model():
+    model = _epipolar_model(penalty=0.0)
+    images = torch.rand(1, 2, 3, 3, 28, 42, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with_cameras = model(images, camera_priors=_circle_rig(2, 3, 28, 42))
+        assert torch.allclose(with_cameras.depth, model(images).depth, atol=1e-6)
+
+
+def test_model_level_errors():
+    import dataclasses
+
+    from page4d.config import EpipolarConfig, preset
+    from page4d.model import Page4D
+
+    images = torch.rand(1, 1, 3, 3, 28, 42)
+    with pytest.raises(ValueError, match="epipolar prior, which this model's config does not use"):
+        Page4D(preset("tiny"))(images, camera_priors=_circle_rig(1, 3, 28, 42))
+    cfg = preset("tiny")
+    with pytest.raises(ValueError, match=r"epipolar.view_blocks \(9,\) outside 0..3"):
+        cfg.aggregator = dataclasses.replace(cfg.aggregator, epipolar=EpipolarConfig(view_blocks=(9,)))
+        cfg.validate()
+    cfg = preset("tiny")
+    with pytest.raises(ValueError, match="needs the view bank to run view attention"):
+        cfg.aggregator = dataclasses.replace(
+            cfg.aggregator, epipolar=EpipolarConfig(view_blocks=(1,)), bank_kinds={"time": "frame", "view": "global"}
+        )
+        cfg.validate()
+    with pytest.raises(ValueError, match="extrinsics must be"):
+        k, e = _circle_rig(1, 3, 28, 42)
+        _epipolar_model()(images, camera_priors=(k, e[:, :, :2]))

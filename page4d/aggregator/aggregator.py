@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from page4d.aggregator import kinds
+from page4d.aggregator.epipolar import EpipolarBias
 from page4d.aggregator.mask_head import HEAD_KEYS, MaskOutput, build_mask_head, compute_mask
 from page4d.aggregator.schedule import BlockStep, LayerSchedule
 from page4d.aggregator.streams import build_bias, grid_bias
@@ -72,6 +73,7 @@ class _Run:
     rows: dict[str, dict]
     biases: dict[tuple[str, str, str], RowKeyBias] = field(default_factory=dict)
     mask: MaskOutput | None = None
+    epipolar: EpipolarBias | None = None
 
 
 class Aggregator(nn.Module):
@@ -142,12 +144,15 @@ class Aggregator(nn.Module):
         mask_step: float = 0.0,
         external_mask: torch.Tensor | None = None,
         pose_keep: Collection[int] | None = None,
+        cameras: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> AggregatorOutput:
         """Run the schedule and return the requested output entries ``{i: [B, T, V, P, 2C]}``.
 
         ``mask_step``: training step for PAGE-4D's strength schedule (0 at inference).
         ``external_mask``: optional ``[B, T, V, h, w]`` moving mask in [0, 1] for the seeds head.
         ``pose_keep``: with dual streams, the entries to keep from the pose stream (default ``keep``).
+        ``cameras``: optional coarse (intrinsics ``[B, T, V, 3, 3]``, extrinsics ``[B, T, V, 3, 4]``) at the
+        input resolution, for the epipolar prior of the configured view blocks.
         """
         b, t, v, _, height, width = images.shape
         patch_grid = (height // self.patch_size, width // self.patch_size)
@@ -162,6 +167,12 @@ class Aggregator(nn.Module):
             raise ValueError(f"requested output entries {sorted(keep | pose_keep)} outside 0..{self.cfg.depth - 1}")
 
         run = self._prepare_run(grid.shape, patch_grid, mask_step, images.device)
+        if cameras is not None:
+            if self.cfg.epipolar is None or not self.cfg.epipolar.view_blocks:
+                raise ValueError("camera priors feed the epipolar prior, which this model's config does not use")
+            run.epipolar = EpipolarBias(
+                *cameras, patch_grid, self.patch_size, self.patch_start_idx, self.cfg.epipolar, grid.shape
+            )
         dual = mask_cfg is not None and mask_cfg.streams == "dual"
         fork = dual and (bool(run.rows.get("pose")) or mask_cfg.dual_weights == "branched")
         streams = {"main": _Stream(kinds.to_sequences(grid, "global"), "global", keep | pose_keep)}
@@ -215,6 +226,10 @@ class Aggregator(nn.Module):
         if step.bank == "time" and run.times.get(stream.layout) is not None:
             rotation = TimeRotation(run.times[stream.layout], self.temporal_rope.scale[step.index])
         block = self.block_for(step.bank, step.index, name)
-        stream.x = block(stream.x, run.positions[stream.layout], bias=bias, time_rotation=rotation)
+        stream.x = block(
+            stream.x, run.positions[stream.layout], bias=bias, time_rotation=rotation,
+            chunked_bias=run.epipolar if step.epipolar else None,
+        )
         if step.index in stream.keep:
-            stream.record(step.bank, step.index, kinds.from_sequences(stream.x, stream.layout, run.b, run.t, run.v))
+            tokens = kinds.from_sequences(stream.x, stream.layout, run.b, run.t, run.v)
+            stream.record(step.bank, step.index, tokens)

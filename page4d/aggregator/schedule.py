@@ -17,7 +17,7 @@ class BlockStep:
     """Run block ``index`` of ``bank`` (``time`` or ``view``) with attention ``kind``.
 
     ``emits_mask``: the dynamic-mask head reads this block's output. ``biased``: this block's attention
-    takes the mask bias.
+    takes the mask bias. ``epipolar``: this block takes the epipolar prior when cameras are given.
     """
 
     bank: str
@@ -25,6 +25,7 @@ class BlockStep:
     kind: str
     emits_mask: bool = False
     biased: bool = False
+    epipolar: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class LayerSchedule:
                     biased = mask is not None and i in (
                         mask.biased_view_blocks if bank == "view" else mask.biased_time_blocks
                     )
-                    steps.append(BlockStep(bank, i, cfg.bank_kinds[bank], emits, biased))
+                    epipolar = cfg.epipolar is not None and bank == "view" and i in cfg.epipolar.view_blocks
+                    steps.append(BlockStep(bank, i, cfg.bank_kinds[bank], emits, biased, epipolar))
         schedule = cls(tuple(steps), cfg.depth)
         schedule.validate()
         return schedule
