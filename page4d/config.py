@@ -272,6 +272,12 @@ class ModelConfig:
             from page4d.aggregator.schedule import LayerSchedule  # the schedule owns the ordering rules
 
             LayerSchedule.alternating(agg)
+        sparse = agg.sparse_global
+        if sparse is not None:
+            if any(not 0 <= i < agg.depth for i in sparse.after_pairs):
+                raise ValueError(f"sparse_global.after_pairs {sparse.after_pairs} outside 0..{agg.depth - 1}")
+            if sparse.strategy not in ("landmark", "dilated", "memory"):
+                raise ValueError(f"unknown sparse_global.strategy {sparse.strategy!r}; use landmark, dilated or memory")
         epi = agg.epipolar
         if epi is not None:
             if any(not 0 <= i < agg.depth for i in epi.view_blocks):

@@ -86,6 +86,7 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         mask_step: float = 0.0,
         external_mask: torch.Tensor | None = None,
         camera_priors: tuple[torch.Tensor, torch.Tensor] | None = None,
+        keypoints: torch.Tensor | None = None,
     ) -> Predictions:
         """Predict cameras, depth, points (and tracks when ``query_points`` are given).
 
@@ -99,6 +100,8 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
             camera_priors: optional coarse (intrinsics ``[B, T, V, 3, 3]``, world-to-camera extrinsics
                 ``[B, T, V, 3, 4]``) at the input resolution (``[B, S, ...]`` for 5-D images), for the
                 epipolar prior of the configured view blocks.
+            keypoints: optional keypoint density in [0, 1] shaped like ``external_mask``, for the sparse
+                global blocks (landmark anchors, keypoint bias); averaged over each patch.
 
         Returns:
             ``Predictions`` with ``[B, T, V, ...]`` fields (see its docstring).
@@ -106,7 +109,8 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         images = as_grid(images, self.config.patch_size)
         b, t, v, _, height, width = images.shape
         psi = self.aggregator.patch_start_idx
-        patch_mask = None if external_mask is None else self._patch_mask(external_mask, images.shape)
+        patch_mask = None if external_mask is None else self._to_patches(external_mask, images.shape, "external_mask")
+        patch_keypoints = None if keypoints is None else self._to_patches(keypoints, images.shape, "keypoints")
         if camera_priors is not None and camera_priors[0].dim() == 4 and t == 1:
             camera_priors = (camera_priors[0].unsqueeze(1), camera_priors[1].unsqueeze(1))
         with autocast(images.device):
@@ -114,7 +118,8 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
             dual = mask_cfg is not None and mask_cfg.streams == "dual"
             keep = self._dense_entries() if dual else self.required_entries()
             aggregated = self.aggregator(
-                images, keep, mask_step, patch_mask, pose_keep=self._camera_entries(), cameras=camera_priors
+                images, keep, mask_step, patch_mask, pose_keep=self._camera_entries(), cameras=camera_priors,
+                keypoints=patch_keypoints,
             )
         frames = {i: rearrange(e, "b t v p c -> b (t v) p c").float() for i, e in aggregated.entries.items()}
         pose_source = aggregated.pose_entries if aggregated.pose_entries is not None else aggregated.entries
@@ -153,14 +158,14 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
                     out.track_conf = per_tv(tracks.conf)
         return out
 
-    def _patch_mask(self, mask: torch.Tensor, image_shape: torch.Size) -> torch.Tensor:
-        """External mask ``[B, T, V, H, W]`` (or ``[B, S, H, W]`` when T = 1) -> patch means ``[B, T, V, h, w]``."""
+    def _to_patches(self, mask: torch.Tensor, image_shape: torch.Size, name: str) -> torch.Tensor:
+        """Pixel map ``[B, T, V, H, W]`` (or ``[B, S, H, W]`` when T = 1) -> patch means ``[B, T, V, h, w]``."""
         b, t, v, _, height, width = image_shape
         if mask.dim() == 4 and t == 1:
             mask = mask.unsqueeze(1)
         if tuple(mask.shape) != (b, t, v, height, width):
             raise ValueError(
-                f"external_mask must be [B, T, V, H, W] = {[b, t, v, height, width]} like the images "
+                f"{name} must be [B, T, V, H, W] = {[b, t, v, height, width]} like the images "
                 f"(or [B, S, H, W] for 5-D images), got {list(mask.shape)}"
             )
         pooled = F.avg_pool2d(mask.float().flatten(0, 2)[:, None], kernel_size=self.config.patch_size)

@@ -19,6 +19,7 @@ from page4d.aggregator import kinds
 from page4d.aggregator.epipolar import EpipolarBias
 from page4d.aggregator.mask_head import HEAD_KEYS, MaskOutput, build_mask_head, compute_mask
 from page4d.aggregator.schedule import BlockStep, LayerSchedule
+from page4d.aggregator.sparse import SparseGlobalBlock
 from page4d.aggregator.streams import build_bias, grid_bias
 from page4d.aggregator.temporal import TemporalRoPE, token_times
 from page4d.aggregator.tokens import frame_positions, special_tokens
@@ -74,6 +75,8 @@ class _Run:
     biases: dict[tuple[str, str, str], RowKeyBias] = field(default_factory=dict)
     mask: MaskOutput | None = None
     epipolar: EpipolarBias | None = None
+    frame_positions: torch.Tensor | None = None
+    keypoints: torch.Tensor | None = None
 
 
 class Aggregator(nn.Module):
@@ -83,7 +86,8 @@ class Aggregator(nn.Module):
     ``time_blocks.{i}.*``, ``view_blocks.{i}.*`` and, with a dynamic mask, its head
     (``spatial_mask_head.*`` for PAGE-4D's, ``dynamic_mask_head.*`` for the seeds') and its bias
     strategy's parameters (``mask_bias.*``, none for PAGE-4D); with branched dual streams
-    ``pose_time_blocks.{i}`` / ``pose_view_blocks.{i}``; with a temporal encoding ``temporal_rope.scale``.
+    ``pose_time_blocks.{i}`` / ``pose_view_blocks.{i}``; with a temporal encoding ``temporal_rope.scale``;
+    with sparse global attention ``sparse_blocks.{j}.*``.
     """
 
     def __init__(self, cfg: AggregatorConfig, encoder: EncoderConfig, patch_size: int):
@@ -109,6 +113,10 @@ class Aggregator(nn.Module):
                     self.add_module(f"pose_{bank}_blocks", nn.ModuleDict(copies))
         if cfg.temporal_rope:
             self.temporal_rope = TemporalRoPE(cfg.depth, cfg.num_heads)
+        if cfg.sparse_global is not None:
+            self.sparse_blocks = nn.ModuleList(
+                SparseGlobalBlock(cfg.sparse_global, cfg, self.rope) for _ in cfg.sparse_global.after_pairs
+            )
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
@@ -145,6 +153,7 @@ class Aggregator(nn.Module):
         external_mask: torch.Tensor | None = None,
         pose_keep: Collection[int] | None = None,
         cameras: tuple[torch.Tensor, torch.Tensor] | None = None,
+        keypoints: torch.Tensor | None = None,
     ) -> AggregatorOutput:
         """Run the schedule and return the requested output entries ``{i: [B, T, V, P, 2C]}``.
 
@@ -153,6 +162,8 @@ class Aggregator(nn.Module):
         ``pose_keep``: with dual streams, the entries to keep from the pose stream (default ``keep``).
         ``cameras``: optional coarse (intrinsics ``[B, T, V, 3, 3]``, extrinsics ``[B, T, V, 3, 4]``) at the
         input resolution, for the epipolar prior of the configured view blocks.
+        ``keypoints``: optional ``[B, T, V, h, w]`` keypoint density in [0, 1] for the sparse blocks (landmark
+        choice and the keypoint bias).
         """
         b, t, v, _, height, width = images.shape
         patch_grid = (height // self.patch_size, width // self.patch_size)
@@ -167,6 +178,10 @@ class Aggregator(nn.Module):
             raise ValueError(f"requested output entries {sorted(keep | pose_keep)} outside 0..{self.cfg.depth - 1}")
 
         run = self._prepare_run(grid.shape, patch_grid, mask_step, images.device)
+        if keypoints is not None:
+            if self.cfg.sparse_global is None:
+                raise ValueError("keypoints feed the sparse global blocks, which this model's config does not use")
+            run.keypoints = keypoints.flatten(-2)
         if cameras is not None:
             if self.cfg.epipolar is None or not self.cfg.epipolar.view_blocks:
                 raise ValueError("camera priors feed the epipolar prior, which this model's config does not use")
@@ -208,10 +223,13 @@ class Aggregator(nn.Module):
         if mask_cfg is not None:
             names = ("main", "pose", "geo") if mask_cfg.streams == "dual" else ("main",)
             rows = {name: self.mask_bias.row_values(mask_step, name) for name in names}
-        return _Run(b, t, v, positions, times, rows)
+        return _Run(b, t, v, positions, times, rows, frame_positions=pos)
 
     def _run_block(self, step: BlockStep, stream: _Stream, name: str, run: _Run) -> None:
         """Run one scheduled block on one stream, with the biases and rotations that apply to it."""
+        if step.bank == "sparse":
+            self._run_sparse(step.index, stream, name, run)
+            return
         stream.x, stream.layout = kinds.convert(stream.x, stream.layout, step.kind, run.b, run.t, run.v), step.kind
         bias = None
         rows = run.rows.get(name, {})
@@ -233,3 +251,13 @@ class Aggregator(nn.Module):
         if step.index in stream.keep:
             tokens = kinds.from_sequences(stream.x, stream.layout, run.b, run.t, run.v)
             stream.record(step.bank, step.index, tokens)
+
+    def _run_sparse(self, index: int, stream: _Stream, name: str, run: _Run) -> None:
+        """Sparse block ``index`` on the token grid. Landmarks are the given keypoints, else the most static
+        patches (``1 - moving``) when a dynamic mask exists. The keypoint bias belongs to the geometry
+        stream, so a dual pose stream runs without keypoints."""
+        grid = kinds.from_sequences(stream.x, stream.layout, run.b, run.t, run.v)
+        keypoints = None if name == "pose" else run.keypoints
+        scores = None if run.mask is None or run.keypoints is not None else 1.0 - run.mask.moving.flatten(-2)
+        grid = self.sparse_blocks[index](grid, run.frame_positions, self.patch_start_idx, scores, keypoints)
+        stream.x, stream.layout = kinds.to_sequences(grid, "global"), "global"

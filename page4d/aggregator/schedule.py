@@ -2,7 +2,9 @@
 
 The schedule is data built from the config, not control flow in ``forward``. Output entry ``i`` of
 the aggregator is ``concat(time bank block i output, view bank block i output)`` (time first, as
-VGGT's ``[frame, global]``), whatever the running order.
+VGGT's ``[frame, global]``), whatever the running order. Sparse global blocks (bank ``sparse``, kind
+``global``) run right after the step that completes their pair; they change the next pair's input,
+not entry ``i``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class LayerSchedule:
                     )
                     epipolar = cfg.epipolar is not None and bank == "view" and i in cfg.epipolar.view_blocks
                     steps.append(BlockStep(bank, i, cfg.bank_kinds[bank], emits, biased, epipolar))
+            sparse = cfg.sparse_global
+            if sparse is not None:
+                done = range(g * k, (g + 1) * k)  # pairs completed by this group
+                steps += [BlockStep("sparse", j, "global") for j, i in enumerate(sparse.after_pairs) if i in done]
         schedule = cls(tuple(steps), cfg.depth)
         schedule.validate()
         return schedule
