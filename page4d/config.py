@@ -406,11 +406,30 @@ def _tiny_page4d(head: Literal["fin10", "release"]) -> ModelConfig:
     ))
 
 
+def _page4d_mv(base: ModelConfig, split: int, landmarks: int = 16) -> ModelConfig:
+    """The seeds' design on ``base``: time/view pairs, the seeds mask head after pair ``split - 1`` biasing
+    the later time and view blocks through one shared stream, temporal RoPE, one sparse global layer
+    (landmarks) after the middle pair. The epipolar prior is available but off (it needs camera priors)."""
+    depth = base.aggregator.depth
+    base.aggregator.dynamic_mask = DynamicMaskConfig(
+        head="seeds", bias="pose_geo", after_block=split - 1, biased_view_blocks=tuple(range(split, depth)),
+        biased_time_blocks=tuple(range(split, depth)),
+    )
+    base.aggregator.temporal_rope = True
+    base.aggregator.sparse_global = SparseGlobalConfig(
+        strategy="landmark", after_pairs=(depth // 2 - 1,), num_landmarks=landmarks
+    )
+    base.validate()
+    return base
+
+
 PRESETS = {
     "vggt-1b": _vggt_1b,
     "page4d-fin10": lambda: _with_mask(_vggt_1b(), page4d_mask_config("fin10")),
     "page4d-release": lambda: _with_mask(_vggt_1b(), page4d_mask_config("release")),
     "page4d-release-mask": lambda: _with_mask(_vggt_1b(), page4d_mask_config("release", hold_start=1.0, hold_end=2.0)),
+    "page4d-mv": lambda: _page4d_mv(_vggt_1b(), split=8),
+    "tiny-mv": lambda: _page4d_mv(_tiny(), split=1, landmarks=2),
     "tiny-page4d-fin10": lambda: _tiny_page4d("fin10"),
     "tiny-page4d-release": lambda: _tiny_page4d("release"),
     "tiny": _tiny,
@@ -426,7 +445,10 @@ def preset(name: str) -> ModelConfig:
     ``page4d-release`` (official release: mask after block 9, biases 10–19, strength 64·alpha with the
     release default hold 0/0, i.e. off at inference, as ``checkpoint_nomask.pt`` is used) and
     ``page4d-release-mask`` (hold 1/2: strength 64 at step 0, for ``checkpoint_mask.pt``); tiny test
-    models ``tiny``, ``tiny-conv``, ``tiny-track``, ``tiny-page4d-fin10``, ``tiny-page4d-release``.
+    models ``tiny``, ``tiny-conv``, ``tiny-track``, ``tiny-page4d-fin10``, ``tiny-page4d-release``;
+    ``page4d-mv`` (the design documents' multi-view model: seeds mask head after pair 7 with pose/geo λ
+    biases in time and view blocks 8–23, temporal RoPE, a landmark sparse global block after pair 11)
+    and its tiny twin ``tiny-mv``.
     """
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; available: {', '.join(sorted(PRESETS))}")

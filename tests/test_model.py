@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from page4d.aggregator import LayerSchedule
 from page4d.aggregator.tokens import special_tokens
 from page4d.checkpoints import vggt
 from page4d.checkpoints.loading import load_strict
-from page4d.config import AggregatorConfig, ModelConfig, preset
+from page4d.config import PRESETS, AggregatorConfig, ModelConfig, preset
 from page4d.model import Page4D
 
 
@@ -150,7 +151,8 @@ def test_invalid_configs_raise():
         ModelConfig.from_dict({"aggregatr": {}})
 
 
-def test_config_dict_round_trip():
-    for name in ("vggt-1b", "tiny", "tiny-conv", "tiny-track"):
-        cfg = preset(name)
-        assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_round_trips_through_its_dict_and_json(name):
+    cfg = preset(name)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
