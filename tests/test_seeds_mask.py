@@ -154,3 +154,32 @@ def test_lambda_bound_must_be_positive(bound):
     )
     with pytest.raises(ValueError, match="lambda_bound must be > 0"):
         cfg.validate()
+
+
+def test_pose_rows_lower_and_geo_rows_raise_the_attention_mass_on_moving_keys():
+    """Through the real strategy: camera/register queries (pose) attend less to moving keys, patch queries
+    (geometry) more; register/camera keys get no bias."""
+    from page4d.aggregator.mask_head import MaskOutput
+    from page4d.aggregator.streams import grid_bias
+    from page4d.nn import RowKeyBias
+    from page4d.nn.attention import dense_attention
+
+    bias = PoseGeoBias(DynamicMaskConfig(bias="pose_geo"))
+    with torch.no_grad():
+        bias.lambda_pose.fill_(2.0)
+        bias.lambda_geo.fill_(1.5)
+    moving = torch.zeros(1, 1, 2, 3, 4, dtype=torch.double)
+    moving[..., :, :2] = 0.9  # the left half of every frame moves
+    mask = MaskOutput(logits=moving, key=moving, moving=moving)
+    rows, keys = grid_bias(bias.row_values(0.0)["view"], bias.key_values(mask), num_special=5)
+    assert torch.equal(keys[..., :5], torch.zeros(1, 1, 2, 5, dtype=torch.double))
+    rows, keys = rows.flatten(1), keys.flatten(1)  # one view sequence: [1, V·P]
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 2, rows.shape[1], 8, generator=gen, dtype=torch.double) for _ in range(2))
+    indicator = (keys > 0).double()[:, None, :, None].expand(1, 2, -1, 8)
+    plain = dense_attention(q, k, indicator)[0, :, :, 0]
+    biased = dense_attention(q, k, indicator, bias=RowKeyBias(rows, keys))[0, :, :, 0]
+    special = torch.zeros(rows.shape[1], dtype=torch.bool)
+    special[[0, 1, 2, 3, 4, 17, 18, 19, 20, 21]] = True
+    assert (biased[:, special] < plain[:, special]).all()
+    assert (biased[:, ~special] > plain[:, ~special]).all()
