@@ -172,13 +172,28 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         return pooled[:, 0].unflatten(0, (b, t, v))
 
     @torch.inference_mode()
-    def infer(self, images: torch.Tensor, query_points: torch.Tensor | None = None) -> Predictions:
-        """Inference entry point: eval mode, inputs moved to the model's device, bf16 aggregator on CUDA."""
+    def infer(
+        self,
+        images: torch.Tensor,
+        query_points: torch.Tensor | None = None,
+        external_mask: torch.Tensor | None = None,
+        camera_priors: tuple[torch.Tensor, torch.Tensor] | None = None,
+        keypoints: torch.Tensor | None = None,
+    ) -> Predictions:
+        """Inference entry point: eval mode, inputs moved to the model's device, bf16 aggregator on CUDA.
+
+        Arguments as in ``forward`` (at inference the mask-strength step is 0)."""
         self.eval()
         device = next(self.parameters()).device
-        if query_points is not None:
-            query_points = query_points.to(device)
-        return self(images.to(device), query_points)
+
+        def move(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.to(device)
+
+        cameras = None if camera_priors is None else (move(camera_priors[0]), move(camera_priors[1]))
+        return self(
+            move(images), move(query_points), external_mask=move(external_mask), camera_priors=cameras,
+            keypoints=move(keypoints),
+        )
 
     # --- Hugging Face Hub mixin: native format = model.safetensors + config.json -------------------
 

@@ -56,3 +56,15 @@ def test_tiny_mv_at_init_is_the_plain_tiny_model_bit_for_bit():
     for name in ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert a.dynamic_mask.shape == (1, 3, 2, 28, 42)
+
+
+def test_infer_passes_every_optional_input():
+    torch.manual_seed(0)
+    model = Page4D(preset("tiny-mv"))
+    images = torch.rand(1, 2, 2, 3, 28, 42)
+    external = (torch.rand(1, 2, 2, 28, 42) > 0.5).float()
+    pred = model.infer(images, external_mask=external, keypoints=external)
+    assert not torch.is_grad_enabled() or pred.depth.grad_fn is None
+    with torch.no_grad():
+        direct = model.eval()(images, external_mask=external, keypoints=external)
+    assert torch.equal(pred.dynamic_mask, direct.dynamic_mask) and torch.equal(pred.depth, direct.depth)
