@@ -91,3 +91,15 @@ def test_only_sequences_spanning_time_are_rotated():
 
     with torch.no_grad():
         assert outputs_equal(framewise(True)(IMAGES), framewise(False)(IMAGES))
+
+
+def test_fused_equals_dense_with_time_rotation():
+    from page4d.nn import set_attention_backend
+
+    model = temporal_model(0.6)
+    with torch.no_grad():
+        fused = model(IMAGES)
+        set_attention_backend(model, "dense")
+        dense = model(IMAGES)
+    assert torch.allclose(fused.pose_enc, dense.pose_enc, atol=1e-5)
+    assert torch.allclose(fused.depth, dense.depth, atol=1e-5, rtol=1e-5)
