@@ -145,6 +145,9 @@ class AggregatorConfig:
     rope_freq: float = 100.0
     init_values: float = 0.01
     layernorm_eps: float = 1e-5
+    """Epsilon of the blocks' ``norm1`` / ``norm2`` (VGGT 1e-5, Pi3 1e-6)."""
+    qk_norm_eps: float = 1e-5
+    """Epsilon of the per-head q/k LayerNorms (1e-5 in VGGT and Pi3 alike)."""
     aa_order: tuple[BlockBank, ...] = ("time", "view")
     aa_block_size: int = 1
     bank_kinds: dict[str, AttentionKind] = field(default_factory=lambda: {"time": "time", "view": "view"})
@@ -341,6 +344,15 @@ def _vggt_1b() -> ModelConfig:
     return ModelConfig()
 
 
+def _pi3_large() -> ModelConfig:
+    """The model Pi3 / Pi3X weights load into: Pi3's DINOv2 ViT-L encoder, 18 (time, view) pairs (Pi3's 36
+    decoder blocks), block LayerNorm eps 1e-6, and no heads (Pi3's own heads have no page4d counterpart)."""
+    return ModelConfig(
+        aggregator=AggregatorConfig(depth=18, layernorm_eps=1e-6),
+        camera_head=None, depth_head=None, point_head=None, track_head=None,
+    )
+
+
 def _tiny() -> ModelConfig:
     """A few-hundred-k-parameter model for tests and the untrained demo (DINOv2-style encoder)."""
     return ModelConfig(
@@ -429,6 +441,7 @@ PRESETS = {
     "page4d-release": lambda: _with_mask(_vggt_1b(), page4d_mask_config("release")),
     "page4d-release-mask": lambda: _with_mask(_vggt_1b(), page4d_mask_config("release", hold_start=1.0, hold_end=2.0)),
     "page4d-mv": lambda: _page4d_mv(_vggt_1b(), split=8),
+    "pi3-large": _pi3_large,
     "tiny-mv": lambda: _page4d_mv(_tiny(), split=1, landmarks=2),
     "tiny-page4d-fin10": lambda: _tiny_page4d("fin10"),
     "tiny-page4d-release": lambda: _tiny_page4d("release"),
@@ -448,7 +461,8 @@ def preset(name: str) -> ModelConfig:
     models ``tiny``, ``tiny-conv``, ``tiny-track``, ``tiny-page4d-fin10``, ``tiny-page4d-release``;
     ``page4d-mv`` (the design documents' multi-view model: seeds mask head after pair 7 with pose/geo λ
     biases in time and view blocks 8–23, temporal RoPE, a landmark sparse global block after pair 11)
-    and its tiny twin ``tiny-mv``.
+    and its tiny twin ``tiny-mv``; ``pi3-large`` (Pi3's backbone: 18 pairs, block eps 1e-6, no heads; the
+    model ``yyfz233/Pi3`` and ``yyfz233/Pi3X`` load into).
     """
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; available: {', '.join(sorted(PRESETS))}")

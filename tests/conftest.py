@@ -51,3 +51,33 @@ def fixture_kind(config: dict) -> str:
     if "aggregator" in config and "patch_embed" in config:
         return "vggt"
     return "unknown"
+
+
+PI3_THRESHOLD = 1e-6
+"""Pi3 fixtures state no tolerance; this bound (the fixtures' metric) is justified in test_pi3.py: float32
+noise is ~2e-7, plausible eps mistakes give 2.6e-6 and more."""
+
+PI3_HEAD_OUTPUTS = {
+    "points", "local_points", "conf", "camera_poses",
+    "inter.point_decoder_out", "inter.conf_decoder_out", "inter.camera_decoder_out",
+}
+"""Outputs of Pi3's own heads: page4d has no counterpart (the converter reports those weights unused)."""
+
+
+def pi3_intermediates(model, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Our counterpart of each Pi3 backbone intermediate, for ``imgs`` ``[B, N, 3, H, W]`` as T = 1, V = N."""
+    from page4d.aggregator.tokens import frame_positions
+
+    grid = imgs.unsqueeze(1)
+    depth, width = model.config.aggregator.depth, model.config.aggregator.embed_dim
+    with torch.no_grad():
+        out = {"inter.encoder_patch_tokens": model.aggregator.encode(grid).flatten(0, 2)}
+        entries = model.aggregator(grid, keep=range(depth)).entries
+    for k, entry in entries.items():
+        out[f"inter.decoder_block_{2 * k:02d}"] = entry[:, 0, ..., :width]
+        out[f"inter.decoder_block_{2 * k + 1:02d}"] = entry[:, 0, ..., width:]
+    out["inter.decoder_out"] = entries[depth - 1].flatten(0, 2)
+    h, w = imgs.shape[-2] // model.config.patch_size, imgs.shape[-1] // model.config.patch_size
+    positions = frame_positions(h, w, model.aggregator.patch_start_idx)
+    out["inter.pos"] = positions.expand(imgs.shape[0] * imgs.shape[1], -1, -1)
+    return out

@@ -71,6 +71,7 @@ def test_overwrite_replaces_the_folder(tmp_path):
     [
         (["--size", "100"], "multiple of 14"),
         (["--model", "no-such-model"], "no-such-model"),
+        (["--model", "pi3-large"], "reconstruct needs the camera, depth and point heads"),
     ],
 )
 def test_bad_options_fail_cleanly(tmp_path, capsys, args, message):

@@ -1,11 +1,13 @@
 """Parity with the reference implementations over every fixture folder.
 
-By default every VGGT and PAGE-4D fixture under ``../shared/fixtures``; ``PAGE4D_FIXTURE_DIRS``
+By default every VGGT, PAGE-4D and Pi3 fixture under ``../shared/fixtures``; ``PAGE4D_FIXTURE_DIRS``
 (os.pathsep-separated folders) replaces the list, so any folder of the same schema is a test case
 without code changes. Each fixture is built from its ``config.json``, its ``model.safetensors`` is
 converted and loaded strictly, its ``inputs.safetensors`` run as T = 1, V = S in eval / float32, and
 every tensor of ``outputs.safetensors`` is compared within the fixture's own tolerance. PAGE-4D
-negative controls (the same forward with the mask zeroed) must NOT match.
+negative controls (the same forward with the mask zeroed) must NOT match. Pi3 fixtures compare the
+backbone (encoder tokens, every decoder block, the decoder output and the token positions); Pi3's own
+heads have no counterpart in page4d.
 """
 
 from __future__ import annotations
@@ -19,16 +21,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURES, fixture_kind, load_fixture, rel_err, tolerance
+from conftest import (
+    FIXTURES,
+    PI3_HEAD_OUTPUTS,
+    PI3_THRESHOLD,
+    fixture_kind,
+    load_fixture,
+    pi3_intermediates,
+    rel_err,
+    tolerance,
+)
 from einops import rearrange
 
 from page4d.aggregator.streams import grid_bias
-from page4d.checkpoints import page4d, vggt
+from page4d.checkpoints import page4d, pi3, vggt
 from page4d.checkpoints.loading import load_strict
 from page4d.geometry import extri_intri_to_pose_encoding, unproject_depth
 from page4d.model import Page4D
 
-SUPPORTED = {"vggt": vggt, "page4d": page4d}
+SUPPORTED = {"vggt": vggt, "page4d": page4d, "pi3": pi3}
 EXP_OUTPUTS = {"depth", "depth_conf", "world_points_conf"}
 def fixture_dirs() -> list[Path]:
     env = os.environ.get("PAGE4D_FIXTURE_DIRS")
@@ -41,7 +52,7 @@ def fixture_dirs() -> list[Path]:
 def test_default_fixture_list_has_the_reference_fixtures():
     names = {d.name for d in fixture_dirs()}
     if "PAGE4D_FIXTURE_DIRS" not in os.environ:
-        assert {"vggt_conv_tiny", "vggt_dinov2_tiny", "page4d_tiny", "page4d_release_tiny"} <= names
+        assert {"vggt_conv_tiny", "vggt_dinov2_tiny", "page4d_tiny", "page4d_release_tiny", "pi3_tiny"} <= names
 
 
 def squeeze_time(x: torch.Tensor) -> torch.Tensor:
@@ -97,8 +108,18 @@ def run_fixture(folder: Path, kind: str) -> tuple[dict, dict[str, torch.Tensor]]
     return fx, ours
 
 
+def run_pi3_fixture(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    fx = load_fixture(str(folder.resolve()))
+    model = Page4D(pi3.model_config_from_reference(fx["config"])).eval()
+    state, report = pi3.convert(fx["model"], source=str(folder / "model.safetensors"))
+    load_strict(model, state, report, allow_missing=report.initialised)
+    return fx, pi3_intermediates(model, fx["inputs"]["imgs"])
+
+
 def compare(fx: dict, key: str, ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     """(error, threshold) under the fixture's rule; PAGE-4D fixtures compare exponential outputs relatively."""
+    if fx["tolerance"] is None:  # Pi3 fixtures
+        return rel_err(ours, ref), PI3_THRESHOLD
     relative = "relative" in fx["tolerance"].get("rule", "") and key in EXP_OUTPUTS
     if relative:
         bound = tolerance(fx, key)
@@ -114,9 +135,11 @@ def test_fixture_parity(folder: Path):
     kind = fixture_kind(config)
     if kind not in SUPPORTED:
         pytest.fail(f"{folder.name}: fixture kind {kind!r} is not supported by this parity test yet")
-    fx, ours = run_fixture(folder, kind)
+    fx, ours = run_pi3_fixture(folder) if kind == "pi3" else run_fixture(folder, kind)
     errors, controls = {}, {}
     for key, ref in fx["outputs"].items():
+        if kind == "pi3" and key in PI3_HEAD_OUTPUTS:
+            continue
         if key.startswith("control_mask_zeroed_"):
             target = key.removeprefix("control_mask_zeroed_")
             controls[key] = compare(fx, target, ours[target], ref)

@@ -125,6 +125,7 @@ class Aggregator(nn.Module):
         return Block(
             cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.proj_bias, cfg.ffn_bias,
             init_values=cfg.init_values, qk_norm=cfg.qk_norm, norm_eps=cfg.layernorm_eps, rope=self.rope,
+            qk_norm_eps=cfg.qk_norm_eps,
         )
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,7 @@ class SparseGlobalBlock(nn.Module):
         self.block = Block(
             agg.embed_dim, agg.num_heads, agg.mlp_ratio, agg.qkv_bias, agg.proj_bias, agg.ffn_bias,
             init_values=0.0, qk_norm=agg.qk_norm, norm_eps=agg.layernorm_eps, rope=rope,
+            qk_norm_eps=agg.qk_norm_eps,
         )
         if cfg.strategy == "memory":
             self.memory_tokens = nn.Parameter(torch.randn(1, cfg.num_memory_tokens, agg.embed_dim) * 0.02)

@@ -31,6 +31,9 @@ KNOWN_CHECKPOINTS = {
     "zhouk777/PAGE4D/checkpoint_mask.pt": HubCheckpoint(
         "zhouk777/PAGE4D", "checkpoint_mask.pt", preset="page4d-release-mask", repo_type="dataset"
     ),
+    # Pi3 / Pi3X weights are CC BY-NC 4.0 (non-commercial); only their backbone loads (no heads).
+    "yyfz233/Pi3": HubCheckpoint("yyfz233/Pi3", "model.safetensors", preset="pi3-large"),
+    "yyfz233/Pi3X": HubCheckpoint("yyfz233/Pi3X", "model.safetensors", preset="pi3-large"),
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -13,10 +15,23 @@ def _listing(keys: list[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Raise ``ValueError`` unless ``state_dict`` has exactly the model's keys and shapes."""
+def check_state_dict(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    source: str,
+    allow_missing: Mapping[str, str] | None = None,
+) -> None:
+    """Raise ``ValueError`` unless ``state_dict`` has exactly the model's keys and shapes.
+
+    ``allow_missing``: model key -> reason, the only keys ``state_dict`` may lack (a converter's
+    ``report.initialised``); each must be a key of the model.
+    """
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
+    allowed = dict(allow_missing or {})
+    foreign = sorted(set(allowed) - set(expected))
+    if foreign:
+        raise ValueError(f"{source}: keys allowed to be missing are not in the model: {_listing(foreign)}")
+    missing = sorted(set(expected) - set(state_dict) - set(allowed))
     unexpected = sorted(set(state_dict) - set(expected))
     mis_shaped = [
         f"{k} (checkpoint {list(state_dict[k].shape)} vs model {list(expected[k].shape)})"
@@ -35,13 +50,31 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
             f"{source} does not match the model configuration; " + "; ".join(problems)
             + ". Check that the checkpoint family and the model config/preset agree."
         )
-    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    # Meta tensors (key lists checked for shape only) have no values to test.
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not v.is_meta and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"{source} contains NaN or Inf values in {_listing(bad)}; the checkpoint is corrupt")
 
 
-def load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], report: LoadReport) -> LoadReport:
-    """Check, then copy every tensor into ``model`` (casting to the model's dtype). Returns ``report``."""
-    check_state_dict(model, state_dict, report.source)
-    model.load_state_dict(state_dict, strict=True, assign=False)
+def load_strict(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    report: LoadReport,
+    allow_missing: Mapping[str, str] | None = None,
+) -> LoadReport:
+    """Check, then copy every tensor into ``model`` (casting to the model's dtype). Returns ``report``.
+
+    ``allow_missing``: model key -> reason, the only keys ``state_dict`` may lack (pass the converter's
+    ``report.initialised``); they keep the model's current values, and the load itself stays strict.
+    """
+    check_state_dict(model, state_dict, report.source, allow_missing)
+    model.load_state_dict(completed(model, state_dict, allow_missing), strict=True, assign=False)
     return report
+
+
+def completed(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], allow_missing: Mapping[str, str] | None
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` plus the model's current tensors for the allowed-missing keys it lacks."""
+    current = model.state_dict()
+    return {**state_dict, **{k: current[k] for k in allow_missing or {} if k not in state_dict}}

@@ -12,7 +12,8 @@ class LoadReport:
     """Accounts for every key of a conversion.
 
     ``mapped``: target key -> source key. ``initialised``: target key -> reason it was not loaded.
-    ``unused``: source key -> reason it was dropped.
+    ``unused``: source key -> reason it was dropped. ``notes``: mapped target key -> how its value was
+    derived, for targets that are more than a renamed copy of their source (e.g. a slice of it).
     """
 
     source: str
@@ -20,6 +21,7 @@ class LoadReport:
     mapped: dict[str, str] = field(default_factory=dict)
     initialised: dict[str, str] = field(default_factory=dict)
     unused: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def renamed(self) -> dict[str, str]:
@@ -27,11 +29,12 @@ class LoadReport:
         return {t: s for t, s in self.mapped.items() if t != s}
 
     def summary(self) -> str:
-        """A few lines for humans: counts, renamed prefixes, initialised and unused keys."""
+        """A few lines for humans: counts, derived, initialised and unused keys."""
         lines = [
             f"{self.converter} <- {self.source}: {len(self.mapped)} keys loaded "
             f"({len(self.renamed)} renamed), {len(self.initialised)} initialised, {len(self.unused)} unused",
         ]
+        lines += [f"  derived {k} <- {self.mapped[k]}: {how}" for k, how in sorted(self.notes.items())]
         lines += [f"  initialised {k}: {why}" for k, why in sorted(self.initialised.items())]
         lines += [f"  unused {k}: {why}" for k, why in sorted(self.unused.items())]
         return "\n".join(lines)

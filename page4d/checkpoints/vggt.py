@@ -70,12 +70,13 @@ def model_config_from_reference(ref: dict[str, Any]) -> ModelConfig:
             init_values=pe["init_values"], layernorm_eps=pe["layernorm_eps"], qkv_bias=pe["qkv_bias"],
             proj_bias=pe["proj_bias"], ffn_bias=pe["ffn_bias"],
         )
-    eps = ref.get("fixed_constants", {}).get("aggregator_layernorm_eps", 1e-5)
+    constants = ref.get("fixed_constants", {})
+    eps, qk_eps = constants.get("aggregator_layernorm_eps", 1e-5), constants.get("aggregator_qk_norm_eps", 1e-5)
     aggregator = AggregatorConfig(
         embed_dim=agg["embed_dim"], depth=agg["depth"], num_heads=agg["num_heads"], mlp_ratio=agg["mlp_ratio"],
         num_register_tokens=agg["num_register_tokens"], qkv_bias=agg["qkv_bias"], proj_bias=agg["proj_bias"],
         ffn_bias=agg["ffn_bias"], qk_norm=agg["qk_norm"], rope_freq=agg["rope_freq"],
-        init_values=agg["init_values"], layernorm_eps=eps,
+        init_values=agg["init_values"], layernorm_eps=eps, qk_norm_eps=qk_eps,
         aa_order=tuple(_REFERENCE_KIND[k] for k in agg["aa_order"]), aa_block_size=agg["aa_block_size"],
     )
     enabled = ref.get("enabled_heads", {})

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from page4d import __version__
-from page4d.config import PRESETS, preset
+from page4d.config import PRESETS, ModelConfig, preset
 from page4d.data.layout import load_clip
 from page4d.model import Page4D
 
@@ -56,6 +56,15 @@ def load_model(name: str, seed: int) -> tuple[Page4D, str]:
 
     model, report = load_pretrained(name)
     return model, f"{name} ({len(report.mapped)} tensors loaded by the {report.converter} converter)"
+
+
+def _require_heads(config: ModelConfig, name: str) -> None:
+    missing = [head for head in ("camera_head", "depth_head", "point_head") if getattr(config, head) is None]
+    if missing:
+        raise ValueError(
+            f"--model {name}: reconstruct needs the camera, depth and point heads, and this model has no "
+            f"{', '.join(missing)} (a Pi3-initialised backbone has none); use a model with heads"
+        )
 
 
 def _device(name: str) -> torch.device:
@@ -102,7 +111,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--size {args.size} must be a positive multiple of 14 (e.g. 518)")
     clip = load_clip(args.input)
     device = _device(args.device)
+    if args.model in PRESETS:
+        _require_heads(preset(args.model), args.model)  # before building a possibly full-size model
     model, source = load_model(args.model, args.seed)
+    _require_heads(model.config, args.model)
     model.to(device)
     log(f"model: {source}")
     log(f"clip: {clip.root} — T={clip.num_times} time steps × V={clip.num_views} views, "

@@ -25,7 +25,8 @@ class Block(nn.Module):
     """``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``.
 
     Keys: ``norm1``, ``attn.*``, ``ls1.gamma``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``, ``ls2.gamma``
-    (no ``ls*`` keys when ``init_values`` is None).
+    (no ``ls*`` keys when ``init_values`` is None). ``norm_eps`` is the epsilon of ``norm1`` / ``norm2``,
+    ``qk_norm_eps`` that of the per-head q/k LayerNorms (Pi3 uses 1e-6 and 1e-5).
     """
 
     def __init__(
@@ -40,10 +41,11 @@ class Block(nn.Module):
         qk_norm: bool = False,
         norm_eps: float = 1e-5,
         rope: RotaryEmbedding2D | None = None,
+        qk_norm_eps: float = 1e-5,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_eps, rope)
+        self.attn = Attention(dim, num_heads, qkv_bias, proj_bias, qk_norm, qk_norm_eps, rope)
         self.ls1 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)
