@@ -81,3 +81,31 @@ def pi3_intermediates(model, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
     positions = frame_positions(h, w, model.aggregator.patch_start_idx)
     out["inter.pos"] = positions.expand(imgs.shape[0] * imgs.shape[1], -1, -1)
     return out
+
+
+def perturbed(config, seed: int = 0, scale: float = 0.05, skip: str | None = None):
+    """A ``Page4D`` of ``config`` in eval mode, every parameter (except names containing ``skip``) moved off
+    its initial value by N(0, scale²) noise, so that no mechanism is tested on trivial weights."""
+    from page4d.model import Page4D
+
+    torch.manual_seed(seed)
+    model = Page4D(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if skip is None or skip not in name:
+                p.add_(torch.randn_like(p) * scale)
+    return model
+
+
+def twin(model, **aggregator_changes):
+    """The same weights in a model whose aggregator config differs by ``aggregator_changes``: the twin's
+    keys must all come from ``model``; keys only ``model`` has (the mechanism switched off) are dropped."""
+    import dataclasses
+
+    from page4d.model import Page4D
+
+    cfg = dataclasses.replace(model.config)
+    cfg.aggregator = dataclasses.replace(cfg.aggregator, **aggregator_changes)
+    other = Page4D(cfg).eval()
+    other.load_state_dict({k: v for k, v in model.state_dict().items() if k in other.state_dict()}, strict=True)
+    return other

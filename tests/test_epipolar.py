@@ -251,19 +251,15 @@ def test_bad_inputs_raise():
 def _epipolar_model(penalty: float = 6.0):
     import dataclasses
 
+    from conftest import perturbed
+
     from page4d.config import EpipolarConfig, preset
-    from page4d.model import Page4D
 
     cfg = preset("tiny")
     cfg.aggregator = dataclasses.replace(
         cfg.aggregator, epipolar=EpipolarConfig(view_blocks=(1, 2, 3), band_px=10.0, penalty=penalty, chunk_size=16)
     )
-    torch.manual_seed(0)
-    model = Page4D(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+    return perturbed(cfg)
 
 
 def _circle_rig(t: int, v: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
+from conftest import perturbed, twin
 
 from page4d.aggregator.mask_head import SeedsMaskHead
 from page4d.aggregator.streams import PoseGeoBias
@@ -22,11 +21,8 @@ def seeds_model(gate: str = "scalar", lambdas: tuple[float, ...] | None = None, 
         biased_time_blocks=(1, 2, 3),
     )
     cfg.validate()
-    torch.manual_seed(seed)
-    model = Page4D(cfg).eval()
+    model = perturbed(cfg, seed)
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
         bias = model.aggregator.mask_bias
         for lam, value in zip((bias.lambda_pose, bias.lambda_geo, bias.lambda_pose_t, bias.lambda_geo_t),
                               lambdas or (0.0, 0.0, 0.0, 0.0), strict=True):
@@ -35,12 +31,7 @@ def seeds_model(gate: str = "scalar", lambdas: tuple[float, ...] | None = None, 
 
 
 def plain_twin(model: Page4D) -> Page4D:
-    cfg = dataclasses.replace(model.config)
-    cfg.aggregator = dataclasses.replace(cfg.aggregator, dynamic_mask=None)
-    plain = Page4D(cfg).eval()
-    state = {k: v for k, v in model.state_dict().items() if "mask" not in k.split(".")[1]}
-    plain.load_state_dict(state)
-    return plain
+    return twin(model, dynamic_mask=None)
 
 
 IMAGES = torch.rand(1, 2, 3, 3, 28, 42, generator=torch.Generator().manual_seed(1))

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import perturbed, twin
 
 from page4d.aggregator import LayerSchedule
 from page4d.config import AggregatorConfig, DynamicMaskConfig, SparseGlobalConfig, preset
@@ -20,12 +21,8 @@ def sparse_model(strategy: str, gamma: float = 0.0, **changes) -> Page4D:
     sparse = SparseGlobalConfig(strategy=strategy, after_pairs=(1, 2), num_landmarks=2, dilation_levels=(1,),
                                 num_memory_tokens=4, **changes)
     cfg.aggregator = dataclasses.replace(cfg.aggregator, sparse_global=sparse)
-    torch.manual_seed(0)
-    model = Page4D(cfg).eval()
+    model = perturbed(cfg, skip="sparse_blocks")
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "sparse_blocks" not in name:
-                p.add_(torch.randn_like(p) * 0.05)
         for block in model.aggregator.sparse_blocks:
             block.block.ls1.gamma.fill_(gamma)
             block.block.ls2.gamma.fill_(gamma)
@@ -33,11 +30,7 @@ def sparse_model(strategy: str, gamma: float = 0.0, **changes) -> Page4D:
 
 
 def plain_twin(model: Page4D) -> Page4D:
-    cfg = dataclasses.replace(model.config)
-    cfg.aggregator = dataclasses.replace(cfg.aggregator, sparse_global=None)
-    plain = Page4D(cfg).eval()
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "sparse_blocks" not in k})
-    return plain
+    return twin(model, sparse_global=None)
 
 
 @pytest.mark.parametrize("strategy", ["landmark", "dilated", "memory"])

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import perturbed, twin
 
 from page4d.config import DynamicMaskConfig, preset
 from page4d.model import Page4D
@@ -21,11 +22,8 @@ def dual_model(weights: str = "shared", lambdas=(0.0, 0.0, 0.0, 0.0), streams: s
         streams=streams, dual_from_block=2, dual_weights=weights,
     )
     cfg.validate()
-    torch.manual_seed(0)
-    model = Page4D(cfg).eval()
+    model = perturbed(cfg)
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
         agg = model.aggregator
         for name in ("time", "view"):  # branched copies start equal to the shared blocks
             copies = getattr(agg, f"pose_{name}_blocks", {})
@@ -38,14 +36,8 @@ def dual_model(weights: str = "shared", lambdas=(0.0, 0.0, 0.0, 0.0), streams: s
     return model
 
 
-def twin(model: Page4D, **mask_changes) -> Page4D:
-    cfg = dataclasses.replace(model.config)
-    cfg.aggregator = dataclasses.replace(
-        cfg.aggregator, dynamic_mask=dataclasses.replace(cfg.aggregator.dynamic_mask, **mask_changes)
-    )
-    other = Page4D(cfg).eval()
-    other.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("aggregator.pose_")})
-    return other
+def mask_twin(model: Page4D, **mask_changes) -> Page4D:
+    return twin(model, dynamic_mask=dataclasses.replace(model.config.aggregator.dynamic_mask, **mask_changes))
 
 
 FIELDS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf", "dynamic_mask")
@@ -54,7 +46,7 @@ FIELDS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf"
 @pytest.mark.parametrize("weights", ["shared", "branched"])
 def test_dual_streams_at_zero_lambda_equal_the_single_stream_exactly(weights):
     model = dual_model(weights)
-    single = twin(model, streams="shared", dual_weights="shared")
+    single = mask_twin(model, streams="shared", dual_weights="shared")
     with torch.no_grad():
         a, b = model(IMAGES), single(IMAGES)
     for name in FIELDS:

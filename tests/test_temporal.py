@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from conftest import perturbed, twin
 
 from page4d.config import preset
 from page4d.model import Page4D
@@ -14,21 +15,14 @@ from page4d.nn import RotaryEmbedding2D, TimeRotation
 def temporal_model(scale: float = 0.0) -> Page4D:
     cfg = preset("tiny")
     cfg.aggregator = dataclasses.replace(cfg.aggregator, temporal_rope=True)
-    torch.manual_seed(0)
-    model = Page4D(cfg).eval()
+    model = perturbed(cfg)
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
         model.aggregator.temporal_rope.scale.fill_(scale)
     return model
 
 
 def plain_twin(model: Page4D) -> Page4D:
-    cfg = dataclasses.replace(model.config)
-    cfg.aggregator = dataclasses.replace(cfg.aggregator, temporal_rope=False)
-    plain = Page4D(cfg).eval()
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "temporal_rope" not in k})
-    return plain
+    return twin(model, temporal_rope=False)
 
 
 IMAGES = torch.rand(1, 3, 2, 3, 28, 42, generator=torch.Generator().manual_seed(3))
@@ -80,17 +74,10 @@ def test_only_sequences_spanning_time_are_rotated():
     """With the time bank run as per-frame attention no sequence spans two time steps: scales change nothing."""
     model = temporal_model(0.9)
 
-    def framewise(temporal: bool) -> Page4D:
-        cfg = dataclasses.replace(model.config)
-        cfg.aggregator = dataclasses.replace(
-            cfg.aggregator, bank_kinds={"time": "frame", "view": "view"}, temporal_rope=temporal
-        )
-        twin = Page4D(cfg).eval()
-        twin.load_state_dict({k: v for k, v in model.state_dict().items() if temporal or "temporal_rope" not in k})
-        return twin
-
+    framewise = {"time": "frame", "view": "view"}
     with torch.no_grad():
-        assert outputs_equal(framewise(True)(IMAGES), framewise(False)(IMAGES))
+        rotated = twin(model, bank_kinds=framewise)(IMAGES)
+        assert outputs_equal(rotated, twin(model, bank_kinds=framewise, temporal_rope=False)(IMAGES))
 
 
 def test_fused_equals_dense_with_time_rotation():
