@@ -1,0 +1,257 @@
+"""Initialisation recipes: build one model from several checkpoints with explicit precedence.
+
+A recipe is data: a target preset, the named sources it needs (each with its converter family), an
+ordered list of stages (source, glob patterns over *target* keys) and the target keys left at the
+model's initialisation with a reason. It is validated against the target's key list and every
+source's converted key list (meta tensors, no data) before any tensor is read:
+
+* every pattern must match a target key, and its stage's source must provide every key it claims
+  with the target's shape;
+* a target key claimed by two stages is an error, unless ``precedence="first"`` says the earlier
+  stage wins;
+* a target key that no stage provides and ``initialise`` does not list is an error;
+* a source key feeding two stages is an error unless ``allow_shared_sources``.
+
+Then tensors are copied one at a time into the target model (see ``source.LazySource``), and the
+returned ``LoadReport`` names every target key's source (``label:key``) or why it was initialised,
+and every unused source key with the reason.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from page4d.checkpoints import page4d, pi3, vggt
+from page4d.checkpoints.report import LoadReport
+from page4d.checkpoints.source import LazySource
+from page4d.config import ModelConfig, preset
+from page4d.model import Page4D
+
+CONVERTERS: dict[str, Callable] = {
+    "vggt": vggt.convert,
+    "page4d": page4d.convert,
+    "pi3": pi3.convert,
+    "native": lambda state, source="native": (dict(state), LoadReport(source, "native", {k: k for k in state})),
+}
+_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def expand(pattern: str) -> list[str]:
+    """Glob patterns with numeric ranges: ``time_blocks.{0..2}.*`` -> three patterns."""
+    match = _RANGE.search(pattern)
+    if match is None:
+        return [pattern]
+    first, last = int(match[1]), int(match[2])
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    return [p for i in range(first, last + 1) for p in expand(f"{head}{i}{tail}")]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Take the target keys matching ``keys`` from the source named ``source``."""
+
+    source: str
+    keys: tuple[str, ...]
+
+
+@dataclass
+class Recipe:
+    name: str
+    target: str | dict
+    """Preset name, or a full ``ModelConfig`` dict, of the model being built."""
+    sources: dict[str, str]
+    """Source label -> converter (``vggt``, ``page4d``, ``pi3``, ``native``), in the order sources are given."""
+    stages: tuple[Stage, ...]
+    initialise: dict[str, str] = field(default_factory=dict)
+    """Target key pattern -> why those keys keep the model's initialisation."""
+    precedence: str = "error"
+    """``error``: overlapping claims are rejected; ``first``: the earlier stage wins."""
+    allow_shared_sources: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recipe:
+        fields = {"name", "target", "sources", "stages", "initialise", "precedence", "allow_shared_sources"}
+        unknown = set(data) - fields
+        if unknown:
+            raise ValueError(f"unknown recipe fields: {sorted(unknown)}")
+        stages = tuple(Stage(s["source"], tuple(s["keys"])) for s in data["stages"])
+        return cls(
+            data["name"], data["target"], dict(data["sources"]), stages, dict(data.get("initialise", {})),
+            data.get("precedence", "error"), bool(data.get("allow_shared_sources", False)),
+        )
+
+    def target_config(self) -> ModelConfig:
+        return preset(self.target) if isinstance(self.target, str) else ModelConfig.from_dict(self.target)
+
+    def validate_fields(self) -> None:
+        if self.precedence not in ("error", "first"):
+            raise ValueError(f"recipe {self.name}: precedence must be 'error' or 'first', got {self.precedence!r}")
+        for label, converter in self.sources.items():
+            if converter not in CONVERTERS:
+                raise ValueError(f"recipe {self.name}: source {label!r} has unknown converter {converter!r}")
+        for stage in self.stages:
+            if stage.source not in self.sources:
+                raise ValueError(
+                    f"recipe {self.name}: a stage uses source {stage.source!r}, not one of {list(self.sources)}"
+                )
+
+
+SEEDS = Recipe(
+    name="seeds",
+    target="page4d-mv",
+    sources={"pi3": "pi3", "page4d": "page4d"},
+    stages=(
+        Stage("pi3", ("aggregator.time_blocks.{0..17}.*", "aggregator.view_blocks.{0..17}.*",
+                      "aggregator.register_token")),
+        Stage("page4d", ("aggregator.patch_embed.*", "aggregator.time_blocks.{18..23}.*",
+                         "aggregator.view_blocks.{18..23}.*", "aggregator.camera_token", "camera_head.*",
+                         "depth_head.*", "point_head.*", "track_head.*")),
+    ),
+    initialise={
+        "aggregator.dynamic_mask_head.*": "new seeds mask head (PAGE-4D's head has another architecture)",
+        "aggregator.mask_bias.*": "λ biases start at 0: the model starts as the unbiased one",
+        "aggregator.temporal_rope.scale": "time rotation starts at 0: identity",
+        "aggregator.sparse_blocks.*": "sparse global block with LayerScale 0: identity",
+    },
+)
+"""Seed document 004 §4.1: Pi3's 18 decoder pairs and registers, PAGE-4D's encoder, last 6 pairs, camera
+token and heads; the new modules start as the identity."""
+
+RECIPES = {"seeds": SEEDS}
+
+
+def load_recipe(name_or_file: str | Path) -> Recipe:
+    """A named recipe, or one read from a ``.json`` / ``.yaml`` file."""
+    if str(name_or_file) in RECIPES:
+        return RECIPES[str(name_or_file)]
+    path = Path(name_or_file)
+    if not path.is_file():
+        raise ValueError(f"{name_or_file}: not a recipe name ({', '.join(RECIPES)}) nor a recipe file")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    return Recipe.from_dict(data)
+
+
+def _matching(patterns: Iterable[str], keys: list[str], what: str) -> set[str]:
+    found: set[str] = set()
+    for pattern in patterns:
+        hits = {k for p in expand(pattern) for k in fnmatch.filter(keys, p)}
+        if not hits:
+            raise ValueError(f"{what}: pattern {pattern!r} matches no target key")
+        found |= hits
+    return found
+
+
+def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tuple[dict[str, int], LoadReport]:
+    """Validate the recipe; returns target key -> index of the stage that provides it, and the report.
+
+    Reads no tensor: sources are converted as meta tensors."""
+    recipe.validate_fields()
+    if set(sources) != set(recipe.sources):
+        raise ValueError(f"recipe {recipe.name} needs sources {list(recipe.sources)}, got {list(sources)}")
+    shapes = {k: tuple(v.shape) for k, v in target.state_dict().items()}
+    keys = sorted(shapes)
+    converted = {
+        label: CONVERTERS[recipe.sources[label]](src.meta_state(), source=str(src.path))
+        for label, src in sources.items()
+    }
+    owner: dict[str, int] = {}
+    report = LoadReport(source=", ".join(f"{k}={s.path}" for k, s in sources.items()), converter=recipe.name)
+    for index, stage in enumerate(recipe.stages):
+        state, rep = converted[stage.source]
+        what = f"recipe {recipe.name}, stage {index} ({stage.source})"
+        claimed = _matching(stage.keys, keys, what)
+        absent = sorted(claimed - set(state))
+        if absent:
+            raise ValueError(f"{what}: the source does not provide {len(absent)} claimed keys: {', '.join(absent[:8])}")
+        wrong = [f"{k} (source {list(state[k].shape)} vs model {list(shapes[k])})"
+                 for k in sorted(claimed) if tuple(state[k].shape) != shapes[k]]
+        if wrong:
+            raise ValueError(f"{what}: mis-shaped keys: {', '.join(wrong[:6])}")
+        overlap = sorted(k for k in claimed if k in owner)
+        if overlap and recipe.precedence == "error":
+            raise ValueError(
+                f"{what}: {len(overlap)} target keys are already claimed by stage {owner[overlap[0]]}, e.g. "
+                f"{', '.join(overlap[:5])}; narrow the patterns or set precedence='first'"
+            )
+        for k in sorted(claimed - set(owner)):
+            owner[k] = index
+            report.mapped[k] = f"{stage.source}:{rep.mapped[k]}"
+            if k in rep.notes:
+                report.notes[k] = rep.notes[k]
+    for pattern, why in recipe.initialise.items():
+        for k in _matching([pattern], keys, f"recipe {recipe.name}, initialise"):
+            if k in owner:
+                raise ValueError(f"recipe {recipe.name}: {k} is claimed by stage {owner[k]} and listed in initialise")
+            report.initialised[k] = why
+    orphans = sorted(set(keys) - set(owner) - set(report.initialised))
+    if orphans:
+        raise ValueError(
+            f"recipe {recipe.name}: {len(orphans)} target keys have no source: {', '.join(orphans[:8])}; "
+            "add a stage for them or list them in initialise with a reason"
+        )
+    _account_sources(recipe, converted, owner, report)
+    return owner, report
+
+
+def _account_sources(recipe: Recipe, converted: dict, owner: dict[str, int], report: LoadReport) -> None:
+    """Every source key is used, or listed unused with the reason; a key feeding two stages is an error
+    unless the recipe allows it."""
+    stages_of: dict[tuple[str, str], set[int]] = {}
+    for target, index in owner.items():
+        label = recipe.stages[index].source
+        stages_of.setdefault((label, converted[label][1].mapped[target]), set()).add(index)
+    shared = sorted(f"{label}:{key}" for (label, key), used in stages_of.items() if len(used) > 1)
+    if shared and not recipe.allow_shared_sources:
+        raise ValueError(
+            f"recipe {recipe.name}: source keys feed two stages: {', '.join(shared[:5])}; "
+            "set allow_shared_sources if that is intended"
+        )
+    for label, (_, rep) in converted.items():
+        for key, why in rep.unused.items():
+            report.unused[f"{label}:{key}"] = why
+        for target, key in rep.mapped.items():
+            if (label, key) not in stages_of:
+                report.unused.setdefault(f"{label}:{key}", f"recipe {recipe.name} takes {target} from another source")
+
+
+def compose(
+    recipe: Recipe, paths: dict[str, str | Path], progress: Callable | None = None
+) -> tuple[Page4D, LoadReport]:
+    """Build the recipe's target from the source files ``paths`` (label -> file). See the module docstring."""
+    sources = {label: LazySource(path) for label, path in paths.items()}
+    config = recipe.target_config()
+    with torch.device("meta"):
+        owner, report = plan(recipe, sources, Page4D(config))
+    model = Page4D(config)
+    params = model.state_dict()
+    items = sorted(owner.items(), key=lambda item: item[1])
+    derived: dict[str, dict[str, torch.Tensor]] = {}
+    for target, index in progress(items, desc=f"{recipe.name}: copying", unit="tensor") if progress else items:
+        label = recipe.stages[index].source
+        src, source_key = sources[label], report.mapped[target].split(":", 1)[1]
+        if target in report.notes:  # derived from a source tensor: run the converter on its few real inputs
+            if label not in derived:
+                mine = [t for t in report.notes if recipe.stages[owner[t]].source == label]
+                needed = {report.mapped[t].split(":", 1)[1] for t in mine}
+                derived[label] = CONVERTERS[recipe.sources[label]](src.with_values(needed), source=str(src.path))[0]
+            value = derived[label][target]
+        else:
+            value = src.load(source_key)
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{src.path}: {source_key} contains NaN or Inf; the checkpoint is corrupt")
+        with torch.no_grad():
+            params[target].copy_(value)
+    return model.eval(), report
