@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from page4d.checkpoints import page4d, pi3, vggt
+from page4d.checkpoints.io import detect_family
 from page4d.checkpoints.report import LoadReport
 from page4d.checkpoints.source import LazySource
 from page4d.config import ModelConfig, preset
@@ -145,12 +146,20 @@ def load_recipe(name_or_file: str | Path) -> Recipe:
 
 
 def _matching(patterns: Iterable[str], keys: list[str], what: str) -> set[str]:
+    """Target keys matched by ``patterns``; every pattern must match (all failures are named at once)."""
     found: set[str] = set()
+    empty = []
     for pattern in patterns:
         hits = {k for p in expand(pattern) for k in fnmatch.filter(keys, p)}
         if not hits:
-            raise ValueError(f"{what}: pattern {pattern!r} matches no target key")
+            empty.append(pattern)
         found |= hits
+    if empty:
+        shown = ", ".join(empty[:8]) + (f", ... ({len(empty) - 8} more)" if len(empty) > 8 else "")
+        raise ValueError(
+            f"{what}: {len(empty)} patterns match no target key: {shown}; check the patterns and that the target "
+            "model's config matches the source"
+        )
     return found
 
 
@@ -255,3 +264,30 @@ def compose(
         with torch.no_grad():
             params[target].copy_(value)
     return model.eval(), report
+
+
+_SINGLE = {"vggt": ("vggt", "vggt-1b"), "page4d-ref": ("page4d", None), "pi3": ("pi3", "pi3-large")}
+
+
+def single_source_recipe(path: str | Path, target: str | dict | None = None) -> Recipe:
+    """The recipe that converts one checkpoint whole: its family's converter, every key it provides, the
+    converter's own initialised keys (e.g. Pi3's missing ``mask_token``); target = the family's preset."""
+    src = LazySource(path)
+    family = detect_family(src.keys())
+    if family == "page4d":
+        config_path = src.path.with_name("config.json")
+        if target is None and not config_path.is_file():
+            raise ValueError(f"{path} is a page4d checkpoint without a config.json beside it; pass a target config")
+        converter, default = "native", (json.loads(config_path.read_text()) if config_path.is_file() else None)
+    elif family in _SINGLE:
+        converter, default = _SINGLE[family]
+        if family == "page4d-ref":
+            default = f"page4d-{page4d.detect_variant(src.meta_state(), str(path))}"
+    else:
+        raise ValueError(f"{path}: unrecognised checkpoint family; page4d, VGGT, PAGE-4D, Pi3 and Pi3X are supported")
+    state, report = CONVERTERS[converter](src.meta_state(), source=str(path))
+    return Recipe(
+        name=f"{converter}-import", target=target if target is not None else default,
+        sources={"source": converter}, stages=(Stage("source", tuple(sorted(state))),),
+        initialise=dict(report.initialised),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,17 @@ class LoadReport:
         lines += [f"  derived {k} <- {self.mapped[k]}: {how}" for k, how in sorted(self.notes.items())]
         lines += [f"  initialised {k}: {why}" for k, why in sorted(self.initialised.items())]
         lines += [f"  unused {k}: {why}" for k, why in sorted(self.unused.items())]
+        return "\n".join(lines)
+
+    def table(self) -> str:
+        """A summary table: loaded keys per source, initialised and unused keys counted by reason."""
+        loaded = Counter(v.split(":", 1)[0] if ":" in v else self.converter for v in self.mapped.values())
+        rows = [(f"loaded from {label}", n) for label, n in sorted(loaded.items())]
+        rows += [(f"initialised: {why}", n) for why, n in sorted(Counter(self.initialised.values()).items())]
+        rows += [(f"unused: {why}", n) for why, n in sorted(Counter(self.unused.values()).items())]
+        width = max(len(r[0]) for r in rows) if rows else 0
+        lines = [f"{self.converter}: {len(self.mapped) + len(self.initialised)} target keys"]
+        lines += [f"  {what:<{width}}  {n:6d}" for what, n in rows]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

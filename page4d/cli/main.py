@@ -6,11 +6,7 @@ import argparse
 import sys
 
 from page4d import __version__
-from page4d.cli import reconstruct
-
-
-class CommandError(Exception):
-    """Bad input detected by a command: printed as one line, exit code 2."""
+from page4d.cli import convert, reconstruct
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"page4d {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     reconstruct.register(commands)
+    convert.register(commands)
     return parser
 
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import numpy as np
 import torch
 
 from page4d import __version__
+from page4d.cli.common import atomic_folder, check_output
 from page4d.config import PRESETS, ModelConfig, preset
 from page4d.data.layout import load_clip
 from page4d.model import Page4D
@@ -76,37 +74,9 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder; choose another -o")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{out} exists and is not empty; pass --overwrite to replace it or choose another -o")
-
-
-def _write_atomically(out: Path, files: dict[str, object]) -> None:
-    """Write every file into a temporary sibling folder, then move it into place in one rename."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes the folder private; the result should not be
-    try:
-        for name, content in files.items():
-            if name.endswith(".npz"):
-                np.savez_compressed(tmp / name, **content)
-            else:
-                (tmp / name).write_text(json.dumps(content, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
 def run(args: argparse.Namespace) -> int:
     log = (lambda *_: None) if args.quiet else print
-    _check_output(args.output, args.overwrite)
+    check_output(args.output, args.overwrite)
     if args.size <= 0 or args.size % 14:
         raise ValueError(f"--size {args.size} must be a positive multiple of 14 (e.g. 518)")
     clip = load_clip(args.input)
@@ -149,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
         "conventions": "extrinsic: world-to-camera [R|t], OpenCV axes, world = camera (t0, v0); intrinsic: pixel K "
         "at model_input_size; intrinsic_original: K at original_size; depth: z-depth; arrays are [T, V, ...]",
     }
-    _write_atomically(args.output, {"predictions.npz": arrays, "meta.json": meta})
+    with atomic_folder(args.output) as tmp:
+        np.savez_compressed(tmp / "predictions.npz", **arrays)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     log(f"wrote {args.output}/predictions.npz and meta.json — {clip.num_times * clip.num_views} frames at "
         f"{width}×{height} in {seconds:.1f} s on {device}")
     if meta["untrained"]:

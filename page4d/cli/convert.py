@@ -1,0 +1,81 @@
+"""``page4d convert SRC [SRC ...] [--recipe NAME|FILE] -o OUT``: write a native checkpoint and its load report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from page4d.checkpoints.composition import RECIPES, compose, load_recipe, single_source_recipe
+from page4d.checkpoints.hub import KNOWN_CHECKPOINTS, fetch
+from page4d.cli.common import atomic_folder, check_output
+from page4d.config import PRESETS
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "convert",
+        help="convert VGGT / PAGE-4D / Pi3 checkpoints (or compose several) into a native page4d checkpoint",
+        description=(
+            "Write OUT/model.safetensors, OUT/config.json and OUT/load_report.json (every target key's source, "
+            "every unused source key with the reason). One SRC without --recipe converts it whole; with "
+            "--recipe, SRC are the recipe's sources in order."
+        ),
+    )
+    p.add_argument("sources", nargs="+", help="checkpoint files (.safetensors, .pt, .pth) or known Hub names "
+                   f"({', '.join(KNOWN_CHECKPOINTS)})")
+    p.add_argument("--recipe", help=f"recipe name ({', '.join(RECIPES)}) or a .json / .yaml recipe file")
+    p.add_argument("--target", help=f"target model: a preset ({', '.join(sorted(PRESETS))}) or a config.json; "
+                   "default: the recipe's, or the source family's preset")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created; must be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.set_defaults(run=run)
+
+
+def _resolve(source: str) -> Path:
+    path = Path(source)
+    if path.is_file():
+        return path
+    if source in KNOWN_CHECKPOINTS:
+        known = KNOWN_CHECKPOINTS[source]
+        return fetch(known.repo_id, known.filename, known.repo_type)
+    raise ValueError(f"{source}: no such checkpoint file, and not a known Hub name ({', '.join(KNOWN_CHECKPOINTS)})")
+
+
+def _target(value: str | None) -> str | dict | None:
+    if value is None or value in PRESETS:
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"--target {value}: not a preset ({', '.join(sorted(PRESETS))}) nor a config file")
+    return json.loads(path.read_text())
+
+
+def run(args: argparse.Namespace) -> int:
+    log = (lambda *_: None) if args.quiet else print
+    check_output(args.output, args.overwrite)
+    target = _target(args.target)
+    paths = [_resolve(s) for s in args.sources]
+    if args.recipe is None:
+        if len(paths) != 1:
+            raise ValueError(f"{len(paths)} sources need a --recipe saying which keys each provides")
+        recipe = single_source_recipe(paths[0], target)
+    else:
+        recipe = load_recipe(args.recipe)
+        if len(paths) != len(recipe.sources):
+            raise ValueError(f"recipe {recipe.name} takes {len(recipe.sources)} sources "
+                             f"({', '.join(recipe.sources)}, in this order), got {len(paths)}")
+        if target is not None:
+            recipe = dataclasses.replace(recipe, target=target)
+    sources = dict(zip(recipe.sources, paths, strict=True))
+    model, report = compose(recipe, sources, progress=None if args.quiet else tqdm)
+    with atomic_folder(args.output) as tmp:
+        model.save_pretrained(tmp)
+        report.save(tmp / "load_report.json")
+    log(report.table())
+    log(f"wrote {args.output}/model.safetensors, config.json and load_report.json")
+    return 0
