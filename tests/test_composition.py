@@ -182,3 +182,25 @@ def test_composed_model_round_trips(seeds_tiny, tmp_path):
     again = Page4D.from_pretrained(tmp_path / "out")
     assert again.config == ModelConfig.from_dict(recipe.target)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_lazy_source_reads_exactly_what_safetensors_wrote(tmp_path, dtype):
+    from page4d.checkpoints.source import LazySource
+
+    state = {"module.a.weight": torch.randn(3, 4).to(dtype), "module.b": torch.arange(6).reshape(2, 3),
+             "module.empty": torch.zeros(0, 2).to(dtype)}
+    save_file(state, str(tmp_path / "x.safetensors"))
+    src = LazySource(tmp_path / "x.safetensors")
+    assert sorted(src.keys()) == ["a.weight", "b", "empty"]
+    for key in sorted(src.keys()):
+        value = src.load(key)
+        assert value.dtype == state[f"module.{key}"].dtype and torch.equal(value, state[f"module.{key}"])
+        assert src.meta_state()[key].shape == value.shape
+    data = (tmp_path / "x.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 10])
+    with pytest.raises(ValueError, match="truncated"):
+        LazySource(tmp_path / "cut.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        LazySource(tmp_path / "junk.safetensors")

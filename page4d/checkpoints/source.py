@@ -2,16 +2,18 @@
 
 Conversions plan on meta tensors (no data), then copy each tensor straight into the target model, so
 a full-size conversion holds the target model plus one source tensor, not two whole checkpoints.
-``.safetensors`` files are read key by key; pickled ``.pt`` files are memory-mapped
-(``weights_only=True``), their pages read as each tensor is copied.
+``.safetensors`` files are read key by key with plain file reads at the offsets of their header (a
+memory map would keep every page it touched resident in the process until it is closed); pickled
+``.pt`` files are memory-mapped (``weights_only=True``), their pages read as each tensor is copied.
 """
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from page4d.checkpoints.io import read_state_dict
 
@@ -30,21 +32,36 @@ class LazySource:
         self._pickled: dict[str, torch.Tensor] | None = None
         self._prefix = ""
         if self.path.suffix.lower() == ".safetensors":
-            try:
-                self._file = safe_open(self.path, "pt")
-                names = list(self._file.keys())
-                self._meta = {
-                    k: (tuple(self._file.get_slice(k).get_shape()), _DTYPES[self._file.get_slice(k).get_dtype()])
-                    for k in names
-                }
-            except Exception as err:  # corrupt or truncated headers raise several types
-                raise ValueError(f"{self.path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
+            self._entries = self._read_header()
+            names = list(self._entries)
             if names and all(k.startswith("module.") for k in names):
                 self._prefix = "module."
-                self._meta = {k[len("module.") :]: v for k, v in self._meta.items()}
+            self._meta = {k[len(self._prefix) :]: (e[0], e[1]) for k, e in self._entries.items()}
         else:
             self._pickled = read_state_dict(self.path)  # memory-mapped, weights only, unwrapped
             self._meta = {k: (tuple(v.shape), v.dtype) for k, v in self._pickled.items()}
+
+    def _read_header(self) -> dict[str, tuple[tuple[int, ...], torch.dtype, int, int]]:
+        """Key -> (shape, dtype, start, end) from the safetensors header (8-byte length, then JSON)."""
+        size = self.path.stat().st_size
+        try:
+            with self.path.open("rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                if length > size - 8:
+                    raise ValueError("header longer than the file")
+                header = json.loads(f.read(length))
+            self._data_start = 8 + length
+            entries = {}
+            for key, info in header.items():
+                if key == "__metadata__":
+                    continue
+                start, end = info["data_offsets"]
+                if self._data_start + end > size:
+                    raise ValueError(f"{key} ends past the end of the file (truncated)")
+                entries[key] = (tuple(info["shape"]), _DTYPES[info["dtype"]], start, end)
+            return entries
+        except Exception as err:  # corrupt or truncated files raise several types
+            raise ValueError(f"{self.path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
 
     def keys(self) -> list[str]:
         return list(self._meta)
@@ -57,7 +74,15 @@ class LazySource:
         """One tensor, on the CPU."""
         if self._pickled is not None:
             return self._pickled[key]
-        return self._file.get_tensor(self._prefix + key)
+        shape, dtype, start, end = self._entries[self._prefix + key]
+        with self.path.open("rb") as f:
+            f.seek(self._data_start + start)
+            data = bytearray(f.read(end - start))
+        if len(data) != end - start:
+            raise ValueError(f"{self.path}: {key} is truncated")
+        if not data:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(data, dtype=dtype).reshape(shape)
 
     def with_values(self, keys: set[str]) -> dict[str, torch.Tensor]:
         """The meta state with real tensors for ``keys`` (to compute derived targets from a few sources)."""
