@@ -99,3 +99,16 @@ def test_offline_hub_source_fails_fast(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["convert", "facebook/VGGT-1B", "-o", str(tmp_path / "out")]) == 2
     assert "model.pt" in capsys.readouterr().err
+
+
+def test_convert_a_wrapped_half_precision_pt_file(tmp_path):
+    fx = load_fixture("vggt_conv_tiny")
+    cfg = vggt.model_config_from_reference(fx["config"])
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": {f"module.{k}": v.half() for k, v in fx["model"].items()}}, path)
+    out = tmp_path / "native"
+    target = target_file(tmp_path, cfg.to_dict())
+    assert main(["convert", str(path), "--target", target, "-o", str(out), "--quiet"]) == 0
+    weight = Page4D.from_pretrained(out).state_dict()["aggregator.view_blocks.1.attn.qkv.weight"]
+    assert weight.dtype == torch.float32
+    assert torch.equal(weight, fx["model"]["aggregator.global_blocks.1.attn.qkv.weight"].half().float())

@@ -211,11 +211,13 @@ def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tupl
             f"recipe {recipe.name}: {len(orphans)} target keys have no source: {', '.join(orphans[:8])}; "
             "add a stage for them or list them in initialise with a reason"
         )
-    _account_sources(recipe, converted, owner, report)
+    _account_sources(recipe, converted, owner, set(keys), report)
     return owner, report
 
 
-def _account_sources(recipe: Recipe, converted: dict, owner: dict[str, int], report: LoadReport) -> None:
+def _account_sources(
+    recipe: Recipe, converted: dict, owner: dict[str, int], target_keys: set[str], report: LoadReport
+) -> None:
     """Every source key is used, or listed unused with the reason; a key feeding two stages is an error
     unless the recipe allows it."""
     stages_of: dict[tuple[str, str], set[int]] = {}
@@ -233,7 +235,9 @@ def _account_sources(recipe: Recipe, converted: dict, owner: dict[str, int], rep
             report.unused[f"{label}:{key}"] = why
         for target, key in rep.mapped.items():
             if (label, key) not in stages_of:
-                report.unused.setdefault(f"{label}:{key}", f"recipe {recipe.name} takes {target} from another source")
+                why = (f"recipe {recipe.name} takes its target key from another source" if target in target_keys
+                       else "the target model has no such key (another architecture or size)")
+                report.unused.setdefault(f"{label}:{key}", why)
 
 
 def compose(
