@@ -70,7 +70,7 @@ def test_page4d_file_loads_with_its_config_and_rejects_the_full_size_preset(tmp_
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": {f"module.{k}": v for k, v in fx["model"].items()}}, path)
     model, report = load_file(path, page4d.model_config_from_reference(fx["config"]))
-    assert report.converter == "page4d-release" and len(report.mapped) == len(fx["model"])
+    assert report.converter == "page4d-release-import" and len(report.mapped) == len(fx["model"])
     save_file(fx["model"], str(tmp_path / "c.safetensors"))
     with pytest.raises(ValueError, match=r"mis-shaped keys: aggregator\.camera_token"):
         load_file(tmp_path / "c.safetensors")

@@ -323,7 +323,7 @@ def test_pi3_file_loads_through_load_file_and_rejects_the_full_size_preset(fx, t
     path = tmp_path / "model.safetensors"
     save_file(fx["model"], str(path))
     model, report = load_file(path, pi3.model_config_from_reference(fx["config"]))
-    assert report.converter == "pi3" and len(report.mapped) == 109
+    assert report.converter == "pi3-import" and len(report.mapped) == 109
     assert torch.equal(model.state_dict()[MASK_TOKEN], torch.zeros(1, C))
     reference = loaded(fx).state_dict()
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())

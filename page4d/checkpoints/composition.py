@@ -291,7 +291,7 @@ def single_source_recipe(path: str | Path, target: str | dict | None = None) -> 
         raise ValueError(f"{path}: unrecognised checkpoint family; page4d, VGGT, PAGE-4D, Pi3 and Pi3X are supported")
     state, report = CONVERTERS[converter](src.meta_state(), source=str(path))
     return Recipe(
-        name=f"{converter}-import", target=target if target is not None else default,
+        name=f"{report.converter}-import", target=target if target is not None else default,
         sources={"source": converter}, stages=(Stage("source", tuple(sorted(state))),),
         initialise=dict(report.initialised),
     )

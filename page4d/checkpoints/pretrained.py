@@ -2,59 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import torch
-
-from page4d.checkpoints import page4d, pi3, vggt
+from page4d.checkpoints.composition import compose, single_source_recipe
 from page4d.checkpoints.hub import KNOWN_CHECKPOINTS, fetch
-from page4d.checkpoints.io import detect_family, read_state_dict
-from page4d.checkpoints.loading import check_state_dict, completed
 from page4d.checkpoints.report import LoadReport
 from page4d.config import ModelConfig, preset
 from page4d.model import CONFIG_NAME, WEIGHTS_NAME, Page4D
 
 
 def load_file(path: str | Path, config: ModelConfig | None = None) -> tuple[Page4D, LoadReport]:
-    """Build a model for a checkpoint file and load it strictly.
+    """Build a model for a checkpoint file and load it strictly, one tensor at a time.
 
     Native files use ``config`` or the ``config.json`` beside them; VGGT files use ``config`` or the
     ``vggt-1b`` preset (the only released VGGT size); PAGE-4D files use ``config`` or the preset of the
     variant their keys show (``page4d-fin10`` or ``page4d-release``, whose mask is off at inference
     as the release runs it; pass the ``page4d-release-mask`` config for ``checkpoint_mask.pt``); Pi3 and
     Pi3X files use ``config`` or the ``pi3-large`` preset, and only the keys the converter reports
-    ``initialised`` (``mask_token``) may be absent: they keep their initial values.
+    ``initialised`` (``mask_token``) may be absent: they keep their initial values. This is the
+    single-source recipe of ``composition``: keys and shapes are checked before anything is allocated.
     """
-    path = Path(path)
-    state = read_state_dict(path)
-    family = detect_family(state)
-    if family == "page4d":
-        if config is None:
-            config_path = path.with_name(CONFIG_NAME)
-            if not config_path.is_file():
-                raise ValueError(f"{path} is a page4d checkpoint without a {CONFIG_NAME} beside it; pass a config")
-            config = ModelConfig.from_dict(json.loads(config_path.read_text()))
-        report = LoadReport(source=str(path), converter="page4d", mapped={k: k for k in state})
-    elif family == "vggt":
-        config = config or preset("vggt-1b")
-        state, report = vggt.convert(state, source=str(path))
-    elif family == "page4d-ref":
-        config = config or preset(f"page4d-{page4d.detect_variant(state, str(path))}")
-        state, report = page4d.convert(state, source=str(path))
-    elif family == "pi3":
-        config = config or preset("pi3-large")
-        state, report = pi3.convert(state, source=str(path))
-    else:
-        raise ValueError(
-            f"{path}: unsupported checkpoint family {family!r}; this version loads page4d, VGGT, PAGE-4D "
-            "and Pi3 / Pi3X checkpoints"
-        )
-    with torch.device("meta"):  # check keys and shapes before allocating a full-size model
-        check_state_dict(Page4D(config), state, report.source, report.initialised)
-    model = Page4D(config)
-    model.load_state_dict(completed(model, state, report.initialised), strict=True)
-    return model.eval(), report
+    recipe = single_source_recipe(path, None if config is None else config.to_dict())
+    return compose(recipe, {"source": path})
 
 
 def load_pretrained(name_or_path: str | Path, config: ModelConfig | None = None) -> tuple[Page4D, LoadReport]:
