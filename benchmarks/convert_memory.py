@@ -6,7 +6,7 @@ Writes a VGGT-1B-shaped checkpoint (random float32 tensors with the exact key li
 checkpoint size. A conversion that loaded the whole source next to the model would peak at about
 2× the checkpoint; streaming keeps it near 1×.
 
-    python benchmarks/convert_memory.py [--scratch /tmp/page4d-convert-bench] [--keys PATH]
+    python benchmarks/convert_memory.py [--format safetensors|pt] [--scratch DIR] [--keys PATH]
 """
 
 from __future__ import annotations
@@ -21,13 +21,16 @@ from pathlib import Path
 
 
 def write_checkpoint(keys: Path, path: Path) -> int:
-    """Random tensors with the listed names and shapes, written one file; returns its size in bytes."""
+    """Random tensors with the listed names and shapes, written as one ``.safetensors`` or ``.pt`` file
+    (the latter wrapped as ``{'model': state}``, as VGGT's ``model.pt``); returns its size in bytes."""
     code = (
         "import json, sys, torch\n"
         "from safetensors.torch import save_file\n"
         "keys = json.load(open(sys.argv[1]))['keys']\n"
         "g = torch.Generator().manual_seed(0)\n"
-        "save_file({k: torch.randn(s, generator=g) * 0.02 for k, s in keys.items()}, sys.argv[2])\n"
+        "state = {k: torch.randn(s, generator=g) * 0.02 for k, s in keys.items()}\n"
+        "save_file(state, sys.argv[2]) if sys.argv[2].endswith('.safetensors') else "
+        "torch.save({'model': state}, sys.argv[2])\n"
     )
     subprocess.run([sys.executable, "-c", code, str(keys), str(path)], check=True)
     return path.stat().st_size
@@ -38,9 +41,10 @@ def main() -> None:
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/page4d-convert-bench"))
     repo = Path(__file__).resolve().parents[1]
     parser.add_argument("--keys", type=Path, default=repo.parent / "shared" / "fixtures" / "vggt_keys_fullsize.json")
+    parser.add_argument("--format", choices=("safetensors", "pt"), default="safetensors")
     args = parser.parse_args()
     args.scratch.mkdir(parents=True, exist_ok=True)
-    source = args.scratch / "vggt_fullsize.safetensors"
+    source = args.scratch / f"vggt_fullsize.{args.format}"
     try:
         size = write_checkpoint(args.keys, source)
         start = time.perf_counter()
@@ -60,7 +64,8 @@ def main() -> None:
         seconds = time.perf_counter() - start
         peak = int(result.stdout.strip().splitlines()[-1]) * 1024
         report = json.loads((args.scratch / "out" / "load_report.json").read_text())
-        print(f"synthetic VGGT-1B checkpoint: {size / 1e9:.2f} GB, {len(report['mapped'])} keys converted")
+        keys = len(report["mapped"])
+        print(f"synthetic VGGT-1B checkpoint ({args.format}): {size / 1e9:.2f} GB, {keys} keys converted")
         print(f"page4d convert: {seconds:.0f} s, peak RSS {peak / 1e9:.2f} GB = {peak / size:.2f}x the checkpoint")
     finally:
         shutil.rmtree(args.scratch, ignore_errors=True)

@@ -204,3 +204,18 @@ def test_lazy_source_reads_exactly_what_safetensors_wrote(tmp_path, dtype):
     (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         LazySource(tmp_path / "junk.safetensors")
+
+
+def test_pickled_source_releases_only_file_mapped_pages_and_stays_readable(tmp_path):
+    from page4d.checkpoints.source import LazySource, _release_pages
+
+    state = {"a": torch.randn(300_000), "b": torch.arange(10)}
+    torch.save({"model": state}, tmp_path / "c.pt")
+    src = LazySource(tmp_path / "c.pt")
+    for key in ("a", "b"):
+        src.release(key)
+        assert torch.equal(src.load(key), state[key])  # released pages are read back from the file
+    heap = torch.randn(300_000)
+    copy = heap.clone()
+    _release_pages(heap, [])  # not in any file mapping: left alone
+    assert torch.equal(heap, copy)

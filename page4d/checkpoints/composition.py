@@ -267,6 +267,8 @@ def compose(
             raise ValueError(f"{src.path}: {source_key} contains NaN or Inf; the checkpoint is corrupt")
         with torch.no_grad():
             params[target].copy_(value)
+        if target not in report.notes:
+            src.release(source_key)
     return model.eval(), report
 
 
