@@ -219,3 +219,13 @@ def test_pickled_source_releases_only_file_mapped_pages_and_stays_readable(tmp_p
     copy = heap.clone()
     _release_pages(heap, [])  # not in any file mapping: left alone
     assert torch.equal(heap, copy)
+
+
+def test_pi3_tiny_and_page4d_tiny_cannot_share_one_model_and_the_recipe_says_why(seeds_tiny):
+    """The two tiny fixtures do not fit one model (Pi3: 2 decoder pairs of width 64; PAGE-4D: 24 pairs of
+    width 32): the recipe is rejected before any tensor is read, naming the keys Pi3 cannot provide (the
+    seeds recipe itself runs above on a Pi3-format file with 18 pairs of width 32)."""
+    recipe, _ = seeds_tiny
+    paths = {"pi3": FIXTURES / "pi3_tiny" / "model.safetensors", "page4d": PAGE4D}
+    with pytest.raises(ValueError, match=r"stage 0 \(pi3\): the source does not provide 576 claimed keys"):
+        compose(recipe, paths)
