@@ -109,3 +109,17 @@ def twin(model, **aggregator_changes):
     other = Page4D(cfg).eval()
     other.load_state_dict({k: v for k, v in model.state_dict().items() if k in other.state_dict()}, strict=True)
     return other
+
+
+def fused_and_dense(model, *args, **kwargs):
+    """The model's predictions on the fused attention path and on the dense reference path (no grad)."""
+    from page4d.nn import set_attention_backend
+
+    with torch.no_grad():
+        fused = model(*args, **kwargs)
+        set_attention_backend(model, "dense")
+        try:
+            dense = model(*args, **kwargs)
+        finally:
+            set_attention_backend(model, "fused")
+    return fused, dense

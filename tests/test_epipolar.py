@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
+from conftest import fused_and_dense, perturbed, twin
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from page4d.aggregator.epipolar import EpipolarBias, fundamental_matrices, patch_centres
-from page4d.config import EpipolarConfig
+from page4d.config import EpipolarConfig, preset
 from page4d.geometry import closed_form_inverse_se3, project_points
+from page4d.model import Page4D
 from page4d.nn.attention import attend
 
 H, W, PATCH, SPECIAL = 3, 4, 14, 5
@@ -248,13 +251,7 @@ def test_bad_inputs_raise():
 # --- the prior inside the model ---------------------------------------------------------------------
 
 
-def _epipolar_model(penalty: float = 6.0):
-    import dataclasses
-
-    from conftest import perturbed
-
-    from page4d.config import EpipolarConfig, preset
-
+def _epipolar_model(penalty: float = 6.0) -> Page4D:
     cfg = preset("tiny")
     cfg.aggregator = dataclasses.replace(
         cfg.aggregator, epipolar=EpipolarConfig(view_blocks=(1, 2, 3), band_px=10.0, penalty=penalty, chunk_size=16)
@@ -281,24 +278,14 @@ def _circle_rig(t: int, v: int, height: int, width: int) -> tuple[torch.Tensor, 
 
 
 def test_model_without_cameras_is_unchanged_and_with_cameras_changes():
-    import dataclasses
-
-    from page4d.model import Page4D
-    from page4d.nn import set_attention_backend
-
     model = _epipolar_model()
-    cfg = dataclasses.replace(model.config)
-    cfg.aggregator = dataclasses.replace(cfg.aggregator, epipolar=None)
-    plain = Page4D(cfg).eval()
-    plain.load_state_dict(model.state_dict())
     images = torch.rand(1, 2, 3, 3, 28, 42, generator=torch.Generator().manual_seed(0))
     cameras = _circle_rig(2, 3, 28, 42)
     with torch.no_grad():
-        assert torch.equal(model(images).depth, plain(images).depth)
-        fused = model(images, camera_priors=cameras)
-        set_attention_backend(model, "dense")
-        dense = model(images, camera_priors=cameras)
-    assert not torch.allclose(fused.pose_enc, plain(images).pose_enc, atol=1e-4)
+        plain = twin(model, epipolar=None)(images)
+        assert torch.equal(model(images).depth, plain.depth)
+    fused, dense = fused_and_dense(model, images, camera_priors=cameras)
+    assert not torch.allclose(fused.pose_enc, plain.pose_enc, atol=1e-4)
     assert torch.allclose(fused.pose_enc, dense.pose_enc, atol=1e-5)
     assert torch.allclose(fused.depth, dense.depth, atol=1e-5)
 
@@ -312,11 +299,6 @@ def test_zero_penalty_with_cameras_matches_the_plain_model():
 
 
 def test_model_level_errors():
-    import dataclasses
-
-    from page4d.config import EpipolarConfig, preset
-    from page4d.model import Page4D
-
     images = torch.rand(1, 1, 3, 3, 28, 42)
     with pytest.raises(ValueError, match="epipolar prior, which this model's config does not use"):
         Page4D(preset("tiny"))(images, camera_priors=_circle_rig(1, 3, 28, 42))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import FIXTURES, load_fixture, perturbed
+from conftest import FIXTURES, fused_and_dense, load_fixture, perturbed
 from safetensors.torch import save_file
 
 from page4d.aggregator.streams import mask_alpha
@@ -16,7 +16,7 @@ from page4d.checkpoints.loading import load_strict
 from page4d.checkpoints.pretrained import load_file
 from page4d.config import preset
 from page4d.model import Page4D
-from page4d.nn import RowKeyBias, set_attention_backend
+from page4d.nn import RowKeyBias
 from page4d.nn.attention import _augmented_attention, dense_attention
 
 VARIANTS = {"page4d_tiny": "fin10", "page4d_release_tiny": "release"}
@@ -97,11 +97,7 @@ def test_zero_strength_is_plain_vggt_bit_for_bit(fixture, changes):
 @pytest.mark.parametrize("name", ["tiny-page4d-fin10", "tiny-page4d-release"])
 def test_multi_view_bias_fused_equals_dense(name):
     model = perturbed(preset(name))
-    with torch.no_grad():
-        images = torch.rand(1, 2, 3, 3, 28, 42)
-        fused = model(images)
-        set_attention_backend(model, "dense")
-        dense = model(images)
+    fused, dense = fused_and_dense(model, torch.rand(1, 2, 3, 3, 28, 42))
     assert fused.dynamic_mask.shape == (1, 2, 3, 28, 42)
     assert ((fused.dynamic_mask >= 0) & (fused.dynamic_mask <= 1)).all()
     for field in ("pose_enc", "depth", "world_points", "dynamic_mask"):

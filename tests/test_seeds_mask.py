@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import perturbed, twin
+from conftest import fused_and_dense, perturbed, twin
 
 from page4d.aggregator.mask_head import SeedsMaskHead
 from page4d.aggregator.streams import PoseGeoBias
 from page4d.config import DynamicMaskConfig, preset
 from page4d.model import Page4D
-from page4d.nn import set_attention_backend
 
 
 def seeds_model(gate: str = "scalar", lambdas: tuple[float, ...] | None = None, seed: int = 0) -> Page4D:
@@ -50,11 +49,9 @@ def test_zero_lambdas_are_the_plain_model_bit_for_bit(gate):
 
 def test_lambdas_change_outputs_and_fused_equals_dense():
     model = seeds_model(lambdas=(2.0, 1.5, -1.0, 3.0))
+    fused, dense = fused_and_dense(model, IMAGES)
     with torch.no_grad():
-        fused = model(IMAGES)
         plain = plain_twin(model)(IMAGES)
-        set_attention_backend(model, "dense")
-        dense = model(IMAGES)
     assert not torch.allclose(fused.pose_enc, plain.pose_enc, atol=1e-4)
     for name in ("pose_enc", "depth", "world_points", "dynamic_mask"):
         assert torch.allclose(getattr(fused, name), getattr(dense, name), atol=1e-5, rtol=1e-5), name

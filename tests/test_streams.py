@@ -6,11 +6,10 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import perturbed, twin
+from conftest import fused_and_dense, perturbed, twin
 
 from page4d.config import DynamicMaskConfig, preset
 from page4d.model import Page4D
-from page4d.nn import set_attention_backend
 
 IMAGES = torch.rand(1, 2, 3, 3, 28, 42, generator=torch.Generator().manual_seed(4))
 
@@ -77,10 +76,7 @@ def test_camera_reads_the_pose_stream_and_dense_heads_the_geometry_stream():
 @pytest.mark.parametrize("weights", ["shared", "branched"])
 def test_dual_fused_equals_dense(weights):
     model = dual_model(weights, lambdas=(1.5, 2.0, -1.0, 0.5))
-    with torch.no_grad():
-        fused = model(IMAGES)
-        set_attention_backend(model, "dense")
-        dense = model(IMAGES)
+    fused, dense = fused_and_dense(model, IMAGES)
     for name in FIELDS:
         assert torch.allclose(getattr(fused, name), getattr(dense, name), atol=1e-5, rtol=1e-5), name
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from conftest import perturbed, twin
+from conftest import fused_and_dense, perturbed, twin
 
 from page4d.config import preset
 from page4d.model import Page4D
@@ -81,12 +81,8 @@ def test_only_sequences_spanning_time_are_rotated():
 
 
 def test_fused_equals_dense_with_time_rotation():
-    from page4d.nn import set_attention_backend
 
     model = temporal_model(0.6)
-    with torch.no_grad():
-        fused = model(IMAGES)
-        set_attention_backend(model, "dense")
-        dense = model(IMAGES)
+    fused, dense = fused_and_dense(model, IMAGES)
     assert torch.allclose(fused.pose_enc, dense.pose_enc, atol=1e-5)
     assert torch.allclose(fused.depth, dense.depth, atol=1e-5, rtol=1e-5)

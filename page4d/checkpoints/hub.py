@@ -51,6 +51,13 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _cached(kwargs: dict) -> Path | None:
+    try:
+        return Path(hf_hub_download(**kwargs, local_files_only=True))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        return None
+
+
 def fetch(repo_id: str, filename: str, repo_type: str = "model", revision: str | None = None) -> Path:
     """Local path of ``repo_id/filename``: from the cache, else downloaded.
 
@@ -58,10 +65,9 @@ def fetch(repo_id: str, filename: str, repo_type: str = "model", revision: str |
     not cached and the Hub is unreachable or ``HF_HUB_OFFLINE=1``, saying what to fetch and where.
     """
     kwargs = {"repo_id": repo_id, "filename": filename, "repo_type": repo_type, "revision": revision}
-    try:
-        return Path(hf_hub_download(**kwargs, local_files_only=True))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        pass
+    cached = _cached(kwargs)
+    if cached is not None:
+        return cached
     offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     if offline or not _hub_reachable():
         kind = "datasets/" if repo_type == "dataset" else ""
