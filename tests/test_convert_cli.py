@@ -112,3 +112,15 @@ def test_convert_a_wrapped_half_precision_pt_file(tmp_path):
     weight = Page4D.from_pretrained(out).state_dict()["aggregator.view_blocks.1.attn.qkv.weight"]
     assert weight.dtype == torch.float32
     assert torch.equal(weight, fx["model"]["aggregator.global_blocks.1.attn.qkv.weight"].half().float())
+
+
+def test_a_known_hub_checkpoint_converts_into_its_own_preset(monkeypatch):
+    """checkpoint_mask.pt must become the mask-on release (page4d-release-mask), not the detected default."""
+    from page4d.checkpoints.composition import single_source_recipe
+    from page4d.cli import convert
+
+    fixture = FIXTURES / "page4d_release_tiny" / "model.safetensors"
+    monkeypatch.setattr(convert, "fetch", lambda *args: fixture)
+    assert convert._resolve("zhouk777/PAGE4D/checkpoint_mask.pt") == (fixture, "page4d-release-mask")
+    assert convert._resolve(str(fixture)) == (fixture, None)
+    assert single_source_recipe(fixture).target == "page4d-release"  # what detection alone would pick

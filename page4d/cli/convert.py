@@ -36,13 +36,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _resolve(source: str) -> Path:
+def _resolve(source: str) -> tuple[Path, str | None]:
+    """The local file of a source, and the preset it loads into when it is a known Hub checkpoint."""
     path = Path(source)
     if path.is_file():
-        return path
+        return path, None
     if source in KNOWN_CHECKPOINTS:
         known = KNOWN_CHECKPOINTS[source]
-        return fetch(known.repo_id, known.filename, known.repo_type)
+        return fetch(known.repo_id, known.filename, known.repo_type), known.preset
     raise ValueError(f"{source}: no such checkpoint file, and not a known Hub name ({', '.join(KNOWN_CHECKPOINTS)})")
 
 
@@ -59,11 +60,13 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda *_: None) if args.quiet else print
     check_output(args.output, args.overwrite)
     target = _target(args.target)
-    paths = [_resolve(s) for s in args.sources]
+    resolved = [_resolve(s) for s in args.sources]
+    paths = [path for path, _ in resolved]
     if args.recipe is None:
         if len(paths) != 1:
             raise ValueError(f"{len(paths)} sources need a --recipe saying which keys each provides")
-        recipe = single_source_recipe(paths[0], target)
+        # A known checkpoint carries its preset (e.g. PAGE-4D's checkpoint_mask.pt: the mask-on release).
+        recipe = single_source_recipe(paths[0], target if target is not None else resolved[0][1])
     else:
         recipe = load_recipe(args.recipe)
         if len(paths) != len(recipe.sources):
