@@ -10,7 +10,7 @@ from torch import nn
 from page4d.checkpoints.report import LoadReport
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
+def listing(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
@@ -30,7 +30,7 @@ def check_state_dict(
     allowed = dict(allow_missing or {})
     foreign = sorted(set(allowed) - set(expected))
     if foreign:
-        raise ValueError(f"{source}: keys allowed to be missing are not in the model: {_listing(foreign)}")
+        raise ValueError(f"{source}: keys allowed to be missing are not in the model: {listing(foreign)}")
     missing = sorted(set(expected) - set(state_dict) - set(allowed))
     unexpected = sorted(set(state_dict) - set(expected))
     mis_shaped = [
@@ -40,11 +40,11 @@ def check_state_dict(
     ]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing keys: {_listing(missing)}")
+        problems.append(f"{len(missing)} missing keys: {listing(missing)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected keys: {listing(unexpected)}")
     if mis_shaped:
-        problems.append(f"{len(mis_shaped)} mis-shaped keys: {_listing(mis_shaped, 6)}")
+        problems.append(f"{len(mis_shaped)} mis-shaped keys: {listing(mis_shaped, 6)}")
     if problems:
         raise ValueError(
             f"{source} does not match the model configuration; " + "; ".join(problems)
@@ -53,7 +53,7 @@ def check_state_dict(
     # Meta tensors (key lists checked for shape only) have no values to test.
     bad = [k for k, v in state_dict.items() if v.is_floating_point() and not v.is_meta and not torch.isfinite(v).all()]
     if bad:
-        raise ValueError(f"{source} contains NaN or Inf values in {_listing(bad)}; the checkpoint is corrupt")
+        raise ValueError(f"{source} contains NaN or Inf values in {listing(bad)}; the checkpoint is corrupt")
 
 
 def load_strict(

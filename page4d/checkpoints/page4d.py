@@ -48,13 +48,7 @@ def convert(
     if family != "page4d-ref":
         raise ValueError(f"{source} is not a PAGE-4D checkpoint (detected family {family!r})")
     variant = detect_variant(state_dict, source)
-    out: dict[str, torch.Tensor] = {}
-    report = LoadReport(source=source, converter=f"page4d-{variant}")
-    for key, value in state_dict.items():
-        target = vggt.rename_key(key)
-        out[target] = value
-        report.mapped[target] = key
-    return out, report
+    return vggt.renamed(state_dict, LoadReport(source=source, converter=f"page4d-{variant}"))
 
 
 def model_config_from_reference(ref: dict[str, Any]) -> ModelConfig:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from page4d.checkpoints.io import detect_family
+from page4d.checkpoints.loading import listing
 from page4d.checkpoints.report import LoadReport
 from page4d.config import AggregatorConfig, EncoderConfig, ModelConfig
 
@@ -86,11 +87,6 @@ _OTHER_FAMILIES = {
 }
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def detect_variant(state_dict: dict[str, torch.Tensor]) -> str:
     """``pi3x`` when the metric-scale head's keys are present, else ``pi3``."""
     metric = ("metric_token", "metric_decoder", "metric_head")
@@ -133,7 +129,7 @@ def convert(state_dict: dict[str, torch.Tensor], source: str = "pi3") -> tuple[d
         raise ValueError(f"{source} is not a Pi3 checkpoint: {_OTHER_FAMILIES[family]}")
     if family != "pi3":
         absent = [p + "*" for p in (ENCODER, DECODER) if not any(k.startswith(p) for k in state_dict)]
-        found = _listing(sorted(state_dict), 8) if state_dict else "no keys at all"
+        found = listing(sorted(state_dict), 8) if state_dict else "no keys at all"
         raise ValueError(
             f"{source} is not a Pi3 checkpoint: it has no {' and no '.join(absent)} keys (found: {found}); "
             "a Pi3 checkpoint has encoder.*, decoder.* and register_token at the top level"
@@ -158,13 +154,13 @@ def convert(state_dict: dict[str, torch.Tensor], source: str = "pi3") -> tuple[d
     unknown += [ENCODER + k for k in encoder if not k.startswith("blocks.") and k not in (*_ENCODER_TOP, "mask_token")]
     decoder_blocks = _blocks(decoder, DECODER, _DECODER_BLOCK, unknown)
     if unknown:
-        raise ValueError(f"{source}: unrecognised keys for a {variant} checkpoint: {_listing(sorted(unknown))}")
+        raise ValueError(f"{source}: unrecognised keys for a {variant} checkpoint: {listing(sorted(unknown))}")
     missing = [ENCODER + k for k in _ENCODER_TOP if k not in encoder]
     missing += _missing_block_keys(encoder_blocks, ENCODER + "blocks.", _BLOCK)
     missing += _missing_block_keys(decoder_blocks, DECODER, _DECODER_BLOCK)
     missing += [] if TOKENS in state_dict else [TOKENS]
     if missing:
-        raise ValueError(f"{source}: {len(missing)} missing keys: {_listing(missing)}; the checkpoint is incomplete")
+        raise ValueError(f"{source}: {len(missing)} missing keys: {listing(missing)}; the checkpoint is incomplete")
     if len(decoder_blocks) % 2:
         raise ValueError(
             f"{source} has {len(decoder_blocks)} decoder blocks (decoder.0 .. decoder.{len(decoder_blocks) - 1}); "

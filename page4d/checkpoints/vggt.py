@@ -46,8 +46,12 @@ def convert(state_dict: dict[str, torch.Tensor], source: str = "vggt") -> tuple[
             "pi3": "it is a Pi3 checkpoint (encoder.* / decoder.*); use the pi3 converter",
         }.get(family, "no aggregator.frame_blocks.* keys found")
         raise ValueError(f"{source} is not a VGGT checkpoint: {hint}")
+    return renamed(state_dict, LoadReport(source=source, converter="vggt"))
+
+
+def renamed(state_dict: dict[str, torch.Tensor], report: LoadReport) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Every key through ``rename_key`` (tensors shared), each recorded in ``report.mapped``."""
     out: dict[str, torch.Tensor] = {}
-    report = LoadReport(source=source, converter="vggt")
     for key, value in state_dict.items():
         target = rename_key(key)
         out[target] = value
