@@ -26,7 +26,7 @@ def tabletop() -> MultiViewClip:
 def test_tabletop_layout(tabletop):
     assert tabletop.time_ids == list(range(16)) and tabletop.view_ids == [0, 1, 2, 3]
     assert (tabletop.num_times, tabletop.num_views, tabletop.image_size) == (16, 4, (480, 640))
-    assert tabletop.image_paths[5][2] == TABLETOP / "images" / "time_05" / "view2.png"
+    assert tabletop.frames[5][2] == TABLETOP / "images" / "time_05" / "view2.png"
     assert tabletop.intrinsics.shape == (16, 4, 3, 3) and tabletop.extrinsics.shape == (16, 4, 3, 4)
     assert tabletop.intrinsics.dtype == torch.float32
     assert torch.equal(tabletop.intrinsics[7, 3], torch.tensor(CAMERAS["K"][7][3], dtype=torch.float32))

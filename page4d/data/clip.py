@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from page4d.data.preprocess import ImageTransform, PreprocessMode, preprocess_images
+from page4d.data.preprocess import ImageSource, ImageTransform, PreprocessMode, preprocess_images, resample_to_model
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -33,14 +33,16 @@ class MultiViewClip:
     """Time index of each step (from the folder names; need not start at 0 or be contiguous)."""
     view_ids: list[int]
     """Camera index of each view (from the file names)."""
-    image_paths: list[list[Path]]
-    """T × V image files."""
+    frames: list[list[ImageSource]]
+    """T × V images: files, or decoded frames (PIL) for video inputs."""
     image_size: tuple[int, int]
     """(H0, W0) shared by every image."""
     depth_paths: list[list[Path]] | None = None
     """T × V uint16 depth PNGs, decoded as ``float32(k) / depth_divisor * depth_multiplier``; 0 = invalid."""
     mask_paths: list[list[Path]] | None = None
-    """T × V dynamic-object masks (non-zero = moving)."""
+    """T × V ground-truth dynamic-object masks (non-zero = moving), for evaluation."""
+    external_mask_paths: list[list[Path]] | None = None
+    """T × V external moving masks fed to the model (the seeds' ``M_ext``, e.g. from SegAnyMo); non-zero = moving."""
     intrinsics: torch.Tensor | None = None
     """``[T, V, 3, 3]`` float32."""
     extrinsics: torch.Tensor | None = None
@@ -57,14 +59,30 @@ class MultiViewClip:
         return len(self.view_ids)
 
     def load_images(
-        self, mode: PreprocessMode = "crop", target_size: int = 518
+        self, mode: PreprocessMode = "crop", target_size: int = 518, times: range | None = None
     ) -> tuple[torch.Tensor, list[list[ImageTransform]]]:
-        """Images ``[T, V, 3, H, W]`` in [0, 1], pre-processed as VGGT does, and the T × V transforms."""
-        flat = [path for row in self.image_paths for path in row]
+        """Images ``[T', V, 3, H, W]`` in [0, 1], pre-processed as VGGT does, and the T' × V transforms.
+
+        ``times``: positions (not ids) of the time steps to load; all of them by default."""
+        times = range(self.num_times) if times is None else times
+        flat = [frame for t in times for frame in self.frames[t]]
         batch = preprocess_images(flat, mode=mode, target_size=target_size)
-        images = batch.images.reshape(self.num_times, self.num_views, *batch.images.shape[1:])
-        transforms = [batch.transforms[t * self.num_views : (t + 1) * self.num_views] for t in range(self.num_times)]
+        images = batch.images.reshape(len(times), self.num_views, *batch.images.shape[1:])
+        transforms = [batch.transforms[i * self.num_views : (i + 1) * self.num_views] for i in range(len(times))]
         return images, transforms
+
+    def load_external_masks(self, transform: ImageTransform, times: range | None = None) -> torch.Tensor:
+        """External masks on the model-input grid, ``[T', V, H, W]`` float32 in {0, 1} (nearest pixel)."""
+        if self.external_mask_paths is None:
+            raise ValueError(f"{self.root}: no external masks were given")
+        times = range(self.num_times) if times is None else times
+        raw = np.stack([np.stack([_read_array(p) != 0 for p in self.external_mask_paths[t]]) for t in times])
+        if raw.shape[-2:] != self.image_size:
+            raise ValueError(
+                f"external masks are {raw.shape[-1]}x{raw.shape[-2]} but the images are "
+                f"{self.image_size[1]}x{self.image_size[0]}; give masks at the image resolution"
+            )
+        return torch.from_numpy(resample_to_model(raw.astype(np.float32), transform))
 
     def model_intrinsics(self, transforms: list[list[ImageTransform]]) -> torch.Tensor:
         """``intrinsics`` adjusted to the pre-processed images of :meth:`load_images`: ``[T, V, 3, 3]``."""

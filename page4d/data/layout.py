@@ -178,7 +178,7 @@ def load_clip(root: str | Path) -> MultiViewClip:
         root=root,
         time_ids=time_ids,
         view_ids=view_ids,
-        image_paths=image_paths,
+        frames=image_paths,
         image_size=image_size,
         depth_paths=depth_paths,
         mask_paths=mask_paths,

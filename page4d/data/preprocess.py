@@ -141,6 +141,12 @@ def _resized_size(height: int, width: int, mode: PreprocessMode, target: int) ->
     return target, round(width * (target / height) / PATCH_SIZE) * PATCH_SIZE
 
 
+def model_input_size(original_size: tuple[int, int], mode: PreprocessMode, target: int) -> tuple[int, int]:
+    """(H, W) of the model input for images of ``original_size`` (H0, W0)."""
+    height, width = _resized_size(*original_size, mode, target)
+    return (min(height, target), width) if mode == "crop" else (target, target)
+
+
 def _centre_pad(pixels: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int, int]:
     """Pad ``[h, w, 3]`` uint8 with white to ``[height, width, 3]``, ``floor(pad / 2)`` before."""
     top, left = (height - pixels.shape[0]) // 2, (width - pixels.shape[1]) // 2
@@ -201,3 +207,20 @@ def preprocess_images(
         transforms.append(ImageTransform(original, resized, crop_top, pad_top + top, pad_left + left, (height, width)))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255)
     return PreprocessedImages(images=images, transforms=transforms)
+
+
+def resample_to_model(maps: np.ndarray, transform: ImageTransform) -> np.ndarray:
+    """Original-resolution maps ``[..., H0, W0]`` -> model-input grid ``[..., H, W]`` by nearest original pixel.
+
+    Every model pixel takes the original pixel its centre maps back to (``transform.unmap_pixels``);
+    pixels outside the original image (padding) get 0, so the result is consistent with the adjusted K.
+    """
+    height, width = transform.output_size
+    rows, cols = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
+    uv = transform.unmap_pixels(np.stack([cols, rows], axis=-1))
+    u, v = np.rint(uv[..., 0]).astype(np.int64), np.rint(uv[..., 1]).astype(np.int64)
+    h0, w0 = transform.original_size
+    inside = (u >= 0) & (u < w0) & (v >= 0) & (v < h0)
+    out = np.zeros(maps.shape[:-2] + (height, width), dtype=maps.dtype)
+    out[..., inside] = maps[..., v[inside], u[inside]]
+    return out

@@ -1,0 +1,193 @@
+"""Every input ``page4d reconstruct`` accepts, turned into one :class:`MultiViewClip`.
+
+* a clip folder in the layout ``images/time_XX/viewN.png`` (``page4d.data.layout``);
+* one video file per camera (PyAV), synchronised by frame index;
+* one image folder or ``.txt`` list (one path per line) per camera, synchronised by (natural) sorted position;
+  a single folder without ``images/`` is one camera.
+
+Time selection (``every``, ``start``, ``frames``) applies to all three, and an optional external-mask tree
+``MASKS/time_XX/viewN.png`` (ids as in the clip) supplies the seeds' ``M_ext``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from page4d.data.clip import MultiViewClip
+from page4d.data.layout import load_clip
+from page4d.data.video import VIDEO_SUFFIXES, decode_video, frame_step
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+INPUT_HINT = (
+    "pass a clip folder (images/time_XX/viewN.png), one video per camera, or one image folder / .txt list per camera"
+)
+
+
+@dataclass(frozen=True)
+class TimeSelection:
+    """Which time steps to use: every ``every``-th step (or about ``fps`` per second for videos), then ``frames``
+    steps from position ``start``."""
+
+    start: int = 0
+    frames: int | None = None
+    every: int = 1
+    fps: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.every < 1 or (self.frames is not None and self.frames < 1):
+            raise ValueError("--start must be >= 0, --every >= 1 and --frames >= 1")
+        if self.fps is not None and self.every != 1:
+            raise ValueError("--fps and --every both set the time step; give one of them")
+
+    def positions(self, count: int, step: int | None = None) -> range:
+        """Positions kept out of ``count`` time steps."""
+        step = self.every if step is None else step
+        kept = range(0, count, step)[self.start :]
+        kept = kept if self.frames is None else kept[: self.frames]
+        if not kept:
+            raise ValueError(f"--start {self.start} is past the end: the input has {len(range(0, count, step))} "
+                             "time steps after subsampling; lower --start")
+        return kept
+
+
+def _natural_key(path: Path) -> list:
+    """Sort ``frame2`` before ``frame10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def _view_images(source: Path) -> list[Path]:
+    """The images of one camera: a folder's images in natural order, or a ``.txt`` list (relative to the list)."""
+    if source.is_dir():
+        images = sorted((p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+        if not images:
+            raise ValueError(f"{source}: no .png/.jpg images in this folder; {INPUT_HINT}")
+        return images
+    lines = [line.strip() for line in source.read_text().splitlines()]
+    images = [(source.parent / line) for line in lines if line and not line.startswith("#")]
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise ValueError(f"{source}: listed images not found: {', '.join(missing[:3])}; fix the list")
+    if not images:
+        raise ValueError(f"{source}: the list names no images; one image path per line")
+    return images
+
+
+def _shared_size(frames: list[list], names: list[str]) -> tuple[int, int]:
+    """(H, W) shared by every frame; raises naming a view whose resolution differs."""
+    sizes = []
+    for row in frames:
+        for frame, name in zip(row, names, strict=True):
+            if isinstance(frame, Image.Image):
+                sizes.append(((frame.height, frame.width), name))
+                continue
+            try:
+                with Image.open(frame) as img:
+                    sizes.append(((img.height, img.width), str(frame)))
+                    img.verify()
+            except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+                raise ValueError(f"{frame}: cannot read the image ({err}); replace or re-export the file") from None
+    (expected, first), *rest = sizes
+    for size, name in rest:
+        if size != expected:
+            raise ValueError(f"{name} is {size[1]}x{size[0]} but {first} is {expected[1]}x{expected[0]} (W x H); "
+                             "every view must have the same resolution: resize them to one size first")
+    return expected
+
+
+def _from_videos(paths: Sequence[Path], select: TimeSelection) -> tuple[MultiViewClip, list[str]]:
+    notes = []
+    first = decode_video(paths[0], 1, stop=1)
+    step = frame_step(first.fps, select.fps) if select.fps is not None else select.every
+    stop = None if select.frames is None else (select.start + select.frames) * step
+    videos = [decode_video(path, step, stop) for path in paths]
+    count = min(len(v.frames) for v in videos)
+    if any(len(v.frames) != count for v in videos):
+        lengths = ", ".join(f"{v.path.name}: {len(v.frames)}" for v in videos)
+        notes.append(f"the videos differ in length ({lengths} frames kept); using the first {count} of each")
+    kept = select.positions(count, step=1)
+    frames = [[v.frames[i] for v in videos] for i in kept]
+    size = _shared_size(frames[:1], [str(p) for p in paths])
+    if select.fps is not None:
+        notes.append(f"every {step}th frame of {first.fps:g} fps video ≈ {first.fps / step:g} fps")
+    clip = MultiViewClip(
+        root=paths[0].parent, time_ids=[videos[0].indices[i] for i in kept], view_ids=list(range(len(paths))),
+        frames=frames, image_size=size,
+    )
+    return clip, notes
+
+
+def _from_lists(paths: Sequence[Path], select: TimeSelection) -> MultiViewClip:
+    if select.fps is not None:
+        raise ValueError("--fps applies to video inputs; use --every to subsample image sequences")
+    per_view = [_view_images(p) for p in paths]
+    counts = {len(images) for images in per_view}
+    if len(counts) > 1:
+        lengths = ", ".join(f"{p}: {len(images)}" for p, images in zip(paths, per_view, strict=True))
+        raise ValueError(f"the cameras have different numbers of images ({lengths}); every camera needs one image "
+                         "per time step: add the missing frames or remove the extra ones")
+    kept = select.positions(counts.pop())
+    frames = [[images[i] for images in per_view] for i in kept]
+    size = _shared_size(frames, [str(p) for p in paths])
+    return MultiViewClip(root=paths[0].parent, time_ids=list(kept), view_ids=list(range(len(paths))), frames=frames,
+                         image_size=size)
+
+
+def _select_clip(clip: MultiViewClip, select: TimeSelection) -> MultiViewClip:
+    if select.fps is not None:
+        raise ValueError("--fps applies to video inputs; use --every to subsample a clip folder")
+    kept = list(select.positions(clip.num_times))
+
+    def rows(nested: list | None) -> list | None:
+        return None if nested is None else [nested[i] for i in kept]
+
+    def steps(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor[kept]
+
+    return dataclasses.replace(
+        clip, time_ids=[clip.time_ids[i] for i in kept], frames=rows(clip.frames), depth_paths=rows(clip.depth_paths),
+        mask_paths=rows(clip.mask_paths), intrinsics=steps(clip.intrinsics), extrinsics=steps(clip.extrinsics),
+    )
+
+
+def _attach_masks(clip: MultiViewClip, masks: Path) -> MultiViewClip:
+    if not masks.is_dir():
+        raise ValueError(f"--masks {masks}: folder not found; it needs time_XX/viewN.png masks like the images")
+    paths = [[masks / f"time_{t:02d}" / f"view{v}.png" for v in clip.view_ids] for t in clip.time_ids]
+    missing = [str(p.relative_to(masks)) for row in paths for p in row if not p.is_file()]
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ValueError(f"--masks {masks}: missing {shown}; give a mask for every (time, view) used")
+    return dataclasses.replace(clip, external_mask_paths=paths)
+
+
+def open_input(
+    inputs: Sequence[str | Path], select: TimeSelection | None = None, masks: str | Path | None = None
+) -> tuple[MultiViewClip, list[str]]:
+    """The clip described by ``inputs`` and notes for the user (e.g. videos of different lengths)."""
+    paths = [Path(p) for p in inputs]
+    select = select or TimeSelection()
+    if not paths:
+        raise ValueError(f"no input given; {INPUT_HINT}")
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ValueError(f"{', '.join(missing)}: not found; {INPUT_HINT}")
+    notes: list[str] = []
+    if len(paths) == 1 and paths[0].is_dir() and (paths[0] / "images").is_dir():
+        clip = _select_clip(load_clip(paths[0]), select)
+    elif all(p.suffix.lower() in VIDEO_SUFFIXES for p in paths):
+        clip, notes = _from_videos(paths, select)
+    elif all(p.is_dir() or p.suffix.lower() == ".txt" for p in paths):
+        clip = _from_lists(paths, select)
+    else:
+        raise ValueError(f"cannot tell what {', '.join(map(str, paths))} is; {INPUT_HINT} (videos: "
+                         f"{', '.join(sorted(VIDEO_SUFFIXES))})")
+    if masks is not None:
+        clip = _attach_masks(clip, Path(masks))
+    return clip, notes

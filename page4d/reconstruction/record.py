@@ -1,0 +1,155 @@
+"""``Reconstruction``: the ``[T, V, ...]`` arrays ``page4d reconstruct`` writes and ``view`` / ``eval`` / exports read.
+
+On disk a reconstruction is a folder::
+
+    predictions.npz   the arrays below (numpy, compressed)
+    meta.json         provenance (model, weights, untrained flag, pre-processing, timings) + ``transform``
+    cameras.json      K at the original resolution and world-to-camera extrinsics, in the clip layout's format
+
+Conventions are ``page4d.conventions``: OpenCV axes, world-to-camera ``[R | t]``, world = camera (t0, v0)
+of the first window, z-depth, ``dynamic_mask`` 1 = moving. Dense maps are at the model-input resolution
+``(H, W)``; ``meta["transform"]`` maps original pixels to model-input pixels (``ImageTransform``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from page4d.data.preprocess import ImageTransform
+from page4d.geometry.unprojection import unproject_depth
+
+PREDICTIONS = "predictions.npz"
+META = "meta.json"
+CAMERAS = "cameras.json"
+CAMERAS_FORMAT = "page4d cameras v1"
+CONVENTION = (
+    "E_w2c = [R|t] maps world to camera: x_cam = R @ x_world + t. Camera axes OpenCV (x right, y down, z forward). "
+    "Pixel (u, v) = (column, row), integer = pixel centre; u = fx*x/z + cx. World = predicted camera (t0, v0)."
+)
+
+
+@dataclass
+class Reconstruction:
+    """Per-(t, v) predictions of one clip: numpy arrays indexed ``[t, v]`` in ``time_ids`` / ``view_ids`` order."""
+
+    time_ids: np.ndarray
+    """``[T]`` int64 time index of each step (from the input)."""
+    view_ids: np.ndarray
+    """``[V]`` int64 camera index of each view."""
+    images: np.ndarray
+    """``[T, V, H, W, 3]`` uint8 model-input RGB (what the model saw)."""
+    extrinsic: np.ndarray
+    """``[T, V, 3, 4]`` float32 world-to-camera."""
+    intrinsic: np.ndarray
+    """``[T, V, 3, 3]`` float32 pixel K at the model-input resolution."""
+    intrinsic_original: np.ndarray
+    """``[T, V, 3, 3]`` float32 pixel K at the original image resolution."""
+    depth: np.ndarray
+    """``[T, V, H, W]`` float32 z-depth."""
+    depth_conf: np.ndarray
+    """``[T, V, H, W]`` float32 depth confidence (> 1, higher is better)."""
+    world_points: np.ndarray
+    """``[T, V, H, W, 3]`` float32 world points of the point head."""
+    world_points_conf: np.ndarray
+    """``[T, V, H, W]`` float32 point confidence."""
+    dynamic_mask: np.ndarray | None = None
+    """``[T, V, H, W]`` float32 probability of moving (1 = moving); None for models without a mask head."""
+    meta: dict = field(default_factory=dict)
+    """Provenance; ``meta["transform"]`` holds the ``ImageTransform`` fields, ``meta["original_size"]`` (H0, W0)."""
+
+    ARRAYS = (
+        "time_ids", "view_ids", "images", "extrinsic", "intrinsic", "intrinsic_original", "depth", "depth_conf",
+        "world_points", "world_points_conf", "dynamic_mask",
+    )
+
+    @property
+    def num_times(self) -> int:
+        return len(self.time_ids)
+
+    @property
+    def num_views(self) -> int:
+        return len(self.view_ids)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the dense maps."""
+        return self.depth.shape[-2], self.depth.shape[-1]
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """(H0, W0) of the input images."""
+        return tuple(self.meta.get("original_size", self.size))
+
+    @property
+    def transform(self) -> ImageTransform:
+        """Original -> model-input pixel mapping shared by every frame."""
+        if "transform" not in self.meta:
+            raise ValueError("this reconstruction's meta.json has no 'transform'; re-run page4d reconstruct")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in self.meta["transform"].items()}
+        return ImageTransform(**values)
+
+    @property
+    def untrained(self) -> bool:
+        return bool(self.meta.get("untrained", False))
+
+    def depth_points(self) -> np.ndarray:
+        """``[T, V, H, W, 3]`` float32 world points unprojected from ``depth`` with the predicted cameras
+        (VGGT reports these as more accurate than the point head's)."""
+        depth = torch.from_numpy(self.depth).flatten(0, 1)
+        points = unproject_depth(
+            depth, torch.from_numpy(self.extrinsic).flatten(0, 1), torch.from_numpy(self.intrinsic).flatten(0, 1)
+        )
+        return points.unflatten(0, (self.num_times, self.num_views)).numpy()
+
+    def cameras_json(self) -> dict:
+        """The cameras in the clip layout's ``cameras.json`` format (K at the original resolution)."""
+        height, width = self.original_size
+        return {
+            "format": CAMERAS_FORMAT,
+            "image_size": {"width": int(width), "height": int(height)},
+            "time_ids": [int(t) for t in self.time_ids],
+            "view_ids": [int(v) for v in self.view_ids],
+            "index_order": "K[ti][vi], E_w2c[ti][vi] with ti = position in time_ids, vi = position in view_ids",
+            "convention": CONVENTION,
+            "K": self.intrinsic_original.astype(np.float64).round(6).tolist(),
+            "E_w2c": self.extrinsic.astype(np.float64).round(7).tolist(),
+        }
+
+    def save(self, folder: Path) -> list[Path]:
+        """Write ``predictions.npz``, ``meta.json`` and ``cameras.json`` into ``folder``; returns the paths."""
+        arrays = {name: getattr(self, name) for name in self.ARRAYS if getattr(self, name) is not None}
+        np.savez_compressed(folder / PREDICTIONS, **arrays)
+        (folder / META).write_text(json.dumps(self.meta, indent=2))
+        (folder / CAMERAS).write_text(json.dumps(self.cameras_json(), indent=1))
+        return [folder / PREDICTIONS, folder / META, folder / CAMERAS]
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Reconstruction:
+        """Read a folder written by :meth:`save`. Raises ``ValueError`` saying what is missing or broken."""
+        folder = Path(folder)
+        path = folder / PREDICTIONS if folder.is_dir() else folder
+        if not path.is_file():
+            raise ValueError(f"{folder}: no {PREDICTIONS}; pass the output folder of page4d reconstruct")
+        try:
+            with np.load(path) as data:
+                arrays = {name: data[name] for name in data.files if name in cls.ARRAYS}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise ValueError(f"{path}: cannot read the predictions ({err}); re-run page4d reconstruct") from None
+        missing = [name for name in cls.ARRAYS if name != "dynamic_mask" and name not in arrays]
+        if missing:
+            raise ValueError(f"{path}: missing arrays {missing}; re-run page4d reconstruct with this version")
+        meta_path = path.parent / META
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        return cls(**arrays, meta=meta)
+
+
+def transform_meta(transform: ImageTransform) -> dict:
+    """``ImageTransform`` as JSON-ready values for ``meta["transform"]``."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(transform).items()}

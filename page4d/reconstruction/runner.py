@@ -1,0 +1,137 @@
+"""Run a model over a clip, window by window, into one :class:`Reconstruction`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from page4d.data.clip import MultiViewClip
+from page4d.data.preprocess import PreprocessMode
+from page4d.model import Page4D
+from page4d.reconstruction.record import Reconstruction, transform_meta
+from page4d.reconstruction.windows import apply_sim3, depth_points, fit_overlap, plan_windows
+
+MEMORY_FRACTION = 0.5
+"""Share of the free memory the automatic window size plans to use (the rest is left for outputs and others)."""
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How a clip is cut in time: ``window`` steps per forward pass, consecutive passes sharing ``overlap``."""
+
+    window: int
+    overlap: int
+
+
+def available_memory(device: torch.device) -> int:
+    """Free bytes on ``device``: CUDA's free memory, or the host's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def bytes_per_frame(model: Page4D, image_size: tuple[int, int]) -> int:
+    """Rough peak bytes one frame adds to a forward pass: the kept aggregator entries (2C each) plus about 24
+    token-sized working buffers (encoder, attention, MLP), in float32."""
+    tokens = (image_size[0] // model.config.patch_size) * (image_size[1] // model.config.patch_size)
+    width = model.config.aggregator.embed_dim
+    return tokens * width * 4 * (2 * len(model.required_entries()) + 24)
+
+
+def choose_window(model: Page4D, clip: MultiViewClip, image_size: tuple[int, int], device: torch.device) -> int:
+    """Time steps per window that fit ``MEMORY_FRACTION`` of the free memory (at least 2, at most the clip)."""
+    budget = MEMORY_FRACTION * available_memory(device)
+    steps = int(budget // (bytes_per_frame(model, image_size) * clip.num_views))
+    return max(2, min(clip.num_times, steps))
+
+
+def _predict(
+    model: Page4D, clip: MultiViewClip, times: range, mode: PreprocessMode, size: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, object]:
+    """One forward pass over ``times``: numpy ``[T', V, ...]`` outputs, uint8 images and the pixel transform."""
+    images, transforms = clip.load_images(mode=mode, target_size=size, times=times)
+    transform = transforms[0][0]
+    external = None
+    if clip.external_mask_paths is not None:
+        external = clip.load_external_masks(transform, times)[None]
+    pred = model.infer(images[None], external_mask=external)
+    out = {
+        "extrinsic": pred.extrinsic[0], "intrinsic": pred.intrinsic[0], "depth": pred.depth[0, ..., 0],
+        "depth_conf": pred.depth_conf[0], "world_points": pred.world_points[0],
+        "world_points_conf": pred.world_points_conf[0], "dynamic_mask": pred.dynamic_mask,
+    }
+    if out["dynamic_mask"] is not None:
+        out["dynamic_mask"] = out["dynamic_mask"][0]
+    arrays = {k: v.float().cpu().numpy() for k, v in out.items() if v is not None}
+    pixels = (images.permute(0, 1, 3, 4, 2) * 255).round().to(torch.uint8).numpy()
+    return arrays, pixels, transform
+
+
+def _overlap_fit(
+    stitched: dict[str, np.ndarray], arrays: dict[str, np.ndarray], shared: range
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Sim(3) taking a new window's world into the stitched one, from the ``shared`` time steps (clip positions;
+    they are the first ``len(shared)`` steps of the window)."""
+
+    def points(source: dict[str, np.ndarray], steps: slice) -> tuple[np.ndarray, np.ndarray]:
+        flat = {k: source[k][steps].reshape(-1, *source[k].shape[2:]) for k in ("depth", "extrinsic", "intrinsic")}
+        conf = source["depth_conf"][steps].reshape(-1, *source["depth_conf"].shape[2:])
+        return depth_points(flat["depth"], flat["extrinsic"], flat["intrinsic"]), conf
+
+    target, target_conf = points(stitched, slice(shared.start, shared.stop))
+    source, source_conf = points(arrays, slice(0, len(shared)))
+    return fit_overlap(target, target_conf, source, source_conf)
+
+
+def reconstruct(
+    model: Page4D,
+    clip: MultiViewClip,
+    mode: PreprocessMode = "crop",
+    size: int = 518,
+    plan: WindowPlan | None = None,
+    progress: bool = True,
+) -> Reconstruction:
+    """Predict every (t, v) of ``clip``; with a ``plan`` shorter than the clip, window by window (module docstring
+    of ``page4d.reconstruction.windows``). The world frame is the predicted camera (t0, v0)."""
+    windows = [range(clip.num_times)] if plan is None else plan_windows(clip.num_times, plan.window, plan.overlap)
+    stitched: dict[str, np.ndarray] = {}
+    images = None
+    done = 0
+    bar = tqdm(total=clip.num_times * clip.num_views, unit="frame", desc="reconstruct", disable=not progress)
+    for times in windows:
+        arrays, pixels, transform = _predict(model, clip, times, mode, size)
+        if not stitched:
+            stitched = {k: np.zeros((clip.num_times, *v.shape[1:]), v.dtype) for k, v in arrays.items()}
+            images = np.zeros((clip.num_times, *pixels.shape[1:]), np.uint8)
+        else:
+            apply_sim3(arrays, *_overlap_fit(stitched, arrays, range(times.start, done)))
+        new = slice(done - times.start, len(times))
+        for key, value in arrays.items():
+            stitched[key][done : times.stop] = value[new]
+        images[done : times.stop] = pixels[new]
+        bar.update((times.stop - done) * clip.num_views)
+        done = times.stop
+    bar.close()
+    with np.errstate(invalid="ignore"):  # an untrained camera head can predict infinite focal lengths
+        intrinsic_original = np.linalg.inv(transform.pixel_matrix()) @ stitched["intrinsic"].astype(np.float64)
+    return Reconstruction(
+        time_ids=np.asarray(clip.time_ids), view_ids=np.asarray(clip.view_ids), images=images,
+        extrinsic=stitched["extrinsic"], intrinsic=stitched["intrinsic"],
+        intrinsic_original=intrinsic_original.astype(np.float32), depth=stitched["depth"],
+        depth_conf=stitched["depth_conf"], world_points=stitched["world_points"],
+        world_points_conf=stitched["world_points_conf"], dynamic_mask=stitched.get("dynamic_mask"),
+        meta={
+            "original_size": list(clip.image_size), "transform": transform_meta(transform),
+            "preprocess": {"mode": mode, "size": size},
+            "windows": [[w.start, w.stop] for w in windows],
+        },
+    )

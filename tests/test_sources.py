@@ -1,0 +1,146 @@
+"""Inputs of ``page4d reconstruct``: videos, per-camera image lists, time selection and external masks."""
+
+from __future__ import annotations
+
+import shutil
+
+import av
+import numpy as np
+import pytest
+from conftest import REPO, SHARED
+from PIL import Image
+
+from page4d.data.layout import load_clip
+from page4d.data.preprocess import resample_to_model
+from page4d.data.sources import TimeSelection, open_input
+from page4d.data.video import frame_step
+
+EXAMPLE = REPO / "examples" / "tabletop4v_mini"
+TABLETOP = SHARED / "data" / "tabletop4v"
+
+
+def frames_for(view: int, count: int, size: tuple[int, int] = (48, 64)) -> list[np.ndarray]:
+    rng = np.random.default_rng(view)
+    return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def write_video(path, frames: list[np.ndarray], fps: int = 10, codec: str = "ffv1") -> None:
+    """ffv1 in .mkv is lossless, so decoded frames can be compared exactly; libx264 .mp4 announces its length."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def test_videos_are_synchronised_by_frame_index_and_decoded_exactly(tmp_path):
+    sources = [frames_for(v, 6) for v in range(3)]
+    paths = [tmp_path / f"cam{v}.mkv" for v in range(3)]
+    for path, frames in zip(paths, sources, strict=True):
+        write_video(path, frames)
+    clip, notes = open_input(paths)
+    assert (clip.num_times, clip.num_views, clip.image_size) == (6, 3, (48, 64)) and notes == []
+    assert clip.time_ids == list(range(6)) and clip.view_ids == [0, 1, 2]
+    for t in range(6):
+        for v in range(3):
+            assert np.array_equal(np.asarray(clip.frames[t][v]), sources[v][t])
+
+
+def test_video_time_selection(tmp_path):
+    sources = [frames_for(v, 12) for v in range(2)]
+    paths = [tmp_path / f"cam{v}.mkv" for v in range(2)]
+    for path, frames in zip(paths, sources, strict=True):
+        write_video(path, frames, fps=10)
+    clip, notes = open_input(paths, TimeSelection(fps=5, start=1, frames=3))
+    assert clip.time_ids == [2, 4, 6] and "every 2th frame" in notes[0]
+    assert np.array_equal(np.asarray(clip.frames[1][1]), sources[1][4])
+    clip, _ = open_input(paths, TimeSelection(every=4))
+    assert clip.time_ids == [0, 4, 8]
+    assert frame_step(30.0, 10.0) == 3 and frame_step(30.0, None) == 1 and frame_step(25.0, 100.0) == 1
+
+
+def test_videos_of_different_lengths_use_the_shortest_and_say_so(tmp_path):
+    write_video(tmp_path / "a.mkv", frames_for(0, 5))
+    write_video(tmp_path / "b.mkv", frames_for(1, 4))
+    clip, notes = open_input([tmp_path / "a.mkv", tmp_path / "b.mkv"])
+    assert clip.num_times == 4 and "a.mkv: 5, b.mkv: 4" in notes[0]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_unreadable_videos_fail_with_the_file_name(tmp_path, damage):
+    write_video(tmp_path / "good.mp4", frames_for(0, 8), codec="libx264")
+    data = (tmp_path / "good.mp4").read_bytes()
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a video" * 20)
+    with pytest.raises(ValueError, match=r"bad\.mp4: cannot decode the video .*re-encode it"):
+        open_input([tmp_path / "good.mp4", bad])
+
+
+def test_videos_of_different_resolutions_are_refused(tmp_path):
+    write_video(tmp_path / "a.mkv", frames_for(0, 3))
+    write_video(tmp_path / "b.mkv", frames_for(1, 3, size=(32, 64)))
+    with pytest.raises(ValueError, match=r"b\.mkv is 64x32 but .*a\.mkv is 64x48 .*same resolution"):
+        open_input([tmp_path / "a.mkv", tmp_path / "b.mkv"])
+
+
+def test_per_camera_folders_and_lists(tmp_path):
+    sources = [frames_for(v, 11, size=(28, 42)) for v in range(2)]
+    for v in range(2):
+        (tmp_path / f"cam{v}").mkdir()
+        for i, frame in enumerate(sources[v]):
+            Image.fromarray(frame).save(tmp_path / f"cam{v}" / f"frame{i}.png")
+    clip, _ = open_input([tmp_path / "cam0", tmp_path / "cam1"])
+    assert clip.num_times == 11 and clip.frames[2][1] == tmp_path / "cam1" / "frame2.png"  # natural order
+    assert clip.frames[10][0] == tmp_path / "cam0" / "frame10.png"
+    listing = tmp_path / "cam1.txt"
+    listing.write_text("# camera 1, reversed\n" + "\n".join(f"cam1/frame{i}.png" for i in reversed(range(11))))
+    clip, _ = open_input([tmp_path / "cam0", listing], TimeSelection(start=9))
+    assert clip.time_ids == [9, 10] and clip.frames[0][1] == tmp_path / "cam1" / "frame1.png"
+    (tmp_path / "cam1" / "frame3.png").unlink()
+    with pytest.raises(ValueError, match=r"different numbers of images .*cam0: 11, .*cam1: 10"):
+        open_input([tmp_path / "cam0", tmp_path / "cam1"])
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: [d / "missing"], r"missing: not found"),
+        (lambda d: [d / "empty"], r"empty: no \.png/\.jpg images"),
+        (lambda d: [d / "notes.md"], r"cannot tell what .*notes\.md is"),
+        (lambda d: [d / "list.txt"], r"listed images not found: .*nope\.png"),
+    ],
+)
+def test_bad_inputs_say_what_to_do(tmp_path, make, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.md").write_text("hello")
+    (tmp_path / "list.txt").write_text("nope.png\n")
+    with pytest.raises(ValueError, match=message):
+        open_input(make(tmp_path))
+
+
+def test_clip_time_selection_keeps_cameras_and_companions_aligned():
+    full = load_clip(TABLETOP)
+    clip, _ = open_input([TABLETOP], TimeSelection(every=3, start=1, frames=3))
+    assert clip.time_ids == [3, 6, 9]
+    assert clip.frames[1][2] == TABLETOP / "images" / "time_06" / "view2.png"
+    assert clip.depth_paths[2][0] == TABLETOP / "depths" / "time_09" / "view0.png"
+    assert np.array_equal(clip.extrinsics.numpy(), full.extrinsics[[3, 6, 9]].numpy())
+    with pytest.raises(ValueError, match="--fps applies to video inputs"):
+        open_input([TABLETOP], TimeSelection(fps=5))
+    with pytest.raises(ValueError, match="--start 20 is past the end: the input has 16 time steps"):
+        open_input([TABLETOP], TimeSelection(start=20))
+
+
+def test_external_masks_land_on_the_model_grid(tmp_path):
+    clip, _ = open_input([EXAMPLE], masks=EXAMPLE / "masks")
+    _, transforms = clip.load_images(target_size=224)
+    masks = clip.load_external_masks(transforms[0][0], range(1, 3))
+    expected = resample_to_model(clip.load_masks().numpy()[1:3].astype(np.float32), transforms[0][0])
+    assert masks.shape == (2, 4, 168, 224) and np.array_equal(masks.numpy(), expected) and 0 < expected.mean() < 0.5
+    partial = tmp_path / "masks"
+    shutil.copytree(EXAMPLE / "masks", partial)
+    (partial / "time_09" / "view3.png").unlink()
+    with pytest.raises(ValueError, match=r"--masks .*missing time_09/view3\.png; give a mask for every"):
+        open_input([EXAMPLE], masks=partial)

@@ -1,0 +1,118 @@
+"""Windowed inference: window plans, Sim(3) overlap alignment and stitching, against exact ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+
+from page4d.data.layout import load_clip
+from page4d.geometry.rotations import quat_to_mat
+from page4d.outputs import Predictions
+from page4d.reconstruction.ground_truth import reconstruction_from_clip
+from page4d.reconstruction.runner import WindowPlan, reconstruct
+from page4d.reconstruction.windows import apply_sim3, depth_points, fit_overlap, plan_windows
+
+EXAMPLE = REPO / "examples" / "tabletop4v_mini"
+
+
+def random_sim3(seed: int) -> tuple[float, np.ndarray, np.ndarray]:
+    gen = torch.Generator().manual_seed(seed)
+    quat = torch.nn.functional.normalize(torch.randn(4, generator=gen, dtype=torch.float64), dim=0)
+    return 0.5 + float(torch.rand(1, generator=gen)), quat_to_mat(quat).numpy(), torch.randn(3, generator=gen).numpy()
+
+
+@pytest.mark.parametrize(
+    ("num_times", "window", "overlap", "expected"),
+    [
+        (16, 6, 2, [(0, 6), (4, 10), (8, 14), (10, 16)]),
+        (10, 4, 1, [(0, 4), (3, 7), (6, 10)]),
+        (5, 8, 2, [(0, 5)]),
+        (200, 32, 4, None),
+    ],
+)
+def test_window_plans_cover_the_clip_with_the_overlap(num_times, window, overlap, expected):
+    plan = plan_windows(num_times, window, overlap)
+    if expected is not None:
+        assert [(w.start, w.stop) for w in plan] == expected
+    assert plan[0].start == 0 and plan[-1].stop == num_times and all(len(w) == min(window, num_times) for w in plan)
+    assert all(a.stop - b.start >= overlap for a, b in zip(plan, plan[1:], strict=False))
+
+
+def test_bad_overlap_is_refused():
+    with pytest.raises(ValueError, match="--overlap 4 must be at least 1 and below the window size 4"):
+        plan_windows(10, 4, 4)
+
+
+def test_overlap_fit_recovers_a_known_similarity():
+    scale, rot, trans = random_sim3(0)
+    source = np.random.default_rng(0).normal(size=(2, 5, 7, 3))
+    target = scale * source @ rot.T + trans
+    conf = np.ones(source.shape[:-1])
+    fit = fit_overlap(target, conf, source, conf)
+    assert abs(fit[0] - scale) < 1e-9 and np.abs(fit[1] - rot).max() < 1e-9 and np.abs(fit[2] - trans).max() < 1e-9
+
+
+def test_moving_a_window_moves_cameras_depth_and_points_consistently():
+    gt = reconstruction_from_clip(load_clip(EXAMPLE), size=112)
+    arrays = {k: getattr(gt, k).copy() for k in ("extrinsic", "depth", "world_points")}
+    scale, rot, trans = random_sim3(1)
+    apply_sim3(arrays, scale, rot, trans)
+    moved = depth_points(arrays["depth"].reshape(-1, *gt.size), arrays["extrinsic"].reshape(-1, 3, 4),
+                         gt.intrinsic.reshape(-1, 3, 3))
+    expected = scale * gt.depth_points().reshape(moved.shape).astype(np.float64) @ rot.T + trans
+    assert np.abs(moved - expected).max() < 1e-3 * np.abs(expected).max()
+    assert np.abs(arrays["world_points"] - (scale * gt.world_points.astype(np.float64) @ rot.T + trans)).max() < 1e-3
+
+
+class WindowedTruth:
+    """Stands in for a model: each call returns the ground truth of the next window, expressed in that window's
+    own frame (its first camera, at a random scale), as a perfect model that cannot see other windows would."""
+
+    def __init__(self, gt, windows: list[range]):
+        self.gt, self.windows, self.calls = gt, windows, 0
+
+    def infer(self, images: torch.Tensor, external_mask: torch.Tensor | None = None) -> Predictions:
+        times = self.windows[self.calls]
+        self.calls += 1
+        arrays = {k: getattr(self.gt, k)[times.start : times.stop].copy() for k in ("extrinsic", "depth",
+                                                                                     "world_points")}
+        first = self.gt.extrinsic[times.start, 0].astype(np.float64)
+        scale = 1.0 + 0.3 * self.calls
+        apply_sim3(arrays, scale, first[:, :3], scale * first[:, 3])
+        window = slice(times.start, times.stop)
+
+        def batch(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x))[None]
+
+        assert images.shape[1] == len(times)
+        return Predictions(
+            extrinsic=batch(arrays["extrinsic"]), intrinsic=batch(self.gt.intrinsic[window]),
+            depth=batch(arrays["depth"])[..., None], depth_conf=batch(self.gt.depth_conf[window] + 1),
+            world_points=batch(arrays["world_points"]), world_points_conf=batch(self.gt.world_points_conf[window]),
+            dynamic_mask=batch(self.gt.dynamic_mask[window]),
+        )
+
+
+@pytest.mark.parametrize(("window", "overlap"), [(2, 1), (3, 1), (8, 2)])
+def test_stitched_windows_equal_one_pass_of_a_perfect_model(window, overlap):
+    clip = load_clip(EXAMPLE)
+    clip.time_ids, clip.frames = clip.time_ids * 3, clip.frames * 3  # 9 steps: the 3 real ones, three times
+    gt = reconstruction_from_clip(load_clip(EXAMPLE), size=112)
+    for name in ("extrinsic", "intrinsic", "depth", "depth_conf", "world_points", "world_points_conf", "dynamic_mask"):
+        setattr(gt, name, np.concatenate([getattr(gt, name)] * 3))
+    windows = plan_windows(9, window, overlap)
+    stitched = reconstruct(WindowedTruth(gt, windows), clip, size=112, plan=WindowPlan(window, overlap),
+                           progress=False)
+    # One pass over the whole clip: the ground truth in the frame of the first window, camera (t0, v0), scale 1.3.
+    reference = {k: getattr(gt, k).copy() for k in ("extrinsic", "depth", "world_points")}
+    first = gt.extrinsic[0, 0].astype(np.float64)
+    apply_sim3(reference, 1.3, first[:, :3], 1.3 * first[:, 3])
+    assert stitched.meta["windows"] == [[w.start, w.stop] for w in windows]
+    for name, tol in (("extrinsic", 1e-4), ("depth", 1e-4), ("world_points", 1e-4)):
+        error = np.abs(getattr(stitched, name) - reference[name]).max() / np.abs(reference[name]).max()
+        assert error < tol, (name, error)
+    assert np.array_equal(stitched.dynamic_mask, gt.dynamic_mask)
+    np.testing.assert_allclose(stitched.intrinsic_original, np.concatenate([load_clip(EXAMPLE).intrinsics.numpy()] * 3),
+                               rtol=1e-5)
