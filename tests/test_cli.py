@@ -11,35 +11,87 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from PIL import Image
 
 from page4d.cli.main import main
+from page4d.config import preset
 from page4d.data.layout import load_clip
+from page4d.model import Page4D
 
 EXAMPLE = REPO / "examples" / "tabletop4v_mini"
 
 
 def test_reconstruct_bundled_example(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--size", "224"]) == 0
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--size", "224", "--export", "none"]) == 0
     printed = capsys.readouterr().out
-    assert "UNTRAINED" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "predictions.npz"]
+    assert "UNTRAINED" in printed and "peak memory" in printed and "36 frames" not in printed
+    assert sorted(p.name for p in out.iterdir()) == ["cameras.json", "meta.json", "predictions.npz"]
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["untrained"] is True and meta["model_input_size"] == [168, 224]
+    assert meta["untrained"] is True and meta["transform"]["output_size"] == [168, 224]
+    assert meta["original_size"] == [480, 640] and meta["windows"] == [[0, 3]]
     pred = np.load(out / "predictions.npz")
     t, v, h, w = 3, 4, 168, 224
     assert pred["time_ids"].tolist() == [8, 9, 10] and pred["view_ids"].tolist() == [0, 1, 2, 3]
     assert pred["images"].shape == (t, v, h, w, 3) and pred["images"].dtype == np.uint8
     assert pred["extrinsic"].shape == (t, v, 3, 4) and pred["depth"].shape == (t, v, h, w)
     assert pred["world_points"].shape == (t, v, h, w, 3) and pred["world_points_conf"].shape == (t, v, h, w)
+    assert pred["dynamic_mask"].shape == (t, v, h, w)  # the default model has a dynamic-mask head
     # Random weights may give FoV = relu(x) = 0, i.e. an infinite focal length (as VGGT would); all else is finite.
     assert all(np.isfinite(pred[k]).all() for k in pred.files if not k.startswith("intrinsic"))
     clip = load_clip(EXAMPLE)
     images, transforms = clip.load_images(target_size=224)
     assert np.array_equal(pred["images"], (images.permute(0, 1, 3, 4, 2) * 255).round().to(torch.uint8).numpy())
     # intrinsic_original maps the model-resolution K back to the 640x480 originals.
-    restored = transforms[1][2].restore_intrinsics(torch.from_numpy(pred["intrinsic"][1, 2])).numpy()
-    np.testing.assert_array_equal(pred["intrinsic_original"][1, 2], restored)
+    restored = transforms[1][2].restore_intrinsics(torch.from_numpy(pred["intrinsic"][1, 2]).double()).numpy()
+    np.testing.assert_allclose(pred["intrinsic_original"][1, 2], restored, rtol=1e-6)
+
+
+def test_cameras_json_reads_back_as_a_clip(tmp_path):
+    """cameras.json follows the clip layout: next to the images it is a valid clip with the predicted cameras."""
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--size", "112", "--export", "none", "--quiet",
+                 "--model", "tiny"]) == 0
+    clip = tmp_path / "clip"
+    shutil.copytree(EXAMPLE / "images", clip / "images")
+    shutil.copy(out / "cameras.json", clip / "cameras.json")
+    pred, loaded = np.load(out / "predictions.npz"), load_clip(clip)
+    finite = np.isfinite(pred["intrinsic_original"]).all(axis=(-1, -2))
+    np.testing.assert_allclose(loaded.intrinsics.numpy()[finite], pred["intrinsic_original"][finite], rtol=1e-5)
+    np.testing.assert_allclose(loaded.extrinsics.numpy(), pred["extrinsic"], atol=1e-6)
+
+
+def test_windows_and_masks_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["reconstruct", str(EXAMPLE), "-o", str(out), "--size", "112", "--export", "none", "--window", "2",
+            "--overlap", "1", "--masks", str(EXAMPLE / "masks")]
+    assert main(args) == 0
+    assert "2 window(s) of 2 steps" in capsys.readouterr().out
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["windows"] == [[0, 2], [1, 3]] and meta["external_masks"] == str(EXAMPLE / "masks")
+    masked = np.load(out / "predictions.npz")["dynamic_mask"]
+    assert main([*args[:3], str(tmp_path / "plain"), *args[4:-2]]) == 0
+    assert not np.array_equal(masked, np.load(tmp_path / "plain" / "predictions.npz")["dynamic_mask"])
+
+
+def test_video_input_end_to_end(tmp_path):
+    import av
+
+    rng = np.random.default_rng(0)
+    for view in range(2):
+        with av.open(str(tmp_path / f"cam{view}.mkv"), "w") as container:
+            stream = container.add_stream("ffv1", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 56, 42, "bgr0"
+            for _ in range(4):
+                frame = rng.integers(0, 256, (42, 56, 3), dtype=np.uint8)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+    out = tmp_path / "out"
+    videos = [str(tmp_path / "cam0.mkv"), str(tmp_path / "cam1.mkv")]
+    assert main(["reconstruct", *videos, "-o", str(out), "--size", "56", "--fps", "5", "--export", "none",
+                 "--quiet"]) == 0
+    pred = np.load(out / "predictions.npz")
+    assert pred["time_ids"].tolist() == [0, 2] and pred["depth"].shape == (2, 2, 42, 56)
 
 
 def test_console_script_help():
@@ -62,8 +114,9 @@ def test_overwrite_replaces_the_folder(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--size", "112", "--overwrite", "--quiet"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "predictions.npz"]
+    args = ["reconstruct", str(EXAMPLE), "-o", str(out), "--size", "112", "--overwrite", "--quiet", "--export", "none"]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cameras.json", "meta.json", "predictions.npz"]
 
 
 @pytest.mark.parametrize(
@@ -72,6 +125,14 @@ def test_overwrite_replaces_the_folder(tmp_path):
         (["--size", "100"], "multiple of 14"),
         (["--model", "no-such-model"], "no-such-model"),
         (["--model", "pi3-large"], "reconstruct needs the camera, depth and point heads"),
+        (["--export", "ply,obj"], "unknown export format 'obj'; choose from ply, glb, colmap, png"),
+        (["--export-time", "3"], "--export-time 3 is not a time id of the input (8..10)"),
+        (["--window", "1"], "--window 1: give 'auto', 'all' or a number of time steps >= 2"),
+        (["--overlap", "0", "--window", "2"], "--overlap 0 must be at least 1"),
+        (["--masks", str(EXAMPLE / "depths"), "--model", "tiny"], "has no seeds mask head to take external masks"),
+        (["--masks", str(EXAMPLE / "nope")], "folder not found"),
+        (["--start", "5"], "--start 5 is past the end"),
+        (["--fps", "5"], "--fps applies to video inputs"),
     ],
 )
 def test_bad_options_fail_cleanly(tmp_path, capsys, args, message):
@@ -91,6 +152,53 @@ def test_bad_clip_fails_cleanly(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "time_09" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("problem", ["resolution", "unreadable", "empty", "extra"])
+def test_broken_clips_fail_cleanly(tmp_path, capsys, problem):
+    clip = tmp_path / "clip"
+    shutil.copytree(EXAMPLE / "images", clip / "images")
+    target = clip / "images" / "time_10" / "view1.png"
+    if problem == "resolution":
+        Image.open(target).resize((320, 240)).save(target)
+    elif problem == "unreadable":
+        target.write_bytes(target.read_bytes()[:500])
+    elif problem == "empty":
+        shutil.rmtree(clip / "images")
+        (clip / "images").mkdir()
+    else:
+        shutil.copy(target, clip / "images" / "time_10" / "view7.png")
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(clip), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    expected = {"resolution": "320x240 but", "unreadable": "cannot read the image", "empty": "no time_XX folders",
+                "extra": "extra view7.png"}[problem]
+    assert expected in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_nan_checkpoint_fails_cleanly(tmp_path, capsys):
+    model = Page4D(preset("tiny"))
+    with torch.no_grad():
+        model.aggregator.camera_token.fill_(float("nan"))
+    model.save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--model", str(tmp_path / "ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert "NaN" in err and "aggregator.camera_token" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_failing_export_leaves_nothing(tmp_path, monkeypatch):
+    import page4d.export
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(page4d.export, "export", broken)
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--size", "112", "--export", "png", "--quiet"]) == 2
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_offline_hub_model_fails_in_one_line(tmp_path, capsys, monkeypatch):

@@ -1,34 +1,41 @@
-"""``page4d reconstruct CLIP -o OUT``: run the model over a multi-view clip and write its predictions."""
+"""``page4d reconstruct INPUT... -o OUT``: run the model over a multi-view clip and write a reconstruction."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import resource
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from page4d import __version__
 from page4d.cli.common import atomic_folder, check_output
 from page4d.config import PRESETS, ModelConfig, preset
-from page4d.data.layout import load_clip
+from page4d.data.preprocess import model_input_size
+from page4d.data.sources import TimeSelection, open_input
 from page4d.model import Page4D
+from page4d.reconstruction.runner import WindowPlan, choose_window, reconstruct
 
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "tiny-mv"
+DEFAULT_EXPORTS = "ply,glb,colmap,png"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "reconstruct",
-        help="predict cameras, depth and world points for every (time, view) of a clip",
+        help="predict cameras, depth, points and dynamic masks for every (time, view) of a clip",
         description=(
-            "Run the model over a clip folder in the layout images/time_XX/viewN.png and write "
-            "predictions.npz ([T, V, ...] arrays) and meta.json to OUT."
+            "Run the model over a multi-view clip and write predictions.npz ([T, V, ...] arrays), meta.json, "
+            "cameras.json and the chosen exports (PLY point clouds, a GLB scene, a COLMAP model, PNG panels) to OUT."
         ),
     )
-    p.add_argument("input", type=Path, help="clip folder (images/time_XX/viewN.png, optional cameras.json)")
+    p.add_argument(
+        "input", type=Path, nargs="+",
+        help="a clip folder (images/time_XX/viewN.png), one video per camera, or one image folder / .txt list "
+        "per camera",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created; must be empty)")
     p.add_argument(
         "--model", default=DEFAULT_MODEL,
@@ -36,12 +43,29 @@ def register(commands: argparse._SubParsersAction) -> None:
         "folder, a checkpoint file (.safetensors/.pt, page4d or VGGT), or a Hub id such as facebook/VGGT-1B "
         f"(default: {DEFAULT_MODEL})",
     )
+    time_group = p.add_argument_group("time steps")
+    time_group.add_argument("--fps", type=float, help="videos: keep about this many frames per second")
+    time_group.add_argument("--every", type=int, default=1, help="keep every N-th time step (default: 1)")
+    time_group.add_argument("--start", type=int, default=0, help="skip this many time steps (after --fps/--every)")
+    time_group.add_argument("--frames", type=int, help="use at most this many time steps")
+    p.add_argument("--masks", type=Path,
+                   help="external moving masks MASKS/time_XX/viewN.png (non-zero = moving) for models with a seeds "
+                   "mask head (the default model has one)")
     p.add_argument("--mode", choices=("crop", "pad"), default="crop", help="VGGT pre-processing mode (default: crop)")
     p.add_argument("--size", type=int, default=518, help="target width (crop) or longer side (pad), multiple of 14")
+    p.add_argument("--window", default="auto",
+                   help="time steps per forward pass; 'auto' fits half the free memory (default), 'all' = one pass")
+    p.add_argument("--overlap", type=int, default=2, help="time steps shared by consecutive windows (default: 2)")
+    p.add_argument("--export", default=DEFAULT_EXPORTS,
+                   help=f"comma-separated subset of ply, glb, colmap, png, or 'none' (default: {DEFAULT_EXPORTS})")
+    p.add_argument("--export-time", type=int,
+                   help="time id of the GLB scene and the COLMAP model (default: the middle time step)")
+    p.add_argument("--conf-percentile", type=float, default=20.0,
+                   help="exports drop points below this percentile of each time step's confidence (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random weights of a preset (default: 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress bars)")
     p.set_defaults(run=run)
 
 
@@ -74,56 +98,79 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def _exports(value: str) -> list[str]:
+    """The ``--export`` formats, checked (known, libraries installed) before any work is done."""
+    if value == "none":
+        return []
+    from page4d.export import check_formats
+
+    return check_formats(f.strip() for f in value.split(",") if f.strip())
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
 def run(args: argparse.Namespace) -> int:
     log = (lambda *_: None) if args.quiet else print
     check_output(args.output, args.overwrite)
     if args.size <= 0 or args.size % 14:
         raise ValueError(f"--size {args.size} must be a positive multiple of 14 (e.g. 518)")
-    clip = load_clip(args.input)
+    if args.window not in ("auto", "all") and not (args.window.isdigit() and int(args.window) >= 2):
+        raise ValueError(f"--window {args.window}: give 'auto', 'all' or a number of time steps >= 2")
+    formats = _exports(args.export)
+    select = TimeSelection(start=args.start, frames=args.frames, every=args.every, fps=args.fps)
+    clip, notes = open_input(args.input, select, masks=args.masks)
+    if args.export_time is not None and args.export_time not in clip.time_ids:
+        raise ValueError(f"--export-time {args.export_time} is not a time id of the input "
+                         f"({clip.time_ids[0]}..{clip.time_ids[-1]}); pick one of them")
     device = _device(args.device)
     if args.model in PRESETS:
         _require_heads(preset(args.model), args.model)  # before building a possibly full-size model
     model, source = load_model(args.model, args.seed)
     _require_heads(model.config, args.model)
+    if clip.external_mask_paths is not None and (
+        model.config.aggregator.dynamic_mask is None or model.config.aggregator.dynamic_mask.head != "seeds"
+    ):
+        raise ValueError(f"--masks: the model {args.model} has no seeds mask head to take external masks; use a "
+                         f"model with one (e.g. {DEFAULT_MODEL}, page4d-mv) or drop --masks")
     model.to(device)
     log(f"model: {source}")
-    log(f"clip: {clip.root} — T={clip.num_times} time steps × V={clip.num_views} views, "
-        f"{clip.image_size[1]}×{clip.image_size[0]} px")
+    log(f"input: {clip.root} — T={clip.num_times} time steps × V={clip.num_views} views, "
+        f"{clip.image_size[1]}×{clip.image_size[0]} px" + ("" if clip.external_mask_paths is None else ", +masks"))
+    for note in notes:
+        log(f"note: {note}")
 
     start = time.perf_counter()
-    images, transforms = clip.load_images(mode=args.mode, target_size=args.size)
-    pred = model.infer(images[None])
+    if args.window == "auto":
+        window = choose_window(model, clip, model_input_size(clip.image_size, args.mode, args.size), device)
+    else:
+        window = clip.num_times if args.window == "all" else int(args.window)
+    plan = WindowPlan(window=window, overlap=min(args.overlap, window - 1))
+    recon = reconstruct(model, clip, mode=args.mode, size=args.size, plan=plan, progress=not args.quiet)
     seconds = time.perf_counter() - start
-    height, width = images.shape[-2:]
-
-    intrinsic = pred.intrinsic[0].cpu()
-    original_k = torch.stack([
-        torch.stack([transforms[t][v].restore_intrinsics(intrinsic[t, v]) for v in range(clip.num_views)])
-        for t in range(clip.num_times)
-    ])
-    arrays = {
-        "time_ids": np.asarray(clip.time_ids), "view_ids": np.asarray(clip.view_ids),
-        "images": (images.permute(0, 1, 3, 4, 2) * 255).round().to(torch.uint8).numpy(),
-        "extrinsic": pred.extrinsic[0], "intrinsic": intrinsic, "intrinsic_original": original_k,
-        "pose_enc": pred.pose_enc[0], "depth": pred.depth[0, ..., 0], "depth_conf": pred.depth_conf[0],
-        "world_points": pred.world_points[0], "world_points_conf": pred.world_points_conf[0],
-    }
-    arrays = {k: (v.float().cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()}
-    meta = {
-        "page4d_version": __version__, "model": args.model, "weights": source,
-        "untrained": args.model in PRESETS, "config": model.config.to_dict(),
-        "input": str(clip.root), "time_ids": clip.time_ids, "view_ids": clip.view_ids,
-        "original_size": list(clip.image_size), "model_input_size": [height, width],
-        "preprocess": {"mode": args.mode, "size": args.size}, "device": str(device),
-        "seconds": round(seconds, 3),
-        "conventions": "extrinsic: world-to-camera [R|t], OpenCV axes, world = camera (t0, v0); intrinsic: pixel K "
-        "at model_input_size; intrinsic_original: K at original_size; depth: z-depth; arrays are [T, V, ...]",
-    }
+    recon.meta.update({
+        "page4d_version": __version__, "model": args.model, "weights": source, "untrained": args.model in PRESETS,
+        "config": model.config.to_dict(), "input": [str(p) for p in args.input], "device": str(device),
+        "external_masks": None if args.masks is None else str(args.masks), "seconds": round(seconds, 3),
+    })
+    export_time = clip.time_ids.index(args.export_time) if args.export_time is not None else clip.num_times // 2
     with atomic_folder(args.output) as tmp:
-        np.savez_compressed(tmp / "predictions.npz", **arrays)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    log(f"wrote {args.output}/predictions.npz and meta.json — {clip.num_times * clip.num_views} frames at "
-        f"{width}×{height} in {seconds:.1f} s on {device}")
-    if meta["untrained"]:
+        files = recon.save(tmp)
+        if formats:
+            from page4d.export import export
+
+            files += export(recon, tmp, formats, time_index=export_time, conf_percentile=args.conf_percentile,
+                            progress=not args.quiet)
+        names = sorted({str(p.relative_to(tmp)).split("/")[0] for p in files})
+    height, width = recon.size
+    log(f"done: {recon.num_times * recon.num_views} frames ({recon.num_times}×{recon.num_views}) at {width}×{height} "
+        f"in {seconds:.1f} s on {device}, {len(recon.meta['windows'])} window(s) of {plan.window} steps; "
+        f"peak memory {_peak_memory_mb(device):.0f} MB")
+    log(f"wrote {args.output}: {', '.join(names)}")
+    if recon.untrained:
         log("note: the weights are random (untrained); the numbers show the pipeline works, not a reconstruction")
     return 0

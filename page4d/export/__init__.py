@@ -1,0 +1,100 @@
+"""Exports of a :class:`~page4d.reconstruction.record.Reconstruction`: PLY point clouds, GLB scenes, COLMAP models
+and PNG panels, written under one folder::
+
+    points/time_XX_{static,dynamic}.ply   every time step (ply)
+    scene_time_XX.glb                     one time step (glb)
+    colmap/time_XX/*.bin                  one time step (colmap)
+    panels/time_XX.png                    every time step (png)
+
+XX is the time id. The writers import trimesh, pycolmap and matplotlib (the ``export`` extra), so this module
+imports them only when a format that needs them is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from page4d.export.points import (
+    DEFAULT_CONF_PERCENTILE,
+    PointSelection,
+    check_conf_percentile,
+    check_time_index,
+    select_points,
+    time_name,
+)
+from page4d.reconstruction.record import Reconstruction
+
+__all__ = ["FORMATS", "PointSelection", "export", "select_points"]
+
+FORMATS = ("ply", "glb", "colmap", "png")
+REQUIREMENTS = {"ply": "trimesh", "glb": "trimesh", "colmap": "pycolmap", "png": "matplotlib"}
+"""The third-party package each format needs."""
+
+
+def check_formats(formats: str | Iterable[str]) -> list[str]:
+    """The requested formats without duplicates, in order; ``ValueError`` for an unknown one or a missing package.
+
+    A single string is one format (not its letters).
+    """
+    formats = list(dict.fromkeys([formats] if isinstance(formats, str) else formats))
+    unknown = [name for name in formats if name not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown export format {', '.join(map(repr, unknown))}; choose from {', '.join(FORMATS)}")
+    missing = sorted({REQUIREMENTS[name] for name in formats if importlib.util.find_spec(REQUIREMENTS[name]) is None})
+    if missing:
+        raise ValueError(
+            f"exporting {', '.join(formats)} needs {', '.join(missing)}, which is not installed; "
+            'run pip install "page4d[export]"'
+        )
+    return formats
+
+
+def export(
+    recon: Reconstruction,
+    folder: str | Path,
+    formats: str | Iterable[str],
+    *,
+    time_index: int | None = None,
+    conf_percentile: float = DEFAULT_CONF_PERCENTILE,
+    progress: bool = True,
+) -> list[Path]:
+    """Write ``formats`` (a subset of :data:`FORMATS`) of ``recon`` under ``folder``; returns the files written.
+
+    ``ply`` and ``png`` cover every time step; ``glb`` and ``colmap`` the time step at index ``time_index``
+    (position in ``recon.time_ids``; default: the middle one). ``conf_percentile`` drops the least confident
+    points (see :func:`select_points`). ``progress`` shows a tqdm bar over the time steps.
+    """
+    formats = check_formats(formats)
+    t = recon.num_times // 2 if time_index is None else time_index
+    check_time_index(recon, t)
+    check_conf_percentile(conf_percentile)
+    folder = Path(folder)
+    written: list[Path] = []
+    step_writers: list[Callable[[int], list[Path]]] = []
+    if "ply" in formats:
+        from page4d.export.ply import write_point_cloud
+
+        step_writers.append(lambda step: write_point_cloud(recon, folder, step, conf_percentile=conf_percentile))
+    if "png" in formats:
+        from page4d.viz.panels import write_panel
+
+        step_writers.append(lambda step: [write_panel(recon, folder, step)])
+    if step_writers:
+        for step in tqdm(range(recon.num_times), desc="export", unit="step", disable=not progress):
+            for write in step_writers:
+                written += write(step)
+    if "glb" in formats:
+        from page4d.export.glb import write_scene
+
+        scene = folder / f"scene_{time_name(recon, t)}.glb"
+        written.append(write_scene(recon, scene, t, conf_percentile=conf_percentile))
+    if "colmap" in formats:
+        from page4d.export.colmap import write_colmap
+
+        model = write_colmap(recon, folder / "colmap" / time_name(recon, t), t, conf_percentile=conf_percentile)
+        written += sorted(model.iterdir())
+    return written

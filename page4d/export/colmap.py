@@ -1,0 +1,80 @@
+"""One time step as a COLMAP sparse model: ``cameras``, ``images``, ``points3D`` (and COLMAP 4's ``rigs``, ``frames``).
+
+- Cameras: one PINHOLE camera per view at the ORIGINAL image resolution (``recon.original_size``, K from
+  ``intrinsic_original``), camera id = view index + 1.
+- Images: ``view{N}.png`` (N = view id, image id = view index + 1), the names of the clip layout's
+  ``images/time_XX/viewN.png``, so COLMAP tools can take ``--image_path CLIP/images/time_XX``; pose =
+  the world-to-camera extrinsic as ``cam_from_world``.
+- Points3D: the selected points with their colours; each is observed once, by the pixel it came from,
+  mapped to original-resolution pixels (points whose pixel falls outside the original image, i.e. in
+  padding, are dropped).
+
+COLMAP puts the centre of the top-left pixel at (0.5, 0.5), page4d at (0, 0), so principal points and
+2D observations are shifted by +0.5; projections through the written model land on the observations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+
+from page4d.export.points import DEFAULT_CONF_PERCENTILE, PointSource, select_points
+from page4d.reconstruction.record import Reconstruction
+
+DEFAULT_MAX_POINTS = 50_000
+"""Enough to initialise Gaussian splatting or inspect the geometry while keeping points3D small (~2 MB)."""
+COLMAP_PIXEL_OFFSET = 0.5
+"""COLMAP pixel coordinate of the centre of pixel (0, 0)."""
+
+
+def image_name(view_id: int) -> str:
+    """The COLMAP image name of a view: ``view{N}.png``."""
+    return f"view{int(view_id)}.png"
+
+
+def write_colmap(
+    recon: Reconstruction,
+    folder: Path,
+    t: int,
+    *,
+    binary: bool = True,
+    source: PointSource = "depth",
+    conf_percentile: float = DEFAULT_CONF_PERCENTILE,
+    max_points: int | None = DEFAULT_MAX_POINTS,
+) -> Path:
+    """Write the COLMAP model of time step index ``t`` into ``folder`` (created); returns ``folder``.
+
+    ``binary`` selects ``.bin`` files, else ``.txt``. ``source``, ``conf_percentile`` and ``max_points`` go to
+    :func:`page4d.export.points.select_points`.
+    """
+    points = select_points(recon, t, source=source, conf_percentile=conf_percentile, max_points=max_points)
+    height, width = recon.original_size
+    uv = recon.transform.unmap_pixels(points.pixel.astype(np.float64)) + COLMAP_PIXEL_OFFSET
+    inside = (uv >= 0).all(-1) & (uv[:, 0] <= width) & (uv[:, 1] <= height)
+    points, uv = points.subset(inside), uv[inside]
+
+    model = pycolmap.Reconstruction()
+    for v, view_id in enumerate(recon.view_ids):
+        k = recon.intrinsic_original[t, v].astype(np.float64)
+        params = [k[0, 0], k[1, 1], k[0, 2] + COLMAP_PIXEL_OFFSET, k[1, 2] + COLMAP_PIXEL_OFFSET]
+        model.add_camera_with_trivial_rig(
+            pycolmap.Camera(model="PINHOLE", width=width, height=height, params=params, camera_id=v + 1)
+        )
+        rows = np.flatnonzero(points.view == v)
+        image = pycolmap.Image(name=image_name(view_id), keypoints=uv[rows], camera_id=v + 1, image_id=v + 1)
+        w2c = recon.extrinsic[t, v].astype(np.float64)
+        model.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[:, :3]), w2c[:, 3]))
+        for index, row in enumerate(rows):
+            track = pycolmap.Track()
+            track.add_element(v + 1, index)
+            model.add_point3D(points.xyz[row].astype(np.float64), track, points.rgb[row])
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if binary:
+        model.write_binary(folder)
+    else:
+        model.write_text(folder)
+    return folder

@@ -1,0 +1,1 @@
+"""Looking at reconstructions: a browser 4D viewer and PNG image panels."""
