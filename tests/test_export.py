@@ -155,7 +155,8 @@ def test_glb_frustums_sit_on_the_cameras(tmp_path):
     sel = select_points(recon, 1, conf_percentile=0)
     cloud = scene.geometry["points"]
     assert len(cloud.vertices) == len(sel) == 2 * H * W
-    np.testing.assert_array_equal(cloud.vertices, sel.xyz)
+    flip = np.diag([1.0, -1.0, -1.0, 1.0])  # glTF y up <-> OpenCV y down
+    np.testing.assert_array_equal(cloud.vertices @ flip[:3, :3], sel.xyz)
     np.testing.assert_array_equal(cloud.colors[:, :3], sel.rgb)
     rot, trans = recon.extrinsic[1, :, :, :3].astype(np.float64), recon.extrinsic[1, :, :, 3].astype(np.float64)
     centres = -np.einsum("vji,vj->vi", rot, trans)
@@ -163,6 +164,7 @@ def test_glb_frustums_sit_on_the_cameras(tmp_path):
     depth = FRUSTUM_SCALE * np.linalg.norm(corners.max(0) - corners.min(0))
     for v, view_id in enumerate(VIEW_IDS):
         pose, geom = scene.graph[f"camera_view{view_id}"]
+        pose = flip @ pose
         world = scene.geometry[geom].vertices @ pose[:3, :3].T + pose[:3, 3]
         np.testing.assert_allclose(world[0], centres[v], atol=1e-6)
         # Back in OpenCV camera axes the base is at z = depth and its corners project to the image corners.

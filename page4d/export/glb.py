@@ -1,7 +1,8 @@
 """One time step as a GLB scene: the coloured point cloud and a camera frustum per view.
 
-The scene is in the reconstruction's world frame (camera (t0, v0), OpenCV axes: y down), so glTF viewers,
-which assume y up, show it upside down; nothing is re-oriented so that coordinates read back unchanged.
+GLB coordinates are the reconstruction's world (camera (t0, v0), OpenCV axes: y down, z forward) turned by
+``OPENCV_TO_GLTF`` (180° about x) into glTF's convention (y up, the first camera looking down -z), so viewers
+show the scene upright; multiply by ``OPENCV_TO_GLTF`` (its own inverse) to get our world coordinates back.
 Nodes: ``points`` (a POINTS primitive, omitted when no point survives the selection) and ``camera_view{N}``
 per view, whose transform is the camera-to-world pose and whose mesh ``frustum_view{N}`` is a pyramid in
 camera coordinates: apex (vertex 0) at the optical centre, base (vertices 1-4: top-left, top-right,
@@ -19,6 +20,7 @@ import trimesh
 from page4d.export.points import select_points
 from page4d.reconstruction.record import Reconstruction
 
+OPENCV_TO_GLTF = np.diag([1.0, -1.0, -1.0, 1.0])
 FRUSTUM_SCALE = 0.05
 """Frustum depth as a fraction of the scene extent (bounding-box diagonal of points and camera centres)."""
 # Both windings of the four sides, so viewers that cull back faces show the frustum from inside and outside.
@@ -63,7 +65,8 @@ def write_scene(recon: Reconstruction, path: Path, t: int, **selection) -> Path:
 
     scene = trimesh.Scene()
     if len(points):
-        scene.add_geometry(trimesh.PointCloud(points.xyz, colors=points.rgb), node_name="points", geom_name="points")
+        xyz = (points.xyz.astype(np.float64) @ OPENCV_TO_GLTF[:3, :3]).astype(np.float32)
+        scene.add_geometry(trimesh.PointCloud(xyz, colors=points.rgb), node_name="points", geom_name="points")
     for v, view_id in enumerate(recon.view_ids):
         rgb = np.round(np.array(colorsys.hsv_to_rgb(v / recon.num_views, 0.8, 1.0)) * 255)
         frustum = trimesh.Trimesh(
@@ -71,7 +74,8 @@ def write_scene(recon: Reconstruction, path: Path, t: int, **selection) -> Path:
             vertex_colors=np.tile(np.append(rgb, 255).astype(np.uint8), (5, 1)), process=False,
         )
         scene.add_geometry(
-            frustum, node_name=f"camera_view{int(view_id)}", geom_name=f"frustum_view{int(view_id)}", transform=poses[v]
+            frustum, node_name=f"camera_view{int(view_id)}", geom_name=f"frustum_view{int(view_id)}",
+            transform=OPENCV_TO_GLTF @ poses[v],
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
