@@ -11,7 +11,9 @@ from page4d.data.layout import load_clip
 from page4d.geometry.rotations import quat_to_mat
 from page4d.outputs import Predictions
 from page4d.reconstruction.ground_truth import reconstruction_from_clip
+from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.runner import WindowPlan, reconstruct
+from page4d.reconstruction.spool import Spool, StepArray, write_npz
 from page4d.reconstruction.windows import apply_sim3, depth_points, fit_overlap, plan_windows
 
 EXAMPLE = REPO / "examples" / "tabletop4v_mini"
@@ -116,3 +118,39 @@ def test_stitched_windows_equal_one_pass_of_a_perfect_model(window, overlap):
     assert np.array_equal(stitched.dynamic_mask, gt.dynamic_mask)
     np.testing.assert_allclose(stitched.intrinsic_original, np.concatenate([load_clip(EXAMPLE).intrinsics.numpy()] * 3),
                                rtol=1e-5)
+
+
+def test_step_arrays_index_like_numpy_and_stream_into_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    blocks = [rng.normal(size=(n, 2, 3, 4)).astype(np.float32) for n in (3, 1, 2)]
+    spool = Spool(tmp_path / "spool")
+    for block in blocks:
+        spool.append("x", block)
+    full, lazy = np.concatenate(blocks), spool.arrays["x"]
+    assert lazy.shape == full.shape and len(lazy) == 6 and lazy.dtype == np.float32
+    for index in (0, 5, -1, (2, 1), (3, slice(None), 2), slice(1, 4), slice(None, None, 2), (slice(2, 5), 0, 1)):
+        assert np.array_equal(lazy[index], full[index]), index
+    assert np.array_equal(np.asarray(lazy), full)
+    with pytest.raises(IndexError):
+        lazy[6]
+    with pytest.raises(ValueError, match="does not extend"):
+        spool.append("x", np.zeros((1, 2, 3, 5), np.float32))
+    write_npz(tmp_path / "a.npz", {"x": lazy, "ids": np.arange(6)})
+    with np.load(tmp_path / "a.npz") as data:
+        assert np.array_equal(data["x"], full) and np.array_equal(data["ids"], np.arange(6))
+
+
+def test_spooled_windows_equal_windows_in_memory(tmp_path):
+    clip = load_clip(EXAMPLE)
+    gt = reconstruction_from_clip(clip, size=112)
+    windows = plan_windows(3, 2, 1)
+    memory = reconstruct(WindowedTruth(gt, windows), clip, size=112, plan=WindowPlan(2, 1), progress=False)
+    spooled = reconstruct(WindowedTruth(gt, windows), clip, size=112, plan=WindowPlan(2, 1), progress=False,
+                          spool=tmp_path / "spool")
+    assert isinstance(spooled.depth, StepArray) and isinstance(spooled.extrinsic, np.ndarray)
+    for name in Reconstruction.ARRAYS:
+        assert np.array_equal(np.asarray(getattr(spooled, name)), getattr(memory, name)), name
+    assert np.array_equal(spooled.depth_points(1), memory.depth_points()[1])
+    spooled.save(tmp_path)
+    loaded = Reconstruction.load(tmp_path)
+    assert all(np.array_equal(getattr(loaded, n), getattr(memory, n)) for n in Reconstruction.ARRAYS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,13 +14,16 @@ import torch
 from page4d import __version__
 from page4d.cli.common import atomic_folder, check_output
 from page4d.config import PRESETS, ModelConfig, preset
+from page4d.data.clip import MultiViewClip
 from page4d.data.preprocess import model_input_size
 from page4d.data.sources import TimeSelection, open_input
 from page4d.model import Page4D
+from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.runner import WindowPlan, choose_window, reconstruct
 
 DEFAULT_MODEL = "tiny-mv"
 DEFAULT_EXPORTS = "ply,glb,colmap,png"
+SPOOL = ".spool"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -114,6 +118,24 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
+def _write(recon: Reconstruction, folder: Path, args: argparse.Namespace, model: Page4D, source: str,
+           device: torch.device, seconds: float, formats: list[str], clip: MultiViewClip) -> list[Path]:
+    """Save ``recon`` with its provenance and the requested exports into ``folder``; returns the files."""
+    recon.meta.update({
+        "page4d_version": __version__, "model": args.model, "weights": source, "untrained": args.model in PRESETS,
+        "config": model.config.to_dict(), "input": [str(p) for p in args.input], "device": str(device),
+        "external_masks": None if args.masks is None else str(args.masks), "seconds": round(seconds, 3),
+    })
+    files = recon.save(folder)
+    if formats:
+        from page4d.export import export
+
+        export_time = clip.time_ids.index(args.export_time) if args.export_time is not None else clip.num_times // 2
+        files += export(recon, folder, formats, time_index=export_time, conf_percentile=args.conf_percentile,
+                        progress=not args.quiet)
+    return files
+
+
 def run(args: argparse.Namespace) -> int:
     log = (lambda *_: None) if args.quiet else print
     check_output(args.output, args.overwrite)
@@ -150,27 +172,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         window = clip.num_times if args.window == "all" else int(args.window)
     plan = WindowPlan(window=window, overlap=min(args.overlap, window - 1))
-    recon = reconstruct(model, clip, mode=args.mode, size=args.size, plan=plan, progress=not args.quiet)
-    seconds = time.perf_counter() - start
-    recon.meta.update({
-        "page4d_version": __version__, "model": args.model, "weights": source, "untrained": args.model in PRESETS,
-        "config": model.config.to_dict(), "input": [str(p) for p in args.input], "device": str(device),
-        "external_masks": None if args.masks is None else str(args.masks), "seconds": round(seconds, 3),
-    })
-    export_time = clip.time_ids.index(args.export_time) if args.export_time is not None else clip.num_times // 2
     with atomic_folder(args.output) as tmp:
-        files = recon.save(tmp)
-        if formats:
-            from page4d.export import export
-
-            files += export(recon, tmp, formats, time_index=export_time, conf_percentile=args.conf_percentile,
-                            progress=not args.quiet)
-        names = sorted({str(p.relative_to(tmp)).split("/")[0] for p in files})
+        # Dense outputs go to disk window by window, so memory does not grow with the clip's length.
+        recon = reconstruct(model, clip, mode=args.mode, size=args.size, plan=plan, progress=not args.quiet,
+                            spool=tmp / SPOOL)
+        seconds = time.perf_counter() - start
+        files = _write(recon, tmp, args, model, source, device, seconds, formats, clip)
+        names = sorted({p.relative_to(tmp).parts[0] + ("/" if len(p.relative_to(tmp).parts) > 1 else "")
+                        for p in files})
+        total_mb = sum(p.stat().st_size for p in files) / 2**20
+        shutil.rmtree(tmp / SPOOL)
     height, width = recon.size
     log(f"done: {recon.num_times * recon.num_views} frames ({recon.num_times}×{recon.num_views}) at {width}×{height} "
         f"in {seconds:.1f} s on {device}, {len(recon.meta['windows'])} window(s) of {plan.window} steps; "
         f"peak memory {_peak_memory_mb(device):.0f} MB")
-    log(f"wrote {args.output}: {', '.join(names)}")
+    log(f"wrote {args.output}: {', '.join(names)} ({len(files)} files, {total_mb:.0f} MB)")
     if recon.untrained:
         log("note: the weights are random (untrained); the numbers show the pipeline works, not a reconstruction")
     return 0

@@ -24,6 +24,7 @@ import torch
 
 from page4d.data.preprocess import ImageTransform
 from page4d.geometry.unprojection import unproject_depth
+from page4d.reconstruction.spool import write_npz
 
 PREDICTIONS = "predictions.npz"
 META = "meta.json"
@@ -56,7 +57,10 @@ class Reconstruction:
     depth_conf: np.ndarray
     """``[T, V, H, W]`` float32 depth confidence (> 1, higher is better)."""
     world_points: np.ndarray
-    """``[T, V, H, W, 3]`` float32 world points of the point head."""
+    """``[T, V, H, W, 3]`` float32 world points of the point head.
+
+    Dense fields (images, depth, confidences, points, mask) may be ``StepArray`` s (``page4d.reconstruction.spool``)
+    read from disk step by step; index them per time step (``recon.depth[t]``) or ``np.asarray`` them whole."""
     world_points_conf: np.ndarray
     """``[T, V, H, W]`` float32 point confidence."""
     dynamic_mask: np.ndarray | None = None
@@ -99,14 +103,14 @@ class Reconstruction:
     def untrained(self) -> bool:
         return bool(self.meta.get("untrained", False))
 
-    def depth_points(self) -> np.ndarray:
-        """``[T, V, H, W, 3]`` float32 world points unprojected from ``depth`` with the predicted cameras
-        (VGGT reports these as more accurate than the point head's)."""
-        depth = torch.from_numpy(self.depth).flatten(0, 1)
-        points = unproject_depth(
-            depth, torch.from_numpy(self.extrinsic).flatten(0, 1), torch.from_numpy(self.intrinsic).flatten(0, 1)
-        )
-        return points.unflatten(0, (self.num_times, self.num_views)).numpy()
+    def depth_points(self, t: int | None = None) -> np.ndarray:
+        """World points unprojected from ``depth`` with the predicted cameras (VGGT reports these as more accurate
+        than the point head's): ``[T, V, H, W, 3]`` float32, or ``[V, H, W, 3]`` for time step index ``t``."""
+        steps = slice(None) if t is None else slice(t, t + 1)
+        depth, extrinsic, intrinsic = (torch.from_numpy(np.asarray(a[steps])).flatten(0, 1)
+                                       for a in (self.depth, self.extrinsic, self.intrinsic))
+        points = unproject_depth(depth, extrinsic, intrinsic).unflatten(0, (-1, self.num_views)).numpy()
+        return points if t is None else points[0]
 
     def cameras_json(self) -> dict:
         """The cameras in the clip layout's ``cameras.json`` format (K at the original resolution)."""
@@ -125,7 +129,7 @@ class Reconstruction:
     def save(self, folder: Path) -> list[Path]:
         """Write ``predictions.npz``, ``meta.json`` and ``cameras.json`` into ``folder``; returns the paths."""
         arrays = {name: getattr(self, name) for name in self.ARRAYS if getattr(self, name) is not None}
-        np.savez_compressed(folder / PREDICTIONS, **arrays)
+        write_npz(folder / PREDICTIONS, arrays)
         (folder / META).write_text(json.dumps(self.meta, indent=2))
         (folder / CAMERAS).write_text(json.dumps(self.cameras_json(), indent=1))
         return [folder / PREDICTIONS, folder / META, folder / CAMERAS]

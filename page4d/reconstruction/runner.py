@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,8 +14,11 @@ from page4d.data.clip import MultiViewClip
 from page4d.data.preprocess import PreprocessMode
 from page4d.model import Page4D
 from page4d.reconstruction.record import Reconstruction, transform_meta
+from page4d.reconstruction.spool import Spool
 from page4d.reconstruction.windows import apply_sim3, depth_points, fit_overlap, plan_windows
 
+SMALL = ("extrinsic", "intrinsic")
+"""Outputs kept in memory even when the dense ones are spooled to disk."""
 MEMORY_FRACTION = 0.5
 """Share of the free memory the automatic window size plans to use (the rest is left for outputs and others)."""
 
@@ -77,18 +81,18 @@ def _predict(
 
 
 def _overlap_fit(
-    stitched: dict[str, np.ndarray], arrays: dict[str, np.ndarray], shared: range
+    previous: dict[str, np.ndarray], arrays: dict[str, np.ndarray], shared: slice
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """Sim(3) taking a new window's world into the stitched one, from the ``shared`` time steps (clip positions;
-    they are the first ``len(shared)`` steps of the window)."""
+    """Sim(3) taking a new window's world into the stitched one, from the time steps it shares with the previous
+    (already aligned) window: ``shared`` indexes them in the previous window; they open the new one."""
 
     def points(source: dict[str, np.ndarray], steps: slice) -> tuple[np.ndarray, np.ndarray]:
         flat = {k: source[k][steps].reshape(-1, *source[k].shape[2:]) for k in ("depth", "extrinsic", "intrinsic")}
         conf = source["depth_conf"][steps].reshape(-1, *source["depth_conf"].shape[2:])
         return depth_points(flat["depth"], flat["extrinsic"], flat["intrinsic"]), conf
 
-    target, target_conf = points(stitched, slice(shared.start, shared.stop))
-    source, source_conf = points(arrays, slice(0, len(shared)))
+    target, target_conf = points(previous, shared)
+    source, source_conf = points(arrays, slice(0, shared.stop - shared.start))
     return fit_overlap(target, target_conf, source, source_conf)
 
 
@@ -99,36 +103,47 @@ def reconstruct(
     size: int = 518,
     plan: WindowPlan | None = None,
     progress: bool = True,
+    spool: Path | None = None,
 ) -> Reconstruction:
     """Predict every (t, v) of ``clip``; with a ``plan`` shorter than the clip, window by window (module docstring
-    of ``page4d.reconstruction.windows``). The world frame is the predicted camera (t0, v0)."""
+    of ``page4d.reconstruction.windows``). The world frame is the predicted camera (t0, v0).
+
+    With a ``spool`` folder the dense outputs are written there as they are made and the result reads them
+    from disk (:class:`~page4d.reconstruction.spool.StepArray`), so memory stays that of one window.
+    """
     windows = [range(clip.num_times)] if plan is None else plan_windows(clip.num_times, plan.window, plan.overlap)
-    stitched: dict[str, np.ndarray] = {}
-    images = None
+    store = Spool(spool) if spool is not None else None
+    blocks: dict[str, list[np.ndarray]] = {}
+    previous: tuple[range, dict[str, np.ndarray]] | None = None
     done = 0
     bar = tqdm(total=clip.num_times * clip.num_views, unit="frame", desc="reconstruct", disable=not progress)
     for times in windows:
         arrays, pixels, transform = _predict(model, clip, times, mode, size)
-        if not stitched:
-            stitched = {k: np.zeros((clip.num_times, *v.shape[1:]), v.dtype) for k, v in arrays.items()}
-            images = np.zeros((clip.num_times, *pixels.shape[1:]), np.uint8)
-        else:
-            apply_sim3(arrays, *_overlap_fit(stitched, arrays, range(times.start, done)))
-        new = slice(done - times.start, len(times))
+        arrays["images"] = pixels
+        if previous is not None:
+            before, aligned = previous
+            apply_sim3(arrays, *_overlap_fit(aligned, arrays, slice(times.start - before.start, done - before.start)))
         for key, value in arrays.items():
-            stitched[key][done : times.stop] = value[new]
-        images[done : times.stop] = pixels[new]
+            block = value[done - times.start :]
+            if store is not None and key not in SMALL:
+                store.append(key, block)
+            else:
+                blocks.setdefault(key, []).append(block)
+        previous = (times, arrays)
         bar.update((times.stop - done) * clip.num_views)
         done = times.stop
     bar.close()
+    out = {k: np.concatenate(v) for k, v in blocks.items()}
+    if store is not None:
+        out.update(store.arrays)
     with np.errstate(invalid="ignore"):  # an untrained camera head can predict infinite focal lengths
-        intrinsic_original = np.linalg.inv(transform.pixel_matrix()) @ stitched["intrinsic"].astype(np.float64)
+        intrinsic_original = np.linalg.inv(transform.pixel_matrix()) @ out["intrinsic"].astype(np.float64)
     return Reconstruction(
-        time_ids=np.asarray(clip.time_ids), view_ids=np.asarray(clip.view_ids), images=images,
-        extrinsic=stitched["extrinsic"], intrinsic=stitched["intrinsic"],
-        intrinsic_original=intrinsic_original.astype(np.float32), depth=stitched["depth"],
-        depth_conf=stitched["depth_conf"], world_points=stitched["world_points"],
-        world_points_conf=stitched["world_points_conf"], dynamic_mask=stitched.get("dynamic_mask"),
+        time_ids=np.asarray(clip.time_ids), view_ids=np.asarray(clip.view_ids), images=out["images"],
+        extrinsic=out["extrinsic"], intrinsic=out["intrinsic"],
+        intrinsic_original=intrinsic_original.astype(np.float32),
+        depth=out["depth"], depth_conf=out["depth_conf"], world_points=out["world_points"],
+        world_points_conf=out["world_points_conf"], dynamic_mask=out.get("dynamic_mask"),
         meta={
             "original_size": list(clip.image_size), "transform": transform_meta(transform),
             "preprocess": {"mode": mode, "size": size},

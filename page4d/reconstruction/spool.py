@@ -1,0 +1,91 @@
+"""Dense ``[T, ...]`` outputs kept on disk, so that memory does not grow with the length of a clip.
+
+Each array is a raw file appended window by window and read back one time step at a time with plain file
+reads (a memory map would keep every page it touched resident in the process). ``page4d reconstruct``
+spools into its temporary output folder; ``write_npz`` streams spooled and in-memory arrays into one
+``.npz`` step by step.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+
+class StepArray:
+    """A read-only ``[T, ...]`` array on disk; ``a[t]``, ``a[t, ...]`` and ``a[start:stop]`` read only those steps."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def step_bytes(self) -> int:
+        return int(np.prod(self.shape[1:])) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def steps(self, start: int, stop: int) -> np.ndarray:
+        """``[stop - start, ...]`` steps read from the file."""
+        count = (stop - start) * int(np.prod(self.shape[1:]))
+        values = np.fromfile(self.path, dtype=self.dtype, count=count, offset=start * self.step_bytes)
+        return values.reshape(stop - start, *self.shape[1:])
+
+    def __getitem__(self, index: int | slice | tuple) -> np.ndarray:
+        first, rest = (index[0], index[1:]) if isinstance(index, tuple) else (index, ())
+        if isinstance(first, slice):
+            start, stop, stride = first.indices(self.shape[0])
+            values = self.steps(start, max(start, stop))[::stride]
+            return values[(slice(None), *rest)] if rest else values
+        t = int(first) + (self.shape[0] if int(first) < 0 else 0)
+        if not 0 <= t < self.shape[0]:
+            raise IndexError(f"time step {first} out of range for {self.shape[0]} steps")
+        values = self.steps(t, t + 1)[0]
+        return values[rest] if rest else values
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        values = self.steps(0, self.shape[0])
+        return values if dtype is None else values.astype(dtype)
+
+
+class Spool:
+    """Appends ``[n, ...]`` blocks of named arrays to raw files in ``folder`` (created)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.arrays: dict[str, StepArray] = {}
+
+    def append(self, name: str, block: np.ndarray) -> None:
+        """Add the next ``len(block)`` time steps of ``name``."""
+        block = np.ascontiguousarray(block)
+        array = self.arrays.get(name)
+        if array is None:
+            array = self.arrays[name] = StepArray(self.folder / f"{name}.raw", (0, *block.shape[1:]), block.dtype)
+        if block.shape[1:] != array.shape[1:] or block.dtype != array.dtype:
+            raise ValueError(f"spool {name}: block {block.shape} {block.dtype} does not extend {array.shape} "
+                             f"{array.dtype}")
+        with open(array.path, "ab") as file:
+            block.tofile(file)
+        array.shape = (array.shape[0] + len(block), *array.shape[1:])
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray | StepArray]) -> None:
+    """``np.savez_compressed`` for a mix of arrays and :class:`StepArray` s, writing the latter step by step."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                if isinstance(array, StepArray):
+                    header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
+                              "shape": array.shape}
+                    np.lib.format.write_array_header_2_0(member, header)
+                    for t in range(len(array)):
+                        member.write(array[t].tobytes())
+                else:
+                    np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
