@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from page4d import __version__
-from page4d.cli import convert, reconstruct
+from page4d.cli import convert, evaluate, reconstruct, view
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     reconstruct.register(commands)
     convert.register(commands)
+    evaluate.register(commands)
+    view.register(commands)
     return parser
 
 

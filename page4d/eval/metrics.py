@@ -129,6 +129,29 @@ def camera_centres(extrinsic: torch.Tensor) -> torch.Tensor:
     return closed_form_inverse_se3(extrinsic)[..., :3, 3]
 
 
+def _consecutive_relative(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotation ``[N-1, 3, 3]`` and translation ``[N-1, 3]`` of ``Pᵢ⁻¹Pᵢ₊₁`` for camera-to-world ``c2w [N, 3, 4]``."""
+    rot_t = c2w[:-1, :, :3].transpose(-1, -2)
+    return rot_t @ c2w[1:, :, :3], (rot_t @ (c2w[1:, :, 3] - c2w[:-1, :, 3]).unsqueeze(-1)).squeeze(-1)
+
+
+def relative_pose_error(pred_w2c: torch.Tensor, gt_w2c: torch.Tensor, scale: float = 1.0) -> dict[str, float]:
+    """RPE over the N − 1 consecutive pairs of world-to-camera poses ``[N, 3, 4]`` (N ≥ 2) against ``[N, 3, 4]``.
+
+    ``scale`` is the Sim(3) scale of an alignment fitted elsewhere (e.g. on more cameras than these N); the
+    alignment's rotation and translation cancel in relative poses. With camera-to-world poses ``Pᵢ``, ``Qᵢ``,
+    ``ΔPᵢ = Pᵢ⁻¹Pᵢ₊₁`` (its translation multiplied by ``scale``), ``ΔQᵢ = Qᵢ⁻¹Qᵢ₊₁`` and ``Eᵢ = ΔQᵢ⁻¹ΔPᵢ``:
+    ``rpe_trans = mean_i ||trans(Eᵢ)||`` and ``rpe_rot_deg = mean_i angle(rot(Eᵢ))``.
+    """
+    pred, gt = _check_poses(pred_w2c, gt_w2c, min_frames=2)
+    pred_rel_rot, pred_rel_trans = _consecutive_relative(closed_form_inverse_se3(pred))
+    gt_rel_rot, gt_rel_trans = _consecutive_relative(closed_form_inverse_se3(gt))
+    # trans(ΔQ⁻¹ΔP) = ΔR_Qᵀ(s·Δt_P − Δt_Q); the rotation preserves the norm.
+    rpe_trans = (scale * pred_rel_trans - gt_rel_trans).norm(dim=-1).mean()
+    rpe_rot = _rotation_angle_deg(gt_rel_rot.transpose(-1, -2) @ pred_rel_rot).mean()
+    return {"rpe_trans": float(rpe_trans), "rpe_rot_deg": float(rpe_rot)}
+
+
 def trajectory_metrics(pred_w2c: torch.Tensor, gt_w2c: torch.Tensor) -> dict[str, float]:
     """ATE and RPE of predicted world-to-camera poses ``[N, 3, 4]`` against ground truth ``[N, 3, 4]`` (N ≥ 3).
 
@@ -139,26 +162,15 @@ def trajectory_metrics(pred_w2c: torch.Tensor, gt_w2c: torch.Tensor) -> dict[str
 
     - ``ate_rmse = sqrt(mean_i ||s·R·C_pred,i + t − C_gt,i||²)``;
     - ``rpe_trans = mean_i ||trans(Eᵢ)||`` over the N − 1 consecutive pairs;
-    - ``rpe_rot_deg = mean_i angle(rot(Eᵢ))`` in degrees;
+    - ``rpe_rot_deg = mean_i angle(rot(Eᵢ))`` in degrees (both from :func:`relative_pose_error`);
     - ``scale = s``.
     """
     pred, gt = _check_poses(pred_w2c, gt_w2c, min_frames=3)
-    pred_c2w, gt_c2w = closed_form_inverse_se3(pred), closed_form_inverse_se3(gt)
-    scale, rot, trans = umeyama_sim3(pred_c2w[:, :, 3], gt_c2w[:, :, 3])
-    aligned_centres = scale * pred_c2w[:, :, 3] @ rot.T + trans
-    ate = (aligned_centres - gt_c2w[:, :, 3]).square().sum(dim=-1).mean().sqrt()
-
-    def relative(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotation ``[N-1, 3, 3]`` and translation ``[N-1, 3]`` of ``Pᵢ⁻¹Pᵢ₊₁``."""
-        rot_t = c2w[:-1, :, :3].transpose(-1, -2)
-        return rot_t @ c2w[1:, :, :3], (rot_t @ (c2w[1:, :, 3] - c2w[:-1, :, 3]).unsqueeze(-1)).squeeze(-1)
-
-    pred_rel_rot, pred_rel_trans = relative(pred_c2w)
-    gt_rel_rot, gt_rel_trans = relative(gt_c2w)
-    # trans(ΔQ⁻¹ΔP) = ΔR_Qᵀ(s·Δt_P − Δt_Q); the rotation preserves the norm.
-    rpe_trans = (scale * pred_rel_trans - gt_rel_trans).norm(dim=-1).mean()
-    rpe_rot = _rotation_angle_deg(gt_rel_rot.transpose(-1, -2) @ pred_rel_rot).mean()
-    return {"ate_rmse": float(ate), "rpe_trans": float(rpe_trans), "rpe_rot_deg": float(rpe_rot), "scale": scale}
+    pred_centres, gt_centres = camera_centres(pred), camera_centres(gt)
+    scale, rot, trans = umeyama_sim3(pred_centres, gt_centres)
+    aligned_centres = scale * pred_centres @ rot.T + trans
+    ate = (aligned_centres - gt_centres).square().sum(dim=-1).mean().sqrt()
+    return {"ate_rmse": float(ate), **relative_pose_error(pred, gt, scale), "scale": scale}
 
 
 def pose_auc(
