@@ -2,7 +2,7 @@
 
 On disk a reconstruction is a folder::
 
-    predictions.npz   the arrays below (numpy, compressed)
+    predictions.npz   the arrays below (numpy, uncompressed)
     meta.json         provenance (model, weights, untrained flag, pre-processing, timings) + ``transform``
     cameras.json      K at the original resolution and world-to-camera extrinsics, in the clip layout's format
 
