@@ -114,22 +114,24 @@ def reconstruct(
     windows = [range(clip.num_times)] if plan is None else plan_windows(clip.num_times, plan.window, plan.overlap)
     store = Spool(spool) if spool is not None else None
     blocks: dict[str, list[np.ndarray]] = {}
-    previous: tuple[range, dict[str, np.ndarray]] | None = None
+    previous: tuple[int, dict[str, np.ndarray]] | None = None
     done = 0
     bar = tqdm(total=clip.num_times * clip.num_views, unit="frame", desc="reconstruct", disable=not progress)
-    for times in windows:
+    for index, times in enumerate(windows):
         arrays, pixels, transform = _predict(model, clip, times, mode, size)
         arrays["images"] = pixels
         if previous is not None:
-            before, aligned = previous
-            apply_sim3(arrays, *_overlap_fit(aligned, arrays, slice(times.start - before.start, done - before.start)))
+            first, aligned = previous
+            apply_sim3(arrays, *_overlap_fit(aligned, arrays, slice(times.start - first, done - first)))
         for key, value in arrays.items():
             block = value[done - times.start :]
             if store is not None and key not in SMALL:
                 store.append(key, block)
             else:
                 blocks.setdefault(key, []).append(block)
-        previous = (times, arrays)
+        if index + 1 < len(windows):  # keep only what the next window's alignment reads
+            first = windows[index + 1].start
+            previous = (first, {k: arrays[k][first - times.start :].copy() for k in ("depth", "depth_conf", *SMALL)})
         bar.update((times.stop - done) * clip.num_views)
         done = times.stop
     bar.close()

@@ -58,11 +58,14 @@ def fit_overlap(
 
 
 def apply_sim3(arrays: dict[str, np.ndarray], scale: float, rot: np.ndarray, trans: np.ndarray) -> None:
-    """Move one window's ``extrinsic [..., 3, 4]``, ``depth`` and ``world_points [..., 3]`` (in place) by
-    ``X' = s·R·X + t``; see the module docstring."""
+    """Move one window's ``extrinsic [T', V, 3, 4]``, ``depth [T', V, H, W]`` and ``world_points [T', V, H, W, 3]``
+    (in place) by ``X' = s·R·X + t``; see the module docstring. Points are moved one time step at a time in
+    float64, so the transient memory is one step's, not the window's."""
     ext = arrays["extrinsic"].astype(np.float64)
     rot_c = ext[..., :3, :3] @ rot.T
     t_c = scale * ext[..., :3, 3] - (rot_c @ trans[:, None])[..., 0]
     arrays["extrinsic"] = np.concatenate([rot_c, t_c[..., None]], axis=-1).astype(np.float32)
-    arrays["depth"] = (arrays["depth"] * scale).astype(np.float32)
-    arrays["world_points"] = (scale * arrays["world_points"].astype(np.float64) @ rot.T + trans).astype(np.float32)
+    arrays["depth"] *= np.float32(scale)
+    points = arrays["world_points"]
+    for t in range(len(points)):
+        points[t] = scale * points[t].astype(np.float64) @ rot.T + trans
