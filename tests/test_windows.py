@@ -14,7 +14,7 @@ from page4d.reconstruction.ground_truth import reconstruction_from_clip
 from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.runner import WindowPlan, reconstruct
 from page4d.reconstruction.spool import Spool, StepArray, write_npz
-from page4d.reconstruction.windows import apply_sim3, depth_points, fit_overlap, plan_windows
+from page4d.reconstruction.windows import apply_sim3, depth_points, fit_overlap, pixel_points, plan_windows
 
 EXAMPLE = REPO / "examples" / "tabletop4v_mini"
 
@@ -48,12 +48,21 @@ def test_bad_overlap_is_refused():
 
 
 def test_overlap_fit_recovers_a_known_similarity():
+    gt = reconstruction_from_clip(load_clip(EXAMPLE), size=112)
+    target = {"depth": gt.depth[:2].reshape(-1, *gt.size), "depth_conf": gt.depth_conf[:2].reshape(-1, *gt.size),
+              "extrinsic": gt.extrinsic[:2].reshape(-1, 3, 4), "intrinsic": gt.intrinsic[:2].reshape(-1, 3, 3)}
+    # The same frames seen from a window whose world is the ground truth's moved by the inverse of (s, R, t).
     scale, rot, trans = random_sim3(0)
-    source = np.random.default_rng(0).normal(size=(2, 5, 7, 3))
-    target = scale * source @ rot.T + trans
-    conf = np.ones(source.shape[:-1])
-    fit = fit_overlap(target, conf, source, conf)
-    assert abs(fit[0] - scale) < 1e-9 and np.abs(fit[1] - rot).max() < 1e-9 and np.abs(fit[2] - trans).max() < 1e-9
+    source = {k: v.copy() for k, v in target.items()}
+    moved = {"extrinsic": source["extrinsic"], "depth": source["depth"], "world_points": np.zeros((1, 1, 3))}
+    apply_sim3(moved, 1 / scale, rot.T, -rot.T @ trans / scale)
+    source.update(extrinsic=moved["extrinsic"], depth=moved["depth"])
+    fit = fit_overlap(target, source)
+    assert abs(fit[0] - scale) < 1e-5 and np.abs(fit[1] - rot).max() < 1e-5 and np.abs(fit[2] - trans).max() < 1e-4
+    index = np.flatnonzero(target["depth"] > 0)[::97]
+    dense = depth_points(target["depth"], target["extrinsic"], target["intrinsic"]).reshape(-1, 3)[index]
+    np.testing.assert_allclose(pixel_points(target["depth"], target["extrinsic"], target["intrinsic"], index), dense,
+                               rtol=1e-5, atol=1e-4)
 
 
 def test_moving_a_window_moves_cameras_depth_and_points_consistently():

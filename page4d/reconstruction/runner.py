@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from page4d.data.preprocess import PreprocessMode
 from page4d.model import Page4D
 from page4d.reconstruction.record import Reconstruction, transform_meta
 from page4d.reconstruction.spool import Spool
-from page4d.reconstruction.windows import apply_sim3, depth_points, fit_overlap, plan_windows
+from page4d.reconstruction.windows import apply_sim3, fit_overlap, plan_windows
 
 SMALL = ("extrinsic", "intrinsic")
 """Outputs kept in memory even when the dense ones are spooled to disk."""
@@ -29,6 +32,14 @@ class WindowPlan:
 
     window: int
     overlap: int
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's ``malloc_trim``). Between windows the allocator otherwise
+    keeps the fragments of the last window's large buffers, and the resident size creeps up window by window."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+            ctypes.CDLL(None).malloc_trim(0)
 
 
 def available_memory(device: torch.device) -> int:
@@ -86,14 +97,11 @@ def _overlap_fit(
     """Sim(3) taking a new window's world into the stitched one, from the time steps it shares with the previous
     (already aligned) window: ``shared`` indexes them in the previous window; they open the new one."""
 
-    def points(source: dict[str, np.ndarray], steps: slice) -> tuple[np.ndarray, np.ndarray]:
-        flat = {k: source[k][steps].reshape(-1, *source[k].shape[2:]) for k in ("depth", "extrinsic", "intrinsic")}
-        conf = source["depth_conf"][steps].reshape(-1, *source["depth_conf"].shape[2:])
-        return depth_points(flat["depth"], flat["extrinsic"], flat["intrinsic"]), conf
+    def frames(source: dict[str, np.ndarray], steps: slice) -> dict[str, np.ndarray]:
+        keys = ("depth", "depth_conf", "extrinsic", "intrinsic")
+        return {k: source[k][steps].reshape(-1, *source[k].shape[2:]) for k in keys}
 
-    target, target_conf = points(previous, shared)
-    source, source_conf = points(arrays, slice(0, shared.stop - shared.start))
-    return fit_overlap(target, target_conf, source, source_conf)
+    return fit_overlap(frames(previous, shared), frames(arrays, slice(0, shared.stop - shared.start)))
 
 
 def reconstruct(
@@ -132,6 +140,8 @@ def reconstruct(
         if index + 1 < len(windows):  # keep only what the next window's alignment reads
             first = windows[index + 1].start
             previous = (first, {k: arrays[k][first - times.start :].copy() for k in ("depth", "depth_conf", *SMALL)})
+        del arrays, pixels
+        release_free_memory()
         bar.update((times.stop - done) * clip.num_views)
         done = times.stop
     bar.close()

@@ -35,24 +35,39 @@ def depth_points(depth: np.ndarray, extrinsic: np.ndarray, intrinsic: np.ndarray
     return points.numpy()
 
 
+def pixel_points(depth: np.ndarray, extrinsic: np.ndarray, intrinsic: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """World points ``[M, 3]`` float64 of the pixels ``index`` (flat into ``depth [N, H, W]``), unprojected as
+    :func:`depth_points` does but without building the dense ``[N, H, W, 3]`` map."""
+    frame, row, col = np.unravel_index(index, depth.shape)
+    k, ext = intrinsic[frame].astype(np.float64), extrinsic[frame].astype(np.float64)
+    z = depth.reshape(-1)[index].astype(np.float64)
+    cam = np.stack([(col - k[:, 0, 2]) / k[:, 0, 0] * z, (row - k[:, 1, 2]) / k[:, 1, 1] * z, z], axis=-1)
+    rot, trans = ext[:, :, :3], ext[:, :, 3]
+    return np.einsum("mji,mj->mi", rot, cam - trans)
+
+
 def fit_overlap(
-    target: np.ndarray, target_conf: np.ndarray, source: np.ndarray, source_conf: np.ndarray, max_points: int = 20000
+    target: dict[str, np.ndarray], source: dict[str, np.ndarray], max_points: int = 20000
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Sim(3) ``(s, R [3, 3], t [3])`` with ``target ≈ s·R·source + t`` from the same pixels seen twice.
 
-    ``target``, ``source`` are world points ``[N, H, W, 3]`` of the overlapping frames in the two windows,
-    with confidences ``[N, H, W]``. Pixels finite in both and in the upper half of both confidences are used,
-    evenly subsampled to at most ``max_points``.
+    ``target`` and ``source`` hold the overlapping frames of the two windows: ``depth``, ``depth_conf``
+    ``[N, H, W]``, ``extrinsic [N, 3, 4]``, ``intrinsic [N, 3, 3]``. Pixels with finite positive depth in both
+    and in the upper half of both confidences are used, evenly subsampled to at most ``max_points``, and
+    unprojected alone, so the cost does not depend on the overlap's size.
     """
-    finite = np.isfinite(target).all(-1) & np.isfinite(source).all(-1)
-    good = finite & (target_conf >= np.median(target_conf[finite])) & (source_conf >= np.median(source_conf[finite]))
+    finite = (np.isfinite(target["depth"]) & (target["depth"] > 0) & np.isfinite(source["depth"])
+              & (source["depth"] > 0))
+    if finite.sum() < 3:
+        raise ValueError("the window overlap has fewer than 3 valid depths to align; use a larger --overlap")
+    good = finite.copy()
+    for side in (target, source):
+        good &= side["depth_conf"] >= np.median(side["depth_conf"][finite])
     if good.sum() < 3:
         good = finite
-    if good.sum() < 3:
-        raise ValueError("the window overlap has fewer than 3 finite points to align; use a larger --overlap")
     index = np.flatnonzero(good)
     index = index[np.linspace(0, len(index) - 1, min(max_points, len(index))).round().astype(np.int64)]
-    src, dst = source.reshape(-1, 3)[index], target.reshape(-1, 3)[index]
+    src, dst = (pixel_points(side["depth"], side["extrinsic"], side["intrinsic"], index) for side in (source, target))
     scale, rot, trans = umeyama_sim3(torch.from_numpy(src), torch.from_numpy(dst))
     return scale, rot.numpy(), trans.numpy()
 
