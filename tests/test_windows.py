@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, SHARED
 
 from page4d.data.layout import load_clip
 from page4d.geometry.rotations import quat_to_mat
@@ -163,3 +163,19 @@ def test_spooled_windows_equal_windows_in_memory(tmp_path):
     spooled.save(tmp_path)
     loaded = Reconstruction.load(tmp_path)
     assert all(np.array_equal(getattr(loaded, n), getattr(memory, n)) for n in Reconstruction.ARRAYS)
+
+
+def test_the_automatic_window_fits_half_the_free_memory(monkeypatch):
+    import page4d.reconstruction.runner as runner
+    from page4d.config import preset
+    from page4d.model import Page4D
+
+    model, clip = Page4D(preset("tiny")), load_clip(SHARED / "data" / "tabletop4v")
+    per_step = runner.bytes_per_frame(model, (392, 518)) * clip.num_views
+    monkeypatch.setattr(runner, "available_memory", lambda device: int(per_step * 20.5))
+    assert runner.choose_window(model, clip, (392, 518), torch.device("cpu")) == 10  # floor(0.5 * 20.5 steps)
+    monkeypatch.setattr(runner, "available_memory", lambda device: 0)
+    assert runner.choose_window(model, clip, (392, 518), torch.device("cpu")) == 2  # never below 2
+    monkeypatch.setattr(runner, "available_memory", lambda device: 10**15)
+    assert runner.choose_window(model, clip, (392, 518), torch.device("cpu")) == clip.num_times
+    assert runner.available_memory(torch.device("cpu")) > 0
