@@ -282,7 +282,7 @@ def test_export_errors_write_nothing(tmp_path, monkeypatch):
     real_find_spec = importlib.util.find_spec
     without_pycolmap = lambda name, *args: None if name == "pycolmap" else real_find_spec(name, *args)  # noqa: E731
     monkeypatch.setattr(importlib.util, "find_spec", without_pycolmap)
-    message = 'needs pycolmap, which is not installed; run pip install "page4d[export]"'
+    message = 'needs pycolmap, not installed; run pip install "page4d[export]"'
     with pytest.raises(ValueError, match=re.escape(message)):
         export(recon, out, ["png", "colmap"])
     assert not out.exists()

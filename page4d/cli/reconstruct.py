@@ -108,7 +108,10 @@ def _exports(value: str) -> list[str]:
         return []
     from page4d.export import check_formats
 
-    return check_formats(f.strip() for f in value.split(",") if f.strip())
+    try:
+        return check_formats(f.strip() for f in value.split(",") if f.strip())
+    except ValueError as err:
+        raise ValueError(f"--export {value}: {err}, or pass --export none") from None
 
 
 def _peak_memory_mb(device: torch.device) -> float:

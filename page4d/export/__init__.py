@@ -47,7 +47,7 @@ def check_formats(formats: str | Iterable[str]) -> list[str]:
     missing = sorted({REQUIREMENTS[name] for name in formats if importlib.util.find_spec(REQUIREMENTS[name]) is None})
     if missing:
         raise ValueError(
-            f"exporting {', '.join(formats)} needs {', '.join(missing)}, which is not installed; "
+            f"exporting {', '.join(formats)} needs {', '.join(missing)}, not installed; "
             'run pip install "page4d[export]"'
         )
     return formats
