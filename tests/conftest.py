@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -123,3 +124,13 @@ def fused_and_dense(model, *args, **kwargs):
         finally:
             set_attention_backend(model, "fused")
     return fused, dense
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Many ops on small tensors (the evaluation tests): on a shared 2-core machine two intra-op threads spend
+    more time in OpenMP spin-waits than they save (measured 4-8x slower), so such modules use one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

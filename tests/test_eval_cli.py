@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from page4d.cli.main import main
@@ -18,17 +17,8 @@ from page4d.data.layout import load_clip
 from page4d.reconstruction.ground_truth import reconstruction_from_clip
 
 CLIP = Path(__file__).resolve().parents[1] / "examples" / "tabletop4v_mini"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SIZE = 84  # model grid 56 x 84 keeps the run fast; the protocol is the same at any size
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The evaluation runs many ops on small tensors: on a shared 2-core machine two intra-op threads spend more
-    time in OpenMP spin-waits than they save (measured 4-8x slower), so these tests use one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -22,18 +22,9 @@ from page4d.reconstruction import Reconstruction
 from page4d.reconstruction.ground_truth import reconstruction_from_clip
 
 CLIP = Path(__file__).resolve().parents[1] / "examples" / "tabletop4v_mini"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SIZE = 84  # model grid 56 x 84: the protocol is the same as at 518, the test 40x cheaper
 EXACT = 1e-9
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The evaluation runs many ops on small tensors: on a shared 2-core machine two intra-op threads spend more
-    time in OpenMP spin-waits than they save (measured 4-8x slower), so these tests use one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,7 @@ def test_layers_split_by_mask_with_pixel_colours_and_depth_points():
             np.testing.assert_array_equal(part.rgb, recon.images[t][pv, pr, pc])
             np.testing.assert_allclose(part.xyz, points[t][pv, pr, pc], atol=1e-6)
             np.testing.assert_array_equal(part.conf, recon.depth_conf[t][pv, pr, pc])
-            np.testing.assert_array_equal(part.moving, recon.dynamic_mask[t][pv, pr, pc])
+            np.testing.assert_array_equal(part.mask, recon.dynamic_mask[t][pv, pr, pc])
     assert len(layers[0].dynamic) == 2 * 7 * 12  # the box in both views, all valid
     assert len(layers[1].static) == 2 * H * W - 2 * 7 * 12 - 1  # one zero-confidence pixel
 
@@ -128,7 +128,7 @@ def test_without_mask_every_point_is_per_step():
     for t, layer in enumerate(step_layers(recon, conf_percentile=0.0)):
         assert len(layer.static) == 0
         assert len(layer.dynamic) == _valid(recon, t).sum()
-        np.testing.assert_array_equal(layer.dynamic.moving, 0.0)
+        np.testing.assert_array_equal(layer.dynamic.mask, 0.0)
 
 
 def test_point_limits_are_deterministic_subsets():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,8 +31,8 @@ class PointSelection:
     """``[N, 3]`` uint8 colour of the source pixel in ``recon.images``."""
     conf: np.ndarray
     """``[N]`` float32 confidence of the source pixel."""
-    moving: np.ndarray
-    """``[N]`` bool, ``dynamic_mask > 0.5``; all False when the reconstruction has no mask."""
+    mask: np.ndarray
+    """``[N]`` float32 ``dynamic_mask`` probability of the source pixel (1 = moving); 0 without a mask head."""
     view: np.ndarray
     """``[N]`` int64 view index (position in ``recon.view_ids``)."""
     pixel: np.ndarray
@@ -40,10 +41,20 @@ class PointSelection:
     def __len__(self) -> int:
         return len(self.xyz)
 
+    @property
+    def moving(self) -> np.ndarray:
+        """``[N]`` bool, ``mask > MOVING_THRESHOLD``; all False when the reconstruction has no mask."""
+        return self.mask > MOVING_THRESHOLD
+
     def subset(self, keep: np.ndarray) -> PointSelection:
         """The rows picked by a boolean mask or index array ``keep``."""
+        return PointSelection(*(getattr(self, f.name)[keep] for f in dataclasses.fields(self)))
+
+    @staticmethod
+    def concat(selections: list[PointSelection]) -> PointSelection:
+        """The rows of ``selections`` one after the other."""
         return PointSelection(
-            self.xyz[keep], self.rgb[keep], self.conf[keep], self.moving[keep], self.view[keep], self.pixel[keep]
+            *(np.concatenate([getattr(s, f.name) for s in selections]) for f in dataclasses.fields(PointSelection))
         )
 
 
@@ -85,10 +96,10 @@ def select_points(
         valid &= conf >= np.percentile(conf[valid], conf_percentile)
     view, row, col = np.nonzero(valid)
     mask = recon.dynamic_mask
-    moving = np.zeros(len(view), bool) if mask is None else mask[t][valid] > MOVING_THRESHOLD
+    moving = np.zeros(len(view), np.float32) if mask is None else mask[t][valid].astype(np.float32)
     selection = PointSelection(
         xyz=xyz[valid].astype(np.float32), rgb=recon.images[t][valid], conf=conf[valid].astype(np.float32),
-        moving=moving, view=view.astype(np.int64), pixel=np.stack([col, row], axis=-1).astype(np.int64),
+        mask=moving, view=view.astype(np.int64), pixel=np.stack([col, row], axis=-1).astype(np.int64),
     )
     if max_points is not None and len(selection) > max_points:
         rng = np.random.default_rng(SUBSAMPLE_SEED)

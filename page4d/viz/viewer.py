@@ -28,7 +28,7 @@ import viser
 import viser.transforms as vtf
 from PIL import Image
 
-from page4d.export.points import DEFAULT_CONF_PERCENTILE, MOVING_THRESHOLD, SUBSAMPLE_SEED, select_points
+from page4d.export.points import DEFAULT_CONF_PERCENTILE, SUBSAMPLE_SEED, PointSelection, select_points
 from page4d.reconstruction.record import Reconstruction
 
 DEFAULT_MAX_POINTS_PER_STEP = 150_000
@@ -49,42 +49,18 @@ VIEW_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (14
 
 
 @dataclass
-class PointLayer:
-    """Points drawn as one cloud, one row per point."""
-
-    xyz: np.ndarray
-    """``[N, 3]`` float32 world coordinates."""
-    rgb: np.ndarray
-    """``[N, 3]`` uint8 colour of the source pixel in ``recon.images``."""
-    conf: np.ndarray
-    """``[N]`` float32 depth confidence."""
-    moving: np.ndarray
-    """``[N]`` float32 ``dynamic_mask`` probability (1 = moving); 0 without a mask."""
-
-    def __len__(self) -> int:
-        return len(self.xyz)
-
-    def subset(self, keep: np.ndarray) -> PointLayer:
-        return PointLayer(self.xyz[keep], self.rgb[keep], self.conf[keep], self.moving[keep])
-
-    @staticmethod
-    def concat(layers: list[PointLayer]) -> PointLayer:
-        return PointLayer(*(np.concatenate([getattr(x, f) for x in layers]) for f in ("xyz", "rgb", "conf", "moving")))
-
-
-@dataclass
 class StepLayer:
     """What one time step contributes to the scene."""
 
-    static: PointLayer
+    static: PointSelection
     """This step's share of the accumulated background (``dynamic_mask <= MOVING_THRESHOLD``); empty without
     a mask."""
-    dynamic: PointLayer
+    dynamic: PointSelection
     """Shown only while this step is selected (``dynamic_mask > MOVING_THRESHOLD``, or every point without a
     mask)."""
 
 
-def _thin(layer: PointLayer, limit: int) -> PointLayer:
+def _thin(layer: PointSelection, limit: int) -> PointSelection:
     """At most ``limit`` rows, a seeded random subset kept in the original order."""
     if len(layer) <= limit:
         return layer
@@ -109,11 +85,8 @@ def step_layers(
     static_limit = max(1, max_background_points // recon.num_times)
     layers = []
     for t in range(recon.num_times):
-        sel = select_points(recon, t, source="depth", conf_percentile=conf_percentile)
-        mask = recon.dynamic_mask
-        moving = np.zeros(len(sel), np.float32) if mask is None else mask[t][sel.view, sel.pixel[:, 1], sel.pixel[:, 0]]
-        points = PointLayer(sel.xyz, sel.rgb, sel.conf, moving.astype(np.float32))
-        is_dynamic = np.ones(len(sel), bool) if mask is None else moving > MOVING_THRESHOLD
+        points = select_points(recon, t, source="depth", conf_percentile=conf_percentile)
+        is_dynamic = np.ones(len(points), bool) if recon.dynamic_mask is None else points.moving
         layers.append(StepLayer(
             static=_thin(points.subset(~is_dynamic), static_limit),
             dynamic=_thin(points.subset(is_dynamic), max_points_per_step),
@@ -133,7 +106,7 @@ def conf_range(layers: list[StepLayer]) -> tuple[float, float]:
     return (0.0, 1.0) if len(conf) == 0 else tuple(float(q) for q in np.percentile(conf, (2.0, 98.0)))
 
 
-def point_colors(layer: PointLayer, mode: str, value_range: tuple[float, float]) -> np.ndarray:
+def point_colors(layer: PointSelection, mode: str, value_range: tuple[float, float]) -> np.ndarray:
     """``[N, 3]`` uint8 colours of ``layer`` in one of ``COLOR_MODES``; ``value_range`` scales confidence."""
     if mode == "rgb":
         return layer.rgb
@@ -141,7 +114,7 @@ def point_colors(layer: PointLayer, mode: str, value_range: tuple[float, float])
         low, high = value_range
         return _ramp(np.clip((layer.conf - low) / max(high - low, 1e-12), 0.0, 1.0), CONF_RAMP)
     if mode == "dynamic mask":
-        return _ramp(np.clip(layer.moving, 0.0, 1.0), MASK_RAMP)
+        return _ramp(np.clip(layer.mask, 0.0, 1.0), MASK_RAMP)
     raise ValueError(f"colour mode must be one of {COLOR_MODES}, got {mode!r}")
 
 
@@ -192,7 +165,7 @@ class ViewerControls:
     dynamic_cloud: viser.PointCloudHandle
     frusta: list[viser.CameraFrustumHandle]
     layers: list[StepLayer]
-    background: PointLayer
+    background: PointSelection
     """Every step's ``static`` points, concatenated: what ``static_cloud`` holds."""
 
 
@@ -209,7 +182,7 @@ def build_scene(
     passed to ``server.scene.set_up_direction``."""
     layers = step_layers(recon, conf_percentile=conf_percentile, max_points_per_step=max_points_per_step,
                          max_background_points=max_background_points)
-    background = PointLayer.concat([layer.static for layer in layers])
+    background = PointSelection.concat([layer.static for layer in layers])
     value_range = conf_range(layers)
     height, width = recon.size
     depth = recon.depth[:, :, ::8, ::8]
@@ -258,7 +231,7 @@ def build_scene(
 
 
 def _place_initial_camera(
-    server: viser.ViserServer, recon: Reconstruction, background: PointLayer, first: PointLayer,
+    server: viser.ViserServer, recon: Reconstruction, background: PointSelection, first: PointSelection,
     up: np.ndarray | None,
 ) -> None:
     """Look from behind and above camera (t0, v0) at a point between the points' median and the rig's centre,
