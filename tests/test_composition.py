@@ -11,8 +11,9 @@ from conftest import FIXTURES, load_fixture
 from safetensors.torch import load_file, save_file
 
 from page4d.checkpoints import page4d
-from page4d.checkpoints.composition import SEEDS, Recipe, Stage, compose, expand, load_recipe
+from page4d.checkpoints.composition import SEEDS, Recipe, Stage, compose, load_recipe
 from page4d.config import DynamicMaskConfig, ModelConfig, SparseGlobalConfig
+from page4d.patterns import expand
 
 PAGE4D = FIXTURES / "page4d_tiny" / "model.safetensors"
 

@@ -19,10 +19,8 @@ and every unused source key with the reason.
 
 from __future__ import annotations
 
-import fnmatch
 import json
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from page4d.checkpoints.report import LoadReport
 from page4d.checkpoints.source import LazySource
 from page4d.config import ModelConfig, preset
 from page4d.model import Page4D
+from page4d.patterns import match_patterns
 
 CONVERTERS: dict[str, Callable] = {
     "vggt": vggt.convert,
@@ -41,19 +40,6 @@ CONVERTERS: dict[str, Callable] = {
     "pi3": pi3.convert,
     "native": lambda state, source="native": (dict(state), LoadReport(source, "native", {k: k for k in state})),
 }
-_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
-
-
-def expand(pattern: str) -> list[str]:
-    """Glob patterns with numeric ranges: ``time_blocks.{0..2}.*`` -> three patterns."""
-    match = _RANGE.search(pattern)
-    if match is None:
-        return [pattern]
-    first, last = int(match[1]), int(match[2])
-    head, tail = pattern[: match.start()], pattern[match.end() :]
-    return [p for i in range(first, last + 1) for p in expand(f"{head}{i}{tail}")]
-
-
 @dataclass(frozen=True)
 class Stage:
     """Take the target keys matching ``keys`` from the source named ``source``."""
@@ -145,24 +131,6 @@ def load_recipe(name_or_file: str | Path) -> Recipe:
     return Recipe.from_dict(data)
 
 
-def _matching(patterns: Iterable[str], keys: list[str], what: str) -> set[str]:
-    """Target keys matched by ``patterns``; every pattern must match (all failures are named at once)."""
-    found: set[str] = set()
-    empty = []
-    for pattern in patterns:
-        hits = {k for p in expand(pattern) for k in fnmatch.filter(keys, p)}
-        if not hits:
-            empty.append(pattern)
-        found |= hits
-    if empty:
-        shown = ", ".join(empty[:8]) + (f", ... ({len(empty) - 8} more)" if len(empty) > 8 else "")
-        raise ValueError(
-            f"{what}: {len(empty)} patterns match no target key: {shown}; check the patterns and that the target "
-            "model's config matches the source"
-        )
-    return found
-
-
 def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tuple[dict[str, int], LoadReport]:
     """Validate the recipe; returns target key -> index of the stage that provides it, and the report.
 
@@ -181,7 +149,7 @@ def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tupl
     for index, stage in enumerate(recipe.stages):
         state, rep = converted[stage.source]
         what = f"recipe {recipe.name}, stage {index} ({stage.source})"
-        claimed = _matching(stage.keys, keys, what)
+        claimed = match_patterns(stage.keys, keys, what)
         absent = sorted(claimed - set(state))
         if absent:
             raise ValueError(f"{what}: the source does not provide {len(absent)} claimed keys: {', '.join(absent[:8])}")
@@ -201,7 +169,7 @@ def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tupl
             if k in rep.notes:
                 report.notes[k] = rep.notes[k]
     for pattern, why in recipe.initialise.items():
-        for k in _matching([pattern], keys, f"recipe {recipe.name}, initialise"):
+        for k in match_patterns([pattern], keys, f"recipe {recipe.name}, initialise"):
             if k in owner:
                 raise ValueError(f"recipe {recipe.name}: {k} is claimed by stage {owner[k]} and listed in initialise")
             report.initialised[k] = why

@@ -1,0 +1,1 @@
+"""Training: losses as pure functions, parameter freezing by patterns (the trainer follows)."""
