@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from page4d import __version__
-from page4d.cli import convert, evaluate, reconstruct, view
+from page4d.cli import convert, evaluate, reconstruct, train, view
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.register(commands)
     evaluate.register(commands)
     view.register(commands)
+    train.register(commands)
     return parser
 
 

@@ -1,0 +1,140 @@
+"""The training loop: synthetic batches, VGGT's multitask loss plus the mask loss, AdamW, resumable checkpoints.
+
+Batches are a pure function of ``(seed, step)``: sample ``i`` of step ``s`` is the scene with seed
+``seed · 1_000_003 + s · batch_size + i``, so a resumed run sees exactly the data an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from page4d.config import preset
+from page4d.data.synthetic import generate_clip
+from page4d.model import Page4D
+from page4d.train.config import TrainConfig
+from page4d.train.freeze import train_only
+from page4d.train.losses import Terms, camera_loss, dense_loss, mask_loss, weighted_sum
+from page4d.train.targets import make_targets
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.csv"
+CONFIG = "config.yaml"
+
+
+def synthetic_batch(config: TrainConfig, step: int) -> dict[str, torch.Tensor]:
+    """The batch of ``step``: ``images [B, T, V, 3, H, W]``, ``depth``, ``dynamic_mask``, ``intrinsics``,
+    ``extrinsics``."""
+    clips = [generate_clip(config.scene, config.seed * 1_000_003 + step * config.batch_size + i)
+             for i in range(config.batch_size)]
+    names = ("images", "depth", "dynamic_mask", "intrinsics", "extrinsics")
+    return {name: torch.stack([getattr(c, name) for c in clips]) for name in names}
+
+
+def compute_losses(model: Page4D, batch: dict[str, torch.Tensor], step: int, weights: dict[str, float]
+                   ) -> tuple[torch.Tensor, Terms]:
+    """Total loss and its named terms for one batch (the mask terms only for models with a mask head)."""
+    pred = model(batch["images"], mask_step=float(step))
+    targets = make_targets(batch["extrinsics"], batch["intrinsics"], batch["depth"], batch["dynamic_mask"])
+    valid = targets.valid.flatten(0, 2)
+    terms = camera_loss(pred.pose_enc_list, targets.pose_enc)
+    terms |= dense_loss(pred.depth.flatten(0, 2), pred.depth_conf.flatten(0, 2), targets.depth[..., None].flatten(0, 2),
+                        valid, "depth", gamma=0.3, alpha=0.06)
+    terms |= dense_loss(pred.world_points.flatten(0, 2), pred.world_points_conf.flatten(0, 2),
+                        targets.world_points.flatten(0, 2), valid, "point", gamma=1.0, alpha=0.2)
+    if pred.dynamic_mask is not None:
+        terms |= mask_loss(pred.dynamic_mask, targets.dynamic_mask)
+    used = {k: w for k, w in weights.items() if k in terms or not k.startswith("mask_")}
+    return weighted_sum(terms, used), terms
+
+
+class Trainer:
+    """One run in ``folder``: ``config.yaml``, ``log.csv``, ``checkpoint.pt`` (resumable) and ``model/`` at the end."""
+
+    def __init__(self, config: TrainConfig, folder: str | Path):
+        self.config, self.folder = config, Path(folder)
+        torch.manual_seed(config.seed)
+        if config.init:
+            from page4d.checkpoints.pretrained import load_pretrained
+
+            self.model = load_pretrained(config.init)[0]
+        else:
+            self.model = Page4D(preset(config.model))
+        self.trained = train_only(self.model, config.train)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step = 0
+
+    def _lr_factor(self, step: int) -> float:
+        optim, total = self.config.optim, max(1, self.config.steps)
+        if step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        progress = min(1.0, (step - optim.warmup_steps) / max(1, total - optim.warmup_steps))
+        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step on the batch of ``self.step``; returns the logged values."""
+        self.model.train()
+        total, terms = compute_losses(self.model, synthetic_batch(self.config, self.step), self.step,
+                                      self.config.loss_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "loss": total.item(),
+                "grad_norm": norm.item(), **{k: v.item() for k, v in terms.items()}}
+
+    def save(self) -> Path:
+        """Write ``checkpoint.pt`` atomically (model, optimiser, schedule, step, RNG)."""
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": torch.get_rng_state()}
+        path = self.folder / CHECKPOINT
+        torch.save(state, path.with_suffix(".tmp"))
+        os.replace(path.with_suffix(".tmp"), path)
+        return path
+
+    def resume(self) -> None:
+        """Continue from ``checkpoint.pt`` in the run folder."""
+        path = self.folder / CHECKPOINT
+        if not path.is_file():
+            raise ValueError(f"{self.folder}: no {CHECKPOINT} to resume from; start a new run without --resume")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        torch.set_rng_state(state["rng"])
+
+    def run(self, progress: bool = True) -> Path:
+        """Train up to ``config.steps`` (from ``self.step``), logging and checkpointing; returns the model folder."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / CONFIG).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        log_path = self.folder / LOG
+        writer = None
+        bar = tqdm(total=self.config.steps, initial=self.step, unit="step", desc="train", disable=not progress)
+        with open(log_path, "a", newline="") as log:
+            while self.step < self.config.steps:
+                values = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4f}")
+                if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+                    if writer is None:
+                        writer = csv.DictWriter(log, fieldnames=list(values))
+                        if log_path.stat().st_size == 0:
+                            writer.writeheader()
+                    writer.writerow(values)
+                    log.flush()
+                if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                    self.save()
+        bar.close()
+        self.model.save_pretrained(self.folder / "model")
+        return self.folder / "model"

@@ -1,0 +1,109 @@
+"""Training loop: targets, config, a loss that falls on a fixed batch, freezing, and bit-exact resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from page4d.data.synthetic import SceneConfig, generate_clip
+from page4d.geometry.pose_encoding import pose_encoding_to_extri_intri
+from page4d.train.config import TrainConfig
+from page4d.train.targets import make_targets
+from page4d.train.trainer import Trainer, compute_losses, synthetic_batch
+
+SCENE = SceneConfig(num_times=2, num_views=2, height=28, width=42)
+
+
+def tiny_config(**changes) -> TrainConfig:
+    config = TrainConfig(model="tiny-mv", scene=SCENE, steps=4, log_every=1, checkpoint_every=2)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
+def test_targets_live_in_the_first_camera_at_unit_scale():
+    clip = generate_clip(SCENE, seed=3)
+    targets = make_targets(clip.extrinsics[None], clip.intrinsics[None], clip.depth[None], clip.dynamic_mask[None])
+    extrinsic, intrinsic = pose_encoding_to_extri_intri(targets.pose_enc, (28, 42))
+    assert torch.allclose(extrinsic[0, 0, 0], torch.eye(3, 4), atol=1e-6)
+    distance = targets.world_points[targets.valid].norm(dim=-1).mean()
+    assert abs(distance.item() - 1.0) < 1e-5
+    assert torch.allclose(targets.depth * targets.scale, clip.depth[None].float(), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(intrinsic[..., 0, 0], clip.intrinsics[None][..., 0, 0], rtol=1e-5)  # the focal survives
+
+
+def test_config_from_yaml_with_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: 7\nscene:\n  num_views: 3\n  fov_deg: [40, 50]\noptim:\n  lr: 0.01\n")
+    config = TrainConfig.load(path, ["optim.lr=2e-4", "train=['camera_head.*']", "scene.height=56"])
+    assert config.steps == 7 and config.scene.num_views == 3 and config.scene.fov_deg == (40, 50)
+    assert config.optim.lr == 2e-4 and config.train == ["camera_head.*"] and config.scene.height == 56
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"config.optim: unknown fields \['lrr'\]"):
+        TrainConfig.load(None, ["optim.lrr=1"])
+    with pytest.raises(ValueError, match="config.steps: expected a number"):
+        TrainConfig.load(None, ["steps=many"])
+    with pytest.raises(ValueError, match="write it as key=value"):
+        TrainConfig.load(None, ["steps"])
+
+
+def test_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    trainer = Trainer(tiny_config(), "unused")
+    batch = synthetic_batch(trainer.config, 0)
+    optimizer = torch.optim.Adam(trainer.model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(25):
+        total, terms = compute_losses(trainer.model, batch, 0, trainer.config.loss_weights)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        losses.append(total.item())
+    assert {"camera", "depth_conf", "point_reg", "mask_bce", "mask_dice"} <= set(terms)
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_frozen_parameters_do_not_move(tmp_path):
+    trainer = Trainer(tiny_config(train=["camera_head.*"]), tmp_path)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_step()
+    after = trainer.model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("camera_head.") for k in moved)
+
+
+def test_a_resumed_run_continues_bit_for_bit(tmp_path):
+    straight = Trainer(tiny_config(), tmp_path / "straight")
+    straight.run(progress=False)
+    interrupted = Trainer(tiny_config(), tmp_path / "resumed")
+    interrupted.folder.mkdir()
+    for _ in range(2):
+        interrupted.train_step()
+    interrupted.save()
+    resumed = Trainer(tiny_config(seed=0), tmp_path / "resumed")
+    resumed.resume()
+    assert resumed.step == 2
+    resumed.run(progress=False)
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    log = (tmp_path / "straight" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,lr,loss,grad_norm,camera_T") and len(log) == 5
+    assert (tmp_path / "straight" / "model" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="no checkpoint.pt to resume from"):
+        Trainer(tiny_config(), tmp_path / "empty").resume()
+
+
+def test_train_command_line(tmp_path, capsys):
+    from page4d.cli.main import main
+
+    out = tmp_path / "run"
+    args = ["train", "steps=2", "scene.num_times=2", "scene.num_views=2", "scene.height=28", "scene.width=42",
+            "checkpoint_every=1", "-o", str(out), "--quiet"]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "log.csv", "model"]
+    assert TrainConfig.load(out / "config.yaml").steps == 2
+    assert main(args) == 2 and "not empty" in capsys.readouterr().err  # an existing run is not overwritten
+    assert main([*args[:1], "steps=3", *args[2:], "--resume"]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert main(["train", "optim.nope=1", "-o", str(tmp_path / "x")]) == 2
+    assert "unknown fields ['nope']" in capsys.readouterr().err and not (tmp_path / "x").exists()
