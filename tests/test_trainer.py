@@ -107,3 +107,22 @@ def test_train_command_line(tmp_path, capsys):
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
     assert main(["train", "optim.nope=1", "-o", str(tmp_path / "x")]) == 2
     assert "unknown fields ['nope']" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    trainer = Trainer(tiny_config(), "unused")
+    batch = synthetic_batch(trainer.config, 0)
+
+    def loss_and_grads(checkpointing: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        trainer.model.aggregator.gradient_checkpointing = checkpointing
+        trainer.model.zero_grad()
+        total, _ = compute_losses(trainer.model, batch, 0, trainer.config.loss_weights)
+        total.backward()
+        return total.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+    plain, recomputed = loss_and_grads(False), loss_and_grads(True)
+    assert torch.equal(plain[0], recomputed[0])
+    assert plain[1].keys() == recomputed[1].keys() and len(plain[1]) > 100
+    for name, grad in plain[1].items():
+        assert torch.equal(grad, recomputed[1][name]), name

@@ -11,9 +11,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from page4d.aggregator import kinds
 from page4d.aggregator.epipolar import EpipolarBias
@@ -99,6 +101,8 @@ class Aggregator(nn.Module):
         self.schedule = LayerSchedule.alternating(cfg)
         self.patch_embed = build_encoder(encoder, patch_size)
         self.rope = RotaryEmbedding2D(cfg.rope_freq)
+        self.gradient_checkpointing = False
+        """Recompute each block's activations in the backward pass instead of storing them (training memory)."""
         self.time_blocks = nn.ModuleList(self._block() for _ in range(cfg.depth))
         self.view_blocks = nn.ModuleList(self._block() for _ in range(cfg.depth))
         self.camera_token = nn.Parameter(torch.randn(1, 2, 1, c) * 1e-6)
@@ -244,11 +248,13 @@ class Aggregator(nn.Module):
         rotation = None
         if step.bank == "time" and run.times.get(stream.layout) is not None:
             rotation = TimeRotation(run.times[stream.layout], self.temporal_rope.scale[step.index])
-        block = self.block_for(step.bank, step.index, name)
-        stream.x = block(
-            stream.x, run.positions[stream.layout], bias=bias, time_rotation=rotation,
-            chunked_bias=run.epipolar if step.epipolar else None,
-        )
+        block = partial(self.block_for(step.bank, step.index, name), bias=bias, time_rotation=rotation,
+                        chunked_bias=run.epipolar if step.epipolar else None)
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            # Keep only the block's input; its activations are recomputed in the backward pass.
+            stream.x = checkpoint(block, stream.x, run.positions[stream.layout], use_reentrant=False)
+        else:
+            stream.x = block(stream.x, run.positions[stream.layout])
         if step.index in stream.keep:
             tokens = kinds.from_sequences(stream.x, stream.layout, run.b, run.t, run.v)
             stream.record(step.bank, step.index, tokens)

@@ -46,6 +46,8 @@ class TrainConfig:
     seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss_weights: dict[str, float] = field(default_factory=_default_weights)
+    gradient_checkpointing: bool = False
+    """Recompute aggregator blocks in the backward pass: less memory, about a third more compute."""
     log_every: int = 10
     checkpoint_every: int = 50
 

@@ -66,6 +66,7 @@ class Trainer:
             self.model = load_pretrained(config.init)[0]
         else:
             self.model = Page4D(preset(config.model))
+        self.model.aggregator.gradient_checkpointing = config.gradient_checkpointing
         self.trained = train_only(self.model, config.train)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
