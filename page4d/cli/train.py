@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from page4d.cli.common import check_output
@@ -32,14 +33,20 @@ def run(args: argparse.Namespace) -> int:
     if config_path is not None and "=" in config_path:  # no config file, only overrides
         config_path, overrides = None, [config_path, *overrides]
     config = TrainConfig.load(config_path, overrides)
+    import torch
+    import torch.distributed as dist
+
     from page4d.train.trainer import Trainer
 
-    if not args.resume:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
+        dist.init_process_group("nccl" if config.device != "cpu" and torch.cuda.is_available() else "gloo")
+
+    if not args.resume and (not dist.is_initialized() or dist.get_rank() == 0):
         check_output(args.output, overwrite=False)
     trainer = Trainer(config, args.output)
     if args.resume:
         trainer.resume()
     model = trainer.run(progress=not args.quiet)
-    if not args.quiet:
+    if not args.quiet and trainer.rank == 0:
         print(f"trained {trainer.step} steps; model in {model}, log in {args.output / 'log.csv'}")
     return 0

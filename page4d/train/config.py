@@ -46,6 +46,8 @@ class TrainConfig:
     seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss_weights: dict[str, float] = field(default_factory=_default_weights)
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto (CUDA when available; under torchrun each process takes cuda:LOCAL_RANK)."""
     gradient_checkpointing: bool = False
     """Recompute aggregator blocks in the backward pass: less memory, about a third more compute."""
     log_every: int = 10

@@ -12,46 +12,73 @@ import os
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from page4d.config import preset
 from page4d.data.synthetic import generate_clip
 from page4d.model import Page4D
+from page4d.outputs import Predictions
 from page4d.train.config import TrainConfig
 from page4d.train.freeze import train_only
 from page4d.train.losses import Terms, camera_loss, dense_loss, mask_loss, weighted_sum
-from page4d.train.targets import make_targets
+from page4d.train.targets import Targets, make_targets
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
 CONFIG = "config.yaml"
 
 
-def synthetic_batch(config: TrainConfig, step: int) -> dict[str, torch.Tensor]:
-    """The batch of ``step``: ``images [B, T, V, 3, H, W]``, ``depth``, ``dynamic_mask``, ``intrinsics``,
-    ``extrinsics``."""
-    clips = [generate_clip(config.scene, config.seed * 1_000_003 + step * config.batch_size + i)
-             for i in range(config.batch_size)]
+def synthetic_batch(config: TrainConfig, step: int, samples: range | None = None) -> dict[str, torch.Tensor]:
+    """Samples ``samples`` (default: all ``batch_size``) of the batch of ``step``: ``images [B, T, V, 3, H, W]``,
+    ``depth``, ``dynamic_mask``, ``intrinsics``, ``extrinsics``."""
+    samples = range(config.batch_size) if samples is None else samples
+    clips = [generate_clip(config.scene, config.seed * 1_000_003 + step * config.batch_size + i) for i in samples]
     names = ("images", "depth", "dynamic_mask", "intrinsics", "extrinsics")
     return {name: torch.stack([getattr(c, name) for c in clips]) for name in names}
 
 
-def compute_losses(model: Page4D, batch: dict[str, torch.Tensor], step: int, weights: dict[str, float]
+def _sample_terms(pred: Predictions, targets: Targets, i: int) -> Terms:
+    """The loss terms of sample ``i`` of a batch."""
+    one = slice(i, i + 1)
+    valid = targets.valid[one].flatten(0, 2)
+    terms = camera_loss([p[one] for p in pred.pose_enc_list], targets.pose_enc[one])
+    terms |= dense_loss(pred.depth[one].flatten(0, 2), pred.depth_conf[one].flatten(0, 2),
+                        targets.depth[one, ..., None].flatten(0, 2), valid, "depth", gamma=0.3, alpha=0.06)
+    terms |= dense_loss(pred.world_points[one].flatten(0, 2), pred.world_points_conf[one].flatten(0, 2),
+                        targets.world_points[one].flatten(0, 2), valid, "point", gamma=1.0, alpha=0.2)
+    if pred.dynamic_mask is not None:
+        terms |= mask_loss(pred.dynamic_mask[one], targets.dynamic_mask[one])
+    return terms
+
+
+def compute_losses(model: nn.Module, batch: dict[str, torch.Tensor], step: int, weights: dict[str, float]
                    ) -> tuple[torch.Tensor, Terms]:
-    """Total loss and its named terms for one batch (the mask terms only for models with a mask head)."""
+    """Total loss and its named terms for one batch, each the mean over samples of that sample's term (so that
+    data-parallel ranks averaging their gradients reproduce the whole batch). Mask terms only with a mask head."""
     pred = model(batch["images"], mask_step=float(step))
     targets = make_targets(batch["extrinsics"], batch["intrinsics"], batch["depth"], batch["dynamic_mask"])
-    valid = targets.valid.flatten(0, 2)
-    terms = camera_loss(pred.pose_enc_list, targets.pose_enc)
-    terms |= dense_loss(pred.depth.flatten(0, 2), pred.depth_conf.flatten(0, 2), targets.depth[..., None].flatten(0, 2),
-                        valid, "depth", gamma=0.3, alpha=0.06)
-    terms |= dense_loss(pred.world_points.flatten(0, 2), pred.world_points_conf.flatten(0, 2),
-                        targets.world_points.flatten(0, 2), valid, "point", gamma=1.0, alpha=0.2)
-    if pred.dynamic_mask is not None:
-        terms |= mask_loss(pred.dynamic_mask, targets.dynamic_mask)
+    per_sample = [_sample_terms(pred, targets, i) for i in range(len(batch["images"]))]
+    terms = {k: torch.stack([t[k] for t in per_sample]).mean() for k in per_sample[0]}
     used = {k: w for k, w in weights.items() if k in terms or not k.startswith("mask_")}
     return weighted_sum(terms, used), terms
+
+
+def _device(name: str) -> torch.device:
+    """The training device; under torchrun on CUDA, this process's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name}: CUDA is not available on this machine; use device=cpu")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    return device
 
 
 class Trainer:
@@ -59,6 +86,10 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, folder: str | Path):
         self.config, self.folder = config, Path(folder)
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if config.batch_size % self.world:
+            raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {self.world} processes")
+        self.device = _device(config.device)
         torch.manual_seed(config.seed)
         if config.init:
             from page4d.checkpoints.pretrained import load_pretrained
@@ -66,8 +97,13 @@ class Trainer:
             self.model = load_pretrained(config.init)[0]
         else:
             self.model = Page4D(preset(config.model))
+        self.model.to(self.device)
         self.model.aggregator.gradient_checkpointing = config.gradient_checkpointing
         self.trained = train_only(self.model, config.train)
+        # Each rank computes its share of the batch; DDP averages the gradients (equal shares: the batch mean).
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.net = (DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
+                    if self.world > 1 else self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -83,8 +119,10 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimisation step on the batch of ``self.step``; returns the logged values."""
         self.model.train()
-        total, terms = compute_losses(self.model, synthetic_batch(self.config, self.step), self.step,
-                                      self.config.loss_weights)
+        share = self.config.batch_size // self.world
+        batch = synthetic_batch(self.config, self.step, range(self.rank * share, (self.rank + 1) * share))
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        total, terms = compute_losses(self.net, batch, self.step, self.config.loss_weights)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
@@ -95,12 +133,13 @@ class Trainer:
                 "grad_norm": norm.item(), **{k: v.item() for k, v in terms.items()}}
 
     def save(self) -> Path:
-        """Write ``checkpoint.pt`` atomically (model, optimiser, schedule, step, RNG)."""
+        """Write ``checkpoint.pt`` atomically (model, optimiser, schedule, step, RNG); only rank 0 writes."""
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": torch.get_rng_state()}
         path = self.folder / CHECKPOINT
-        torch.save(state, path.with_suffix(".tmp"))
-        os.replace(path.with_suffix(".tmp"), path)
+        if self.rank == 0:
+            torch.save(state, path.with_suffix(".tmp"))
+            os.replace(path.with_suffix(".tmp"), path)
         return path
 
     def resume(self) -> None:
@@ -108,15 +147,20 @@ class Trainer:
         path = self.folder / CHECKPOINT
         if not path.is_file():
             raise ValueError(f"{self.folder}: no {CHECKPOINT} to resume from; start a new run without --resume")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
 
     def run(self, progress: bool = True) -> Path:
-        """Train up to ``config.steps`` (from ``self.step``), logging and checkpointing; returns the model folder."""
+        """Train up to ``config.steps`` (from ``self.step``), logging and checkpointing; returns the model folder.
+        With several processes only rank 0 writes, and it logs the terms of its own share of the batch."""
+        if self.rank:
+            while self.step < self.config.steps:
+                self.train_step()
+            return self.folder / "model"
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / CONFIG).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         log_path = self.folder / LOG
