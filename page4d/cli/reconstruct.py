@@ -17,6 +17,7 @@ from page4d.config import PRESETS, ModelConfig, preset
 from page4d.data.clip import MultiViewClip
 from page4d.data.preprocess import model_input_size
 from page4d.data.sources import TimeSelection, open_input
+from page4d.devices import resolve_device
 from page4d.model import Page4D
 from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.runner import WindowPlan, choose_window, reconstruct
@@ -93,15 +94,6 @@ def _require_heads(config: ModelConfig, name: str) -> None:
         )
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 def _exports(value: str) -> list[str]:
     """The ``--export`` formats, checked (known, libraries installed) before any work is done."""
     if value == "none":
@@ -152,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export_time is not None and args.export_time not in clip.time_ids:
         raise ValueError(f"--export-time {args.export_time} is not a time id of the input "
                          f"({clip.time_ids[0]}..{clip.time_ids[-1]}); pick one of them")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if args.model in PRESETS:
         _require_heads(preset(args.model), args.model)  # before building a possibly full-size model
     model, source = load_model(args.model, args.seed)

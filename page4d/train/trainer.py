@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from page4d.config import preset
 from page4d.data.synthetic import generate_clip
+from page4d.devices import resolve_device
 from page4d.model import Page4D
 from page4d.outputs import Predictions
 from page4d.train.config import TrainConfig
@@ -67,20 +68,6 @@ def compute_losses(model: nn.Module, batch: dict[str, torch.Tensor], step: int, 
     return weighted_sum(terms, used), terms
 
 
-def _device(name: str) -> torch.device:
-    """The training device; under torchrun on CUDA, this process's GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name}: CUDA is not available on this machine; use device=cpu")
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    return device
-
-
 class Trainer:
     """One run in ``folder``: ``config.yaml``, ``log.csv``, ``checkpoint.pt`` (resumable) and ``model/`` at the end."""
 
@@ -89,7 +76,7 @@ class Trainer:
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         if config.batch_size % self.world:
             raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {self.world} processes")
-        self.device = _device(config.device)
+        self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         if config.init:
             from page4d.checkpoints.pretrained import load_pretrained
