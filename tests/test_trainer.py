@@ -9,7 +9,7 @@ from page4d.data.synthetic import SceneConfig, generate_clip
 from page4d.geometry.pose_encoding import pose_encoding_to_extri_intri
 from page4d.train.config import TrainConfig
 from page4d.train.targets import make_targets
-from page4d.train.trainer import Trainer, compute_losses, synthetic_batch
+from page4d.train.trainer import Batches, Trainer, compute_losses
 
 SCENE = SceneConfig(num_times=2, num_views=2, height=28, width=42)
 
@@ -50,7 +50,7 @@ def test_config_from_yaml_with_overrides(tmp_path):
 def test_loss_falls_on_a_fixed_batch():
     torch.manual_seed(0)
     trainer = Trainer(tiny_config(), "unused")
-    batch = synthetic_batch(trainer.config, 0)
+    batch = Batches(trainer.config).batch(0)
     optimizer = torch.optim.Adam(trainer.model.parameters(), lr=2e-3)
     losses = []
     for _ in range(25):
@@ -112,7 +112,7 @@ def test_train_command_line(tmp_path, capsys):
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     torch.manual_seed(0)
     trainer = Trainer(tiny_config(), "unused")
-    batch = synthetic_batch(trainer.config, 0)
+    batch = Batches(trainer.config).batch(0)
 
     def loss_and_grads(checkpointing: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         trainer.model.aggregator.gradient_checkpointing = checkpointing

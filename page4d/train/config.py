@@ -24,6 +24,17 @@ class OptimConfig:
     grad_clip: float = 1.0
 
 
+@dataclass
+class DataSource:
+    """One training source: ``synthetic`` scenes (``TrainConfig.scene``) or a ``clip`` folder with ground truth
+    (``path``; windows of ``scene.num_times`` × ``scene.num_views`` at width ``scene.width``), drawn with
+    probability proportional to ``weight``."""
+
+    kind: str = "synthetic"
+    path: str | None = None
+    weight: float = 1.0
+
+
 def _default_weights() -> dict[str, float]:
     # VGGT's multitask weights (camera 5, depth 1, points 1) and the dynamic mask at 1.
     return {"camera": 5.0, "depth_conf": 1.0, "depth_reg": 1.0, "depth_grad": 1.0, "point_conf": 1.0,
@@ -41,6 +52,10 @@ class TrainConfig:
     train: list[str] = field(default_factory=lambda: ["*"])
     """Glob patterns (with ``{a..b}`` ranges) of the parameters to train; everything else is frozen."""
     scene: SceneConfig = field(default_factory=SceneConfig)
+    """Synthetic scene ranges; its ``num_times``, ``num_views``, ``height`` and ``width`` size every sample."""
+    data: list[DataSource] = field(default_factory=lambda: [DataSource()])
+    jitter: float = 0.0
+    """Photometric jitter strength (brightness, contrast, saturation in 1 ± jitter); 0 = off."""
     batch_size: int = 1
     steps: int = 100
     seed: int = 0
@@ -97,6 +112,10 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             value = _build(hint, value, f"{where}.{name}")
+        elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+            if not isinstance(value, list):
+                raise ValueError(f"{where}.{name}: expected a list, got {value!r}")
+            value = [_build(typing.get_args(hint)[0], item, f"{where}.{name}[{i}]") for i, item in enumerate(value)]
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
             value = tuple(value)
         elif typing.get_origin(hint) in (dict, list) and not isinstance(value, typing.get_origin(hint)):

@@ -1,7 +1,7 @@
 """The training loop: synthetic batches, VGGT's multitask loss plus the mask loss, AdamW, resumable checkpoints.
 
-Batches are a pure function of ``(seed, step)``: sample ``i`` of step ``s`` is the scene with seed
-``seed · 1_000_003 + s · batch_size + i``, so a resumed run sees exactly the data an uninterrupted one would.
+Batches are a pure function of ``(seed, step)`` (:class:`Batches`), so a resumed or data-parallel run sees
+exactly the data an uninterrupted single-process one would.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -19,6 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from page4d.config import preset
+from page4d.data.layout import load_clip
+from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter
 from page4d.data.synthetic import generate_clip
 from page4d.devices import resolve_device
 from page4d.model import Page4D
@@ -33,13 +36,49 @@ LOG = "log.csv"
 CONFIG = "config.yaml"
 
 
-def synthetic_batch(config: TrainConfig, step: int, samples: range | None = None) -> dict[str, torch.Tensor]:
-    """Samples ``samples`` (default: all ``batch_size``) of the batch of ``step``: ``images [B, T, V, 3, H, W]``,
-    ``depth``, ``dynamic_mask``, ``intrinsics``, ``extrinsics``."""
-    samples = range(config.batch_size) if samples is None else samples
-    clips = [generate_clip(config.scene, config.seed * 1_000_003 + step * config.batch_size + i) for i in samples]
-    names = ("images", "depth", "dynamic_mask", "intrinsics", "extrinsics")
-    return {name: torch.stack([getattr(c, name) for c in clips]) for name in names}
+class Batches:
+    """The batches of a run: sample ``i`` of step ``s`` is drawn by a generator seeded with (seed, s, i) from
+    one of ``config.data`` (chosen by weight), so any process can make any sample on its own."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.sources: list[ClipSamples | None] = []
+        for i, source in enumerate(config.data):
+            if source.kind == "synthetic":
+                self.sources.append(None)
+            elif source.kind == "clip" and source.path:
+                clip = ClipSamples(load_clip(source.path), config.scene.width)
+                if clip.size != (config.scene.height, config.scene.width):
+                    raise ValueError(f"data[{i}] {source.path}: at width {config.scene.width} its images are "
+                                     f"{clip.size[0]} high, not scene.height {config.scene.height}; set scene.height")
+                self.sources.append(clip)
+            else:
+                raise ValueError(f"data[{i}]: kind must be 'synthetic' or 'clip' (with a path), got {source}")
+        weights = np.array([source.weight for source in config.data], dtype=np.float64)
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"data weights must be >= 0 with a positive sum, got {weights.tolist()}")
+        self.probabilities = weights / weights.sum()
+        self.sampler = WindowSampler(config.scene.num_times, config.scene.num_views)
+
+    def sample(self, step: int, i: int) -> dict[str, torch.Tensor]:
+        """Sample ``i`` of step ``step``: ``images [T, V, 3, H, W]``, ``depth``, ``dynamic_mask``,
+        ``intrinsics``, ``extrinsics``."""
+        rng = np.random.default_rng([self.config.seed, step, i])
+        source = self.sources[int(rng.choice(len(self.sources), p=self.probabilities))]
+        if source is None:
+            clip = generate_clip(self.config.scene, int(rng.integers(2**31)))
+            names = ("images", "depth", "dynamic_mask", "intrinsics", "extrinsics")
+            sample = {name: getattr(clip, name) for name in names}
+        else:
+            sample = source.sample(*self.sampler.draw(rng, *source.shape))
+        sample["images"] = colour_jitter(sample["images"], rng, self.config.jitter)
+        return sample
+
+    def batch(self, step: int, samples: range | None = None) -> dict[str, torch.Tensor]:
+        """Samples ``samples`` (default: all ``batch_size``) of step ``step``, stacked ``[B, ...]``."""
+        samples = range(self.config.batch_size) if samples is None else samples
+        drawn = [self.sample(step, i) for i in samples]
+        return {name: torch.stack([d[name] for d in drawn]) for name in drawn[0]}
 
 
 def _sample_terms(pred: Predictions, targets: Targets, i: int) -> Terms:
@@ -77,6 +116,7 @@ class Trainer:
         if config.batch_size % self.world:
             raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {self.world} processes")
         self.device = resolve_device(config.device)
+        self.batches = Batches(config)
         torch.manual_seed(config.seed)
         if config.init:
             from page4d.checkpoints.pretrained import load_pretrained
@@ -107,7 +147,7 @@ class Trainer:
         """One optimisation step on the batch of ``self.step``; returns the logged values."""
         self.model.train()
         share = self.config.batch_size // self.world
-        batch = synthetic_batch(self.config, self.step, range(self.rank * share, (self.rank + 1) * share))
+        batch = self.batches.batch(self.step, range(self.rank * share, (self.rank + 1) * share))
         batch = {k: v.to(self.device) for k, v in batch.items()}
         total, terms = compute_losses(self.net, batch, self.step, self.config.loss_weights)
         self.optimizer.zero_grad(set_to_none=True)

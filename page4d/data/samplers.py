@@ -1,0 +1,74 @@
+"""Training samples from clips: which time window and which views, drawn reproducibly, plus photometric jitter.
+
+Every draw takes a ``numpy.random.Generator`` seeded from (run seed, step, sample), so a resumed or
+data-parallel run sees the same samples as an uninterrupted single-process one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from page4d.data.clip import MultiViewClip
+from page4d.data.preprocess import resample_to_model
+
+
+@dataclass(frozen=True)
+class WindowSampler:
+    """``num_times`` consecutive time steps and ``num_views`` distinct views, in random view order."""
+
+    num_times: int
+    num_views: int
+    permute_views: bool = True
+
+    def draw(self, rng: np.random.Generator, clip_times: int, clip_views: int) -> tuple[list[int], list[int]]:
+        """(time positions, view positions) within a clip of ``clip_times`` × ``clip_views``."""
+        if clip_times < self.num_times or clip_views < self.num_views:
+            raise ValueError(f"a {self.num_times} × {self.num_views} sample needs a clip at least that large, got "
+                             f"{clip_times} × {clip_views}; lower scene.num_times / scene.num_views")
+        start = int(rng.integers(0, clip_times - self.num_times + 1))
+        views = rng.choice(clip_views, self.num_views, replace=False)
+        views = views if self.permute_views else np.sort(views)
+        return list(range(start, start + self.num_times)), [int(v) for v in views]
+
+
+def colour_jitter(images: torch.Tensor, rng: np.random.Generator, strength: float) -> torch.Tensor:
+    """Per-sample brightness, contrast and saturation in ``1 ± strength`` on ``[..., 3, H, W]`` in [0, 1]; the
+    geometry (and so K) is untouched."""
+    if strength <= 0:
+        return images
+    brightness, contrast, saturation = (1 + strength * rng.uniform(-1, 1, 3)).tolist()
+    grey = images.mean(dim=-3, keepdim=True)
+    out = grey + saturation * (images - grey)
+    out = out.mean(dim=(-3, -2, -1), keepdim=True) + contrast * (out - out.mean(dim=(-3, -2, -1), keepdim=True))
+    return (brightness * out).clamp(0, 1)
+
+
+class ClipSamples:
+    """Samples from one clip with ground truth (``depths/`` and ``cameras.json``; ``masks/`` optional), at the
+    model-input size of ``width`` (crop mode); the images are pre-processed once and kept in memory."""
+
+    def __init__(self, clip: MultiViewClip, width: int):
+        if clip.intrinsics is None or clip.depth_paths is None:
+            raise ValueError(f"{clip.root}: training on a clip needs its depths/ and cameras.json")
+        self.images, transforms = clip.load_images(mode="crop", target_size=width)
+        transform = transforms[0][0]
+        self.depth = torch.from_numpy(resample_to_model(clip.load_depths().numpy(), transform))
+        masks = clip.load_masks().numpy() if clip.mask_paths is not None else None
+        self.mask = None if masks is None else torch.from_numpy(resample_to_model(masks, transform))
+        self.intrinsics, self.extrinsics = clip.model_intrinsics(transforms), clip.extrinsics
+        self.size = tuple(self.images.shape[-2:])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.images.shape[0], self.images.shape[1]
+
+    def sample(self, times: list[int], views: list[int]) -> dict[str, torch.Tensor]:
+        """``images [T, V, 3, H, W]``, ``depth``, ``dynamic_mask`` (all False without masks), ``intrinsics``,
+        ``extrinsics`` of the given positions."""
+        index = (torch.tensor(times)[:, None], torch.tensor(views)[None, :])
+        mask = torch.zeros_like(self.depth, dtype=torch.bool) if self.mask is None else self.mask
+        return {"images": self.images[index], "depth": self.depth[index], "dynamic_mask": mask[index],
+                "intrinsics": self.intrinsics[index], "extrinsics": self.extrinsics[index]}

@@ -1,0 +1,86 @@
+"""Training samples: windows and view subsets, jitter, clip samples at the model size, and mixing by weight."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+
+from page4d.data.layout import load_clip
+from page4d.data.preprocess import resample_to_model
+from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter
+from page4d.data.synthetic import SceneConfig
+from page4d.train.config import DataSource, TrainConfig
+from page4d.train.trainer import Batches, Trainer
+
+EXAMPLE = REPO / "examples" / "tabletop4v_mini"
+SCENE = SceneConfig(num_times=2, num_views=3, height=98, width=126)
+
+
+def test_windows_are_consecutive_and_views_distinct():
+    sampler = WindowSampler(num_times=2, num_views=3)
+    draws = [sampler.draw(np.random.default_rng(i), 5, 4) for i in range(50)]
+    for times, views in draws:
+        assert times[1] == times[0] + 1 and 0 <= times[0] <= 3 and len(set(views)) == 3 and set(views) <= {0, 1, 2, 3}
+    assert len({tuple(v) for _, v in draws}) > 10  # subsets and orders vary
+    assert sampler.draw(np.random.default_rng(7), 5, 4) == sampler.draw(np.random.default_rng(7), 5, 4)
+    assert WindowSampler(2, 3, permute_views=False).draw(np.random.default_rng(1), 5, 4)[1] == sorted(
+        WindowSampler(2, 3, permute_views=False).draw(np.random.default_rng(1), 5, 4)[1])
+    with pytest.raises(ValueError, match="needs a clip at least that large, got 1 × 4"):
+        sampler.draw(np.random.default_rng(0), 1, 4)
+
+
+def test_colour_jitter_keeps_range_and_grey():
+    images = torch.rand(2, 3, 3, 8, 8)
+    assert torch.equal(colour_jitter(images, np.random.default_rng(0), 0.0), images)
+    jittered = colour_jitter(images, np.random.default_rng(0), 0.3)
+    assert jittered.min() >= 0 and jittered.max() <= 1 and not torch.equal(jittered, images)
+    grey = torch.full((1, 3, 4, 4), 0.4)
+    out = colour_jitter(grey, np.random.default_rng(1), 0.3)
+    assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
+
+
+def test_clip_samples_are_the_clip_at_the_model_size():
+    clip = load_clip(EXAMPLE)
+    samples = ClipSamples(clip, width=126)
+    assert samples.size == (98, 126) and samples.shape == (3, 4)
+    sample = samples.sample([1, 2], [3, 0, 2])
+    images, transforms = clip.load_images(mode="crop", target_size=126)
+    assert torch.equal(sample["images"], images[1:3][:, [3, 0, 2]])
+    expected = resample_to_model(clip.load_depths().numpy()[1:3][:, [3, 0, 2]], transforms[0][0])
+    assert np.array_equal(sample["depth"].numpy(), expected)
+    assert torch.equal(sample["intrinsics"], clip.model_intrinsics(transforms)[1:3][:, [3, 0, 2]])
+    assert torch.equal(sample["extrinsics"], clip.extrinsics[1:3][:, [3, 0, 2]])
+    assert sample["dynamic_mask"].dtype == torch.bool and sample["dynamic_mask"].any()
+
+
+def test_sources_are_mixed_by_weight_and_reproducibly():
+    config = TrainConfig(scene=SCENE, batch_size=1,
+                         data=[DataSource(kind="synthetic", weight=1.0), DataSource(kind="clip", path=str(EXAMPLE),
+                                                                                    weight=3.0)])
+    batches = Batches(config)
+    clip_ks = batches.sources[1].intrinsics.flatten(0, 1)
+
+    def is_clip(sample: dict) -> bool:
+        return any(torch.equal(sample["intrinsics"][0, 0], k) for k in clip_ks)
+
+    from_clip = [is_clip(batches.sample(step, 0)) for step in range(80)]
+    assert 0.6 < np.mean(from_clip) < 0.9  # 3 / 4 expected
+    first, again = batches.sample(11, 0), Batches(config).sample(11, 0)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_bad_sources_are_refused():
+    with pytest.raises(ValueError, match=r"data\[0\]: kind must be 'synthetic' or 'clip' \(with a path\)"):
+        Batches(TrainConfig(scene=SCENE, data=[DataSource(kind="clip")]))
+    with pytest.raises(ValueError, match="its images are 98 high, not scene.height 84; set scene.height"):
+        Batches(TrainConfig(scene=SceneConfig(height=84, width=126), data=[DataSource(kind="clip", path=str(EXAMPLE))]))
+    with pytest.raises(ValueError, match="data weights must be >= 0 with a positive sum"):
+        Batches(TrainConfig(scene=SCENE, data=[DataSource(weight=0.0)]))
+
+
+def test_a_fine_tuning_step_on_a_clip(tmp_path):
+    config = TrainConfig(scene=SCENE, data=[DataSource(kind="clip", path=str(EXAMPLE))], jitter=0.1, steps=1)
+    values = Trainer(config, tmp_path).train_step()
+    assert np.isfinite(values["loss"]) and values["mask_bce"] > 0
