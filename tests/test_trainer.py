@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -9,7 +12,7 @@ from page4d.data.synthetic import SceneConfig, generate_clip
 from page4d.geometry.pose_encoding import pose_encoding_to_extri_intri
 from page4d.train.config import TrainConfig
 from page4d.train.targets import make_targets
-from page4d.train.trainer import Batches, Trainer, compute_losses
+from page4d.train.trainer import Batches, Trainer, compute_losses, lr_factor
 
 SCENE = SceneConfig(num_times=2, num_views=2, height=28, width=42)
 
@@ -126,3 +129,26 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     assert plain[1].keys() == recomputed[1].keys() and len(plain[1]) > 100
     for name, grad in plain[1].items():
         assert torch.equal(grad, recomputed[1][name]), name
+
+
+def test_parameter_groups_have_their_own_rates_and_warm_up(tmp_path):
+    config = TrainConfig.load(None, [
+        "model=tiny-mv", "scene.num_times=2", "scene.num_views=2", "scene.height=28", "scene.width=42", "steps=10",
+        "optim.lr=1e-3", "optim.groups=[{patterns: ['camera_head.*'], lr: 0.1, warmup_steps: 4, weight_decay: 0}]",
+    ])
+    trainer = Trainer(config, tmp_path)
+    camera, rest = trainer.optimizer.param_groups
+    assert {id(p) for p in camera["params"]} == {id(p) for p in trainer.model.camera_head.parameters()}
+    assert len(rest["params"]) > len(camera["params"]) and camera["weight_decay"] == 0
+    assert math.isclose(camera["lr"], 0.1 / 4) and math.isclose(rest["lr"], 1e-3)  # warm-up step 1 of 4; none
+    for _ in range(3):
+        trainer.train_step()
+    assert math.isclose(camera["lr"], 0.1 * lr_factor(3, 4, 10, 0.01)) and camera["lr"] == 0.1  # warmed up
+    assert math.isclose(rest["lr"], 1e-3 * lr_factor(3, 0, 10, 0.01)) and rest["lr"] < 1e-3  # decaying
+    assert math.isclose(lr_factor(10, 0, 10, 0.01), 0.01) and lr_factor(0, 0, 10, 0.01) == 1.0
+    twice = config.optim.groups * 2
+    with pytest.raises(ValueError, match=r"optim.groups\[1\] claims .* already in group 0"):
+        Trainer(dataclasses.replace(config, optim=dataclasses.replace(config.optim, groups=twice)), tmp_path)
+    frozen = dataclasses.replace(config, train=["depth_head.*"])
+    with pytest.raises(ValueError, match=r"optim.groups\[0\]: 1 patterns match no target key: camera_head"):
+        Trainer(frozen, tmp_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ from page4d.data.synthetic import generate_clip
 from page4d.devices import resolve_device
 from page4d.model import Page4D
 from page4d.outputs import Predictions
-from page4d.train.config import TrainConfig
+from page4d.patterns import match_patterns
+from page4d.train.config import OptimConfig, TrainConfig
 from page4d.train.freeze import train_only
 from page4d.train.losses import Terms, camera_loss, dense_loss, mask_loss, weighted_sum
 from page4d.train.targets import Targets, make_targets
@@ -107,6 +109,38 @@ def compute_losses(model: nn.Module, batch: dict[str, torch.Tensor], step: int, 
     return weighted_sum(terms, used), terms
 
 
+def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
+    """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, optim: OptimConfig) -> tuple[list[dict], list[int]]:
+    """AdamW parameter groups of the trainable parameters (``optim.groups`` first, the rest in a default group)
+    and each group's warm-up; a parameter claimed by two groups, or a pattern matching no trainable parameter,
+    is an error."""
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    claimed: dict[str, int] = {}
+    groups, warmups = [], []
+    for index, group in enumerate(optim.groups):
+        names = match_patterns(group.patterns, list(trainable), f"optim.groups[{index}]",
+                               hint="a group's patterns must match parameters that train (see `train`)")
+        twice = sorted(n for n in names if n in claimed)
+        if twice:
+            raise ValueError(f"optim.groups[{index}] claims {twice[:3]} already in group {claimed[twice[0]]}")
+        claimed.update(dict.fromkeys(names, index))
+        groups.append({"params": [trainable[n] for n in sorted(names)], "lr": group.lr,
+                       "weight_decay": group.weight_decay})
+        warmups.append(group.warmup_steps)
+    rest = [trainable[n] for n in trainable if n not in claimed]
+    if rest:
+        groups.append({"params": rest, "lr": optim.lr, "weight_decay": optim.weight_decay})
+        warmups.append(optim.warmup_steps)
+    return groups, warmups
+
+
 class Trainer:
     """One run in ``folder``: ``config.yaml``, ``log.csv``, ``checkpoint.pt`` (resumable) and ``model/`` at the end."""
 
@@ -131,17 +165,12 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         self.net = (DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
                     if self.world > 1 else self.model)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        groups, warmups = param_groups(self.model, config.optim)
+        self.optimizer = torch.optim.AdamW(groups)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, [partial(lr_factor, warmup=w, total=config.steps, floor=config.optim.min_lr_ratio)
+                             for w in warmups])
         self.step = 0
-
-    def _lr_factor(self, step: int) -> float:
-        optim, total = self.config.optim, max(1, self.config.steps)
-        if step < optim.warmup_steps:
-            return (step + 1) / optim.warmup_steps
-        progress = min(1.0, (step - optim.warmup_steps) / max(1, total - optim.warmup_steps))
-        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step on the batch of ``self.step``; returns the logged values."""
