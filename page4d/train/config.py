@@ -78,6 +78,9 @@ class TrainConfig:
     """cpu, cuda, cuda:N or auto (CUDA when available; under torchrun each process takes cuda:LOCAL_RANK)."""
     gradient_checkpointing: bool = False
     """Recompute aggregator blocks in the backward pass: less memory, about a third more compute."""
+    eval_every: int = 0
+    """Evaluate on held-out synthetic scenes every this many steps (0: never)."""
+    eval_scenes: int = 2
     log_every: int = 10
     checkpoint_every: int = 50
 

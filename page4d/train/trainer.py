@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -23,11 +24,13 @@ from tqdm.auto import tqdm
 from page4d.config import preset
 from page4d.data.layout import load_clip
 from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter
-from page4d.data.synthetic import generate_clip
+from page4d.data.synthetic import generate_clip, write_clip
 from page4d.devices import resolve_device
+from page4d.eval.runner import evaluate
 from page4d.model import Page4D
 from page4d.outputs import Predictions
 from page4d.patterns import match_patterns
+from page4d.reconstruction.runner import reconstruct
 from page4d.train.config import OptimConfig, TrainConfig
 from page4d.train.freeze import train_only
 from page4d.train.losses import Terms, camera_loss, dense_loss, mask_loss, weighted_sum
@@ -35,6 +38,15 @@ from page4d.train.targets import Targets, make_targets
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
+EVAL_LOG = "eval.csv"
+EVAL_SEED = 2**31
+"""Held-out scenes use seeds from here on; training scenes draw theirs below it, so the two never meet."""
+EVAL_METRICS = {
+    "depth_abs_rel": ("depth", "median", "all", "abs_rel"),
+    "depth_delta_1.25": ("depth", "median", "all", "delta_1.25"),
+    "ate_rmse": ("cameras", "ate_rmse"), "auc@30": ("cameras", "auc@30"), "mask_iou": ("dynamic_mask", "iou"),
+}
+"""Columns of ``eval.csv``: paths into the ``page4d eval`` report, averaged over the held-out scenes."""
 CONFIG = "config.yaml"
 
 
@@ -68,7 +80,7 @@ class Batches:
         rng = np.random.default_rng([self.config.seed, step, i])
         source = self.sources[int(rng.choice(len(self.sources), p=self.probabilities))]
         if source is None:
-            clip = generate_clip(self.config.scene, int(rng.integers(2**31)))
+            clip = generate_clip(self.config.scene, int(rng.integers(EVAL_SEED)))
             names = ("images", "depth", "dynamic_mask", "intrinsics", "extrinsics")
             sample = {name: getattr(clip, name) for name in names}
         else:
@@ -107,6 +119,22 @@ def compute_losses(model: nn.Module, batch: dict[str, torch.Tensor], step: int, 
     terms = {k: torch.stack([t[k] for t in per_sample]).mean() for k in per_sample[0]}
     used = {k: w for k, w in weights.items() if k in terms or not k.startswith("mask_")}
     return weighted_sum(terms, used), terms
+
+
+def evaluate_synthetic(model: Page4D, config: TrainConfig) -> dict[str, float]:
+    """``page4d eval`` metrics of ``model`` on ``config.eval_scenes`` held-out synthetic scenes, averaged."""
+    totals: dict[str, list[float]] = {name: [] for name in EVAL_METRICS}
+    with tempfile.TemporaryDirectory() as scratch:
+        for k in range(config.eval_scenes):
+            clip = load_clip(write_clip(generate_clip(config.scene, EVAL_SEED + k), Path(scratch) / f"scene_{k}"))
+            report = evaluate(clip, reconstruct(model, clip, size=config.scene.width, progress=False))
+            for name, path in EVAL_METRICS.items():
+                value = report
+                for key in path:
+                    value = value.get(key) if isinstance(value, dict) else None
+                if value is not None:
+                    totals[name].append(float(value))
+    return {name: float(np.mean(values)) for name, values in totals.items() if values}
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
@@ -210,6 +238,15 @@ class Trainer:
         self.step = state["step"]
         torch.set_rng_state(state["rng"].cpu())
 
+    def _log_eval(self, metrics: dict[str, float]) -> None:
+        path = self.folder / EVAL_LOG
+        new = not path.is_file()
+        with open(path, "a", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=["step", *EVAL_METRICS])
+            if new:
+                writer.writeheader()
+            writer.writerow({"step": self.step, **metrics})
+
     def run(self, progress: bool = True) -> Path:
         """Train up to ``config.steps`` (from ``self.step``), logging and checkpointing; returns the model folder.
         With several processes only rank 0 writes, and it logs the terms of its own share of the batch."""
@@ -234,6 +271,9 @@ class Trainer:
                             writer.writeheader()
                     writer.writerow(values)
                     log.flush()
+                if self.config.eval_every and (self.step % self.config.eval_every == 0
+                                               or self.step == self.config.steps):
+                    self._log_eval(evaluate_synthetic(self.model, self.config))
                 if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
                     self.save()
         bar.close()
