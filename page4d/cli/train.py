@@ -46,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(config, args.output)
     if args.resume:
         trainer.resume()
+    if not args.quiet and trainer.rank == 0:
+        count = sum(p.numel() for p in trainer.model.parameters())
+        trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        print(f"training {trained:,} of {count:,} parameters ({len(trainer.trained)} tensors) from step "
+              f"{trainer.step} to {config.steps} in {args.output}")
     model = trainer.run(progress=not args.quiet)
     if not args.quiet and trainer.rank == 0:
         print(f"trained {trainer.step} steps; model in {model}, log in {args.output / 'log.csv'}")
