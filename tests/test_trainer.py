@@ -180,3 +180,26 @@ def test_held_out_truth_scores_perfectly():
         report = evaluate(clip, reconstruction_from_clip(clip, size=SCENE.width))
     assert report["depth"]["median"]["all"]["abs_rel"] < 1e-6 and report["cameras"]["ate_rmse"] < 1e-5
     assert report["dynamic_mask"]["iou"] == 1.0
+
+
+def test_the_example_configs_are_valid():
+    """The GPU fine-tuning recipe's patterns and groups fit page4d-mv (built on the meta device), and the CPU
+    example loads."""
+    from pathlib import Path
+
+    from page4d.config import preset
+    from page4d.model import Page4D
+    from page4d.train.freeze import train_only
+    from page4d.train.trainer import param_groups
+
+    examples = Path(__file__).resolve().parents[1] / "examples" / "train"
+    recipe = TrainConfig.load(examples / "finetune_page4d_mv.yaml")
+    assert recipe.model == "page4d-mv" and recipe.data[0].kind == "clip" and recipe.optim.groups[0].lr == 2e-5
+    with torch.device("meta"):
+        model = Page4D(preset(recipe.model))
+    trained = train_only(model, recipe.train)
+    groups, warmups = param_groups(model, recipe.optim)
+    assert sum(len(g["params"]) for g in groups) == len(trained) and warmups == [3000, 1000]
+    assert any(name.startswith("aggregator.time_blocks.19.") for name in trained)
+    assert not any(name.startswith(("aggregator.time_blocks.9.", "camera_head.")) for name in trained)
+    assert TrainConfig.load(examples / "synthetic_tiny.yaml").model == "tiny-mv"
