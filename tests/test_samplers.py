@@ -9,7 +9,7 @@ from conftest import REPO
 
 from page4d.data.layout import load_clip
 from page4d.data.preprocess import resample_to_model
-from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter
+from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter, zoom
 from page4d.data.synthetic import SceneConfig
 from page4d.train.config import DataSource, TrainConfig
 from page4d.train.trainer import Batches, Trainer
@@ -84,3 +84,25 @@ def test_a_fine_tuning_step_on_a_clip(tmp_path):
     config = TrainConfig(scene=SCENE, data=[DataSource(kind="clip", path=str(EXAMPLE))], jitter=0.1, steps=1)
     values = Trainer(config, tmp_path).train_step()
     assert np.isfinite(values["loss"]) and values["mask_bce"] > 0
+
+
+def test_zoom_keeps_the_geometry_consistent():
+    from page4d.data.synthetic import generate_clip
+    from page4d.geometry.unprojection import unproject_depth
+
+    clip = generate_clip(SceneConfig(num_times=2, num_views=2, height=84, width=112), seed=5)
+    sample = {k: getattr(clip, k) for k in ("images", "depth", "dynamic_mask", "intrinsics", "extrinsics")}
+    zoomed = zoom(sample, np.random.default_rng(3), 1.5)
+    assert zoomed["images"].shape == sample["images"].shape and zoomed["dynamic_mask"].dtype == torch.bool
+    k, k0 = zoomed["intrinsics"][0, 0].double(), sample["intrinsics"][0, 0].double()
+    scale = (k[0, 0] / k0[0, 0]).item()
+    assert 1 < scale <= 1.5 and torch.isclose(k[1, 1] / k0[1, 1], k[0, 0] / k0[0, 0])
+    # Moving pixels of the zoomed sample, unprojected with the new K, still lie on their spheres (nearest
+    # resampling moves a depth by at most half an original pixel, hence the small tolerance).
+    points = unproject_depth(zoomed["depth"].flatten(0, 1).double(), zoomed["extrinsics"].flatten(0, 1).double(),
+                             zoomed["intrinsics"].flatten(0, 1).double()).double().unflatten(0, (2, 2))
+    for t in range(2):
+        moving = points[t][zoomed["dynamic_mask"][t]]
+        gap = (torch.cdist(moving, clip.sphere_centres[t]) - clip.sphere_radii).abs().min(dim=1).values
+        assert len(gap) > 20 and gap.median() < 0.01 and gap.max() < 0.1
+    assert zoom(sample, np.random.default_rng(3), 1.0) is sample

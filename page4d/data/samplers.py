@@ -1,4 +1,5 @@
-"""Training samples from clips: which time window and which views, drawn reproducibly, plus photometric jitter.
+"""Training samples from clips: which time window and which views, drawn reproducibly, plus photometric jitter
+and a geometric zoom that keeps K consistent.
 
 Every draw takes a ``numpy.random.Generator`` seeded from (run seed, step, sample), so a resumed or
 data-parallel run sees the same samples as an uninterrupted single-process one.
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from page4d.data.clip import MultiViewClip
 from page4d.data.preprocess import resample_to_model
@@ -44,6 +46,41 @@ def colour_jitter(images: torch.Tensor, rng: np.random.Generator, strength: floa
     out = grey + saturation * (images - grey)
     out = out.mean(dim=(-3, -2, -1), keepdim=True) + contrast * (out - out.mean(dim=(-3, -2, -1), keepdim=True))
     return (brightness * out).clamp(0, 1)
+
+
+def zoom(sample: dict[str, torch.Tensor], rng: np.random.Generator, max_zoom: float) -> dict[str, torch.Tensor]:
+    """Random zoom-in by ``s`` in ``[1, max_zoom]`` on a random window, resampled back to the same size, with K
+    mapped to match (``K' = A·K``); z-depth is unchanged by it, so depth and masks are only resampled (nearest).
+
+    With integer pixel = pixel centre, a window of ``W/s × H/s`` at offset ``(x0, y0)`` stretched back to
+    ``W × H`` sends ``u`` to ``s·(u − x0 + ½) − ½``: ``A = [[s, 0, s(½ − x0) − ½], [0, s, s(½ − y0) − ½], [0, 0, 1]]``.
+    One zoom per sample (all its frames), so the rig's geometry stays consistent across views and time.
+    """
+    if max_zoom <= 1:
+        return sample
+    images = sample["images"]
+    height, width = images.shape[-2:]
+    scale = float(rng.uniform(1, max_zoom))
+    x0, y0 = float(rng.uniform(0, width - width / scale)), float(rng.uniform(0, height - height / scale))
+    # Source pixel of every output pixel, in grid_sample's normalised coordinates (align_corners=False).
+    u = (torch.arange(width, dtype=torch.float64) + 0.5) / scale - 0.5 + x0
+    v = (torch.arange(height, dtype=torch.float64) + 0.5) / scale - 0.5 + y0
+    grid = torch.stack(torch.meshgrid((2 * v + 1) / height - 1, (2 * u + 1) / width - 1, indexing="ij")[::-1], -1)
+    grid = grid.float()[None].expand(images[..., 0, :, :].numel() // (height * width), -1, -1, -1)
+
+    def resample(x: torch.Tensor, mode: str) -> torch.Tensor:
+        flat = x.reshape(-1, *x.shape[-3:]).float()
+        out = F.grid_sample(flat, grid, mode=mode, padding_mode="border", align_corners=False)
+        return out.reshape(x.shape).to(x.dtype)
+
+    matrix = torch.tensor([[scale, 0, scale * (0.5 - x0) - 0.5], [0, scale, scale * (0.5 - y0) - 0.5], [0, 0, 1]])
+    return {
+        "images": resample(images, "bilinear"),
+        "depth": resample(sample["depth"][..., None, :, :], "nearest")[..., 0, :, :],
+        "dynamic_mask": resample(sample["dynamic_mask"][..., None, :, :], "nearest")[..., 0, :, :],
+        "intrinsics": (matrix.double() @ sample["intrinsics"].double()).to(sample["intrinsics"].dtype),
+        "extrinsics": sample["extrinsics"],
+    }
 
 
 class ClipSamples:

@@ -69,6 +69,8 @@ class TrainConfig:
     data: list[DataSource] = field(default_factory=lambda: [DataSource()])
     jitter: float = 0.0
     """Photometric jitter strength (brightness, contrast, saturation in 1 ± jitter); 0 = off."""
+    zoom: float = 1.0
+    """Largest random zoom-in per sample (K adjusted to match); 1 = off."""
     batch_size: int = 1
     steps: int = 100
     seed: int = 0

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from page4d.config import preset
 from page4d.data.layout import load_clip
-from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter
+from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter, zoom
 from page4d.data.synthetic import generate_clip, write_clip
 from page4d.devices import resolve_device
 from page4d.eval.runner import evaluate
@@ -85,6 +85,7 @@ class Batches:
             sample = {name: getattr(clip, name) for name in names}
         else:
             sample = source.sample(*self.sampler.draw(rng, *source.shape))
+        sample = zoom(sample, rng, self.config.zoom)
         sample["images"] = colour_jitter(sample["images"], rng, self.config.jitter)
         return sample
 
