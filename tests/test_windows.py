@@ -9,14 +9,20 @@ from conftest import REPO, SHARED
 
 from page4d.data.layout import load_clip
 from page4d.geometry.rotations import quat_to_mat
+from page4d.geometry.unprojection import unproject_depth
 from page4d.outputs import Predictions
 from page4d.reconstruction.ground_truth import reconstruction_from_clip
 from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.runner import WindowPlan, reconstruct
 from page4d.reconstruction.spool import Spool, StepArray, write_npz
-from page4d.reconstruction.windows import apply_sim3, depth_points, fit_overlap, pixel_points, plan_windows
+from page4d.reconstruction.windows import apply_sim3, fit_overlap, pixel_points, plan_windows
 
 EXAMPLE = REPO / "examples" / "tabletop4v_mini"
+
+
+def dense_points(depth: np.ndarray, extrinsic: np.ndarray, intrinsic: np.ndarray) -> np.ndarray:
+    """``[N, H, W, 3]`` world points of ``depth [N, H, W]`` (the dense reference)."""
+    return unproject_depth(*(torch.from_numpy(a) for a in (depth, extrinsic, intrinsic))).numpy()
 
 
 def random_sim3(seed: int) -> tuple[float, np.ndarray, np.ndarray]:
@@ -60,7 +66,7 @@ def test_overlap_fit_recovers_a_known_similarity():
     fit = fit_overlap(target, source)
     assert abs(fit[0] - scale) < 1e-5 and np.abs(fit[1] - rot).max() < 1e-5 and np.abs(fit[2] - trans).max() < 1e-4
     index = np.flatnonzero(target["depth"] > 0)[::97]
-    dense = depth_points(target["depth"], target["extrinsic"], target["intrinsic"]).reshape(-1, 3)[index]
+    dense = dense_points(target["depth"], target["extrinsic"], target["intrinsic"]).reshape(-1, 3)[index]
     np.testing.assert_allclose(pixel_points(target["depth"], target["extrinsic"], target["intrinsic"], index), dense,
                                rtol=1e-5, atol=1e-4)
 
@@ -70,7 +76,7 @@ def test_moving_a_window_moves_cameras_depth_and_points_consistently():
     arrays = {k: getattr(gt, k).copy() for k in ("extrinsic", "depth", "world_points")}
     scale, rot, trans = random_sim3(1)
     apply_sim3(arrays, scale, rot, trans)
-    moved = depth_points(arrays["depth"].reshape(-1, *gt.size), arrays["extrinsic"].reshape(-1, 3, 4),
+    moved = dense_points(arrays["depth"].reshape(-1, *gt.size), arrays["extrinsic"].reshape(-1, 3, 4),
                          gt.intrinsic.reshape(-1, 3, 3))
     expected = scale * gt.depth_points().reshape(moved.shape).astype(np.float64) @ rot.T + trans
     assert np.abs(moved - expected).max() < 1e-3 * np.abs(expected).max()

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from page4d.data.clip import MultiViewClip
-from page4d.data.preprocess import PreprocessMode
+from page4d.data.preprocess import ImageTransform, PreprocessMode
 from page4d.model import Page4D
 from page4d.reconstruction.record import Reconstruction, transform_meta
 from page4d.reconstruction.spool import Spool
@@ -75,7 +75,7 @@ def choose_window(model: Page4D, clip: MultiViewClip, image_size: tuple[int, int
 
 def _predict(
     model: Page4D, clip: MultiViewClip, times: range, mode: PreprocessMode, size: int
-) -> tuple[dict[str, np.ndarray], np.ndarray, object]:
+) -> tuple[dict[str, np.ndarray], np.ndarray, ImageTransform]:
     """One forward pass over ``times``: numpy ``[T', V, ...]`` outputs, uint8 images and the pixel transform."""
     images, transforms = clip.load_images(mode=mode, target_size=size, times=times)
     transform = transforms[0][0]

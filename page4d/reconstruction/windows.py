@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from page4d.geometry.alignment import umeyama_sim3
-from page4d.geometry.unprojection import unproject_depth
 
 
 def plan_windows(num_times: int, window: int, overlap: int) -> list[range]:
@@ -29,15 +28,9 @@ def plan_windows(num_times: int, window: int, overlap: int) -> list[range]:
     return [range(start, start + window) for start in starts]
 
 
-def depth_points(depth: np.ndarray, extrinsic: np.ndarray, intrinsic: np.ndarray) -> np.ndarray:
-    """``[N, H, W]`` depth, ``[N, 3, 4]`` world-to-camera, ``[N, 3, 3]`` K -> world points ``[N, H, W, 3]``."""
-    points = unproject_depth(torch.from_numpy(depth), torch.from_numpy(extrinsic), torch.from_numpy(intrinsic))
-    return points.numpy()
-
-
 def pixel_points(depth: np.ndarray, extrinsic: np.ndarray, intrinsic: np.ndarray, index: np.ndarray) -> np.ndarray:
     """World points ``[M, 3]`` float64 of the pixels ``index`` (flat into ``depth [N, H, W]``), unprojected as
-    :func:`depth_points` does but without building the dense ``[N, H, W, 3]`` map."""
+    ``geometry.unprojection.unproject_depth`` does but without building the dense ``[N, H, W, 3]`` map."""
     frame, row, col = np.unravel_index(index, depth.shape)
     k, ext = intrinsic[frame].astype(np.float64), extrinsic[frame].astype(np.float64)
     z = depth.reshape(-1)[index].astype(np.float64)
