@@ -222,6 +222,8 @@ class ModelConfig:
         default_factory=lambda: DPTHeadConfig(output_dim=4, activation="inv_log")
     )
     track_head: TrackHeadConfig | None = field(default_factory=TrackHeadConfig)
+    input_width: int = 518
+    """Model-input width (crop mode) the weights were trained at: ``page4d reconstruct``'s default ``--size``."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -241,6 +243,8 @@ class ModelConfig:
             )
         if enc.num_register_tokens != agg.num_register_tokens and enc.kind == "dinov2":
             raise ValueError("encoder and aggregator must use the same number of register tokens")
+        if self.input_width <= 0 or self.input_width % self.patch_size:
+            raise ValueError(f"input_width ({self.input_width}) must be a positive multiple of {self.patch_size}")
         if agg.depth % agg.aa_block_size:
             raise ValueError(f"aggregator.depth ({agg.depth}) must be divisible by aa_block_size ({agg.aa_block_size})")
         if sorted(agg.aa_order) != ["time", "view"]:
@@ -368,6 +372,21 @@ def _tiny() -> ModelConfig:
     )
 
 
+def _small() -> ModelConfig:
+    """About 6 M parameters (24 MB in float32): width 128, a 2-block encoder and 6 (time, view) pairs; small enough
+    to train on a 2-core CPU in hours at 168 × 126 pixels. The base of ``small-mv``, the shipped model."""
+    dense = dict(features=32, out_channels=(32, 64, 96, 128), intermediate_layer_idx=(1, 3, 4, 5))
+    return ModelConfig(
+        encoder=EncoderConfig(embed_dim=128, depth=2, num_heads=4, pos_embed_grid=12),
+        aggregator=AggregatorConfig(embed_dim=128, depth=6, num_heads=4),
+        camera_head=CameraHeadConfig(trunk_depth=2, num_heads=8),
+        depth_head=DPTHeadConfig(**dense),
+        point_head=DPTHeadConfig(output_dim=4, activation="inv_log", **dense),
+        track_head=None,
+        input_width=168,
+    )
+
+
 def _tiny_conv() -> ModelConfig:
     """Tiny model with a conv patch embedding (no ViT encoder)."""
     cfg = _tiny()
@@ -442,6 +461,7 @@ PRESETS = {
     "page4d-release-mask": lambda: _with_mask(_vggt_1b(), page4d_mask_config("release", hold_start=1.0, hold_end=2.0)),
     "page4d-mv": lambda: _page4d_mv(_vggt_1b(), split=8),
     "pi3-large": _pi3_large,
+    "small-mv": lambda: _page4d_mv(_small(), split=2, landmarks=4),
     "tiny-mv": lambda: _page4d_mv(_tiny(), split=1, landmarks=2),
     "tiny-page4d-fin10": lambda: _tiny_page4d("fin10"),
     "tiny-page4d-release": lambda: _tiny_page4d("release"),
@@ -461,7 +481,8 @@ def preset(name: str) -> ModelConfig:
     models ``tiny``, ``tiny-conv``, ``tiny-track``, ``tiny-page4d-fin10``, ``tiny-page4d-release``;
     ``page4d-mv`` (the design documents' multi-view model: seeds mask head after pair 7 with pose/geo λ
     biases in time and view blocks 8–23, temporal RoPE, a landmark sparse global block after pair 11)
-    and its tiny twin ``tiny-mv``; ``pi3-large`` (Pi3's backbone: 18 pairs, block eps 1e-6, no heads; the
+    and its small and tiny twins ``small-mv`` (the architecture of the shipped trained model) and ``tiny-mv``;
+    ``pi3-large`` (Pi3's backbone: 18 pairs, block eps 1e-6, no heads; the
     model ``yyfz233/Pi3`` and ``yyfz233/Pi3X`` load into).
     """
     if name not in PRESETS:

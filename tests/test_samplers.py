@@ -71,6 +71,18 @@ def test_sources_are_mixed_by_weight_and_reproducibly():
     assert all(torch.equal(first[k], again[k]) for k in first)
 
 
+def test_a_clip_source_keeps_only_its_time_steps():
+    """``start`` / ``frames`` hold time steps out: every sample comes from the kept ones (example ids 08-10)."""
+    config = TrainConfig(scene=SceneConfig(num_times=2, num_views=2, height=98, width=126), batch_size=1,
+                         data=[DataSource(kind="clip", path=str(EXAMPLE), start=1, frames=2)])
+    source = Batches(config).sources[0]
+    full = ClipSamples(load_clip(EXAMPLE), 126)
+    assert source.shape == (2, 4) and torch.equal(source.images, full.images[1:3])
+    assert torch.equal(source.extrinsics, full.extrinsics[1:3])
+    with pytest.raises(ValueError, match=r"data\[0\] .*: start 3 / frames None select no time steps of its 3"):
+        Batches(TrainConfig(scene=SCENE, data=[DataSource(kind="clip", path=str(EXAMPLE), start=3)]))
+
+
 def test_bad_sources_are_refused():
     with pytest.raises(ValueError, match=r"data\[0\]: kind must be 'synthetic' or 'clip' \(with a path\)"):
         Batches(TrainConfig(scene=SCENE, data=[DataSource(kind="clip")]))

@@ -139,7 +139,8 @@ def _from_lists(paths: Sequence[Path], select: TimeSelection) -> MultiViewClip:
                          image_size=size)
 
 
-def _select_clip(clip: MultiViewClip, select: TimeSelection) -> MultiViewClip:
+def select_clip(clip: MultiViewClip, select: TimeSelection) -> MultiViewClip:
+    """The time steps of ``clip`` that ``select`` keeps, with their frames, depths, masks and cameras."""
     if select.fps is not None:
         raise ValueError("--fps applies to video inputs; use --every to subsample a clip folder")
     kept = list(select.positions(clip.num_times))
@@ -180,7 +181,7 @@ def open_input(
         raise ValueError(f"{', '.join(missing)}: not found; {INPUT_HINT}")
     notes: list[str] = []
     if len(paths) == 1 and paths[0].is_dir() and (paths[0] / "images").is_dir():
-        clip = _select_clip(load_clip(paths[0]), select)
+        clip = select_clip(load_clip(paths[0]), select)
     elif all(p.suffix.lower() in VIDEO_SUFFIXES for p in paths):
         clip, notes = _from_videos(paths, select)
     elif all(p.is_dir() or p.suffix.lower() == ".txt" for p in paths):

@@ -23,5 +23,8 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """Disable autocast on ``device`` (heads run in fp32, as VGGT does)."""
+    """Disable autocast on ``device`` (heads run in fp32, as VGGT does); the meta device has no autocast to disable
+    (shape-only runs, e.g. ``benchmarks/train_memory.py``)."""
+    if device.type == "meta":
+        return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, enabled=False)

@@ -41,11 +41,14 @@ class OptimConfig:
 class DataSource:
     """One training source: ``synthetic`` scenes (``TrainConfig.scene``) or a ``clip`` folder with ground truth
     (``path``; windows of ``scene.num_times`` × ``scene.num_views`` at width ``scene.width``), drawn with
-    probability proportional to ``weight``."""
+    probability proportional to ``weight``. ``start`` / ``frames`` keep part of a clip's time steps (positions,
+    not ids), e.g. to hold its last steps out for evaluation."""
 
     kind: str = "synthetic"
     path: str | None = None
     weight: float = 1.0
+    start: int = 0
+    frames: int | None = None
 
 
 def _default_weights() -> dict[str, float]:

@@ -22,8 +22,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from page4d.config import preset
+from page4d.data.clip import MultiViewClip
 from page4d.data.layout import load_clip
 from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter, zoom
+from page4d.data.sources import TimeSelection, select_clip
 from page4d.data.synthetic import generate_clip, write_clip
 from page4d.devices import resolve_device
 from page4d.eval.runner import evaluate
@@ -31,7 +33,7 @@ from page4d.model import Page4D
 from page4d.outputs import Predictions
 from page4d.patterns import match_patterns
 from page4d.reconstruction.runner import reconstruct
-from page4d.train.config import OptimConfig, TrainConfig
+from page4d.train.config import DataSource, OptimConfig, TrainConfig
 from page4d.train.freeze import train_only
 from page4d.train.losses import Terms, camera_loss, dense_loss, mask_loss, weighted_sum
 from page4d.train.targets import Targets, make_targets
@@ -50,6 +52,15 @@ EVAL_METRICS = {
 CONFIG = "config.yaml"
 
 
+def _clip_part(source: DataSource, i: int) -> MultiViewClip:
+    """The time steps ``source.start``, ``source.start + source.frames`` of the clip at ``source.path``."""
+    clip = load_clip(source.path)
+    if not 0 <= source.start < clip.num_times or (source.frames is not None and source.frames < 1):
+        raise ValueError(f"data[{i}] {source.path}: start {source.start} / frames {source.frames} select no time "
+                         f"steps of its {clip.num_times}; use 0 <= start < {clip.num_times} and frames >= 1")
+    return select_clip(clip, TimeSelection(start=source.start, frames=source.frames))
+
+
 class Batches:
     """The batches of a run: sample ``i`` of step ``s`` is drawn by a generator seeded with (seed, s, i) from
     one of ``config.data`` (chosen by weight), so any process can make any sample on its own."""
@@ -61,7 +72,7 @@ class Batches:
             if source.kind == "synthetic":
                 self.sources.append(None)
             elif source.kind == "clip" and source.path:
-                clip = ClipSamples(load_clip(source.path), config.scene.width)
+                clip = ClipSamples(_clip_part(source, i), config.scene.width)
                 if clip.size != (config.scene.height, config.scene.width):
                     raise ValueError(f"data[{i}] {source.path}: at width {config.scene.width} its images are "
                                      f"{clip.size[0]} high, not scene.height {config.scene.height}; set scene.height")
