@@ -334,6 +334,7 @@ class ModelConfig:
             depth_head=build(DPTHeadConfig, data.get("depth_head")),
             point_head=build(DPTHeadConfig, data.get("point_head")),
             track_head=build(TrackHeadConfig, data.get("track_head")),
+            input_width=data.get("input_width", cls.input_width),
         )
 
 

@@ -233,14 +233,15 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> Page4D:
-        """Load a native folder or Hub repo; known foreign checkpoints (``facebook/VGGT-1B``) and checkpoint
-        files are converted on the fly (see ``page4d.checkpoints.pretrained.load_pretrained``)."""
+        """Load a bundled model (``page4d-small``), a native folder or Hub repo; known foreign checkpoints
+        (``facebook/VGGT-1B``) and checkpoint files are converted on the fly (see
+        ``page4d.checkpoints.pretrained.load_pretrained``)."""
         from page4d.checkpoints.hub import KNOWN_CHECKPOINTS, fetch
-        from page4d.checkpoints.pretrained import load_pretrained
+        from page4d.checkpoints.pretrained import BUNDLED_MODELS, load_pretrained
 
         name = str(pretrained_model_name_or_path)
         path = Path(name)
-        if name in KNOWN_CHECKPOINTS or path.is_file():
+        if name in KNOWN_CHECKPOINTS or name in BUNDLED_MODELS or path.is_file():
             return load_pretrained(name)[0]
         if not path.is_dir():
             fetch(name, CONFIG_NAME, revision=kwargs.get("revision"))

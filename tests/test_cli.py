@@ -22,29 +22,38 @@ EXAMPLE = REPO / "examples" / "tabletop4v_mini"
 
 
 def test_reconstruct_bundled_example(tmp_path, capsys):
+    """The README's first command: the shipped page4d-small at the width it was trained at (168)."""
     out = tmp_path / "out"
-    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--size", "224", "--export", "none"]) == 0
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--export", "none"]) == 0
     printed = capsys.readouterr().out
-    assert "UNTRAINED" in printed and "peak memory" in printed and "36 frames" not in printed
+    assert "page4d-small" in printed and "UNTRAINED" not in printed and "peak memory" in printed
     assert sorted(p.name for p in out.iterdir()) == ["cameras.json", "meta.json", "predictions.npz"]
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["untrained"] is True and meta["transform"]["output_size"] == [168, 224]
+    assert meta["model"] == "page4d-small" and meta["untrained"] is False
+    assert meta["transform"]["output_size"] == [126, 168]
     assert meta["original_size"] == [480, 640] and meta["windows"] == [[0, 3]]
     pred = np.load(out / "predictions.npz")
-    t, v, h, w = 3, 4, 168, 224
+    t, v, h, w = 3, 4, 126, 168
     assert pred["time_ids"].tolist() == [8, 9, 10] and pred["view_ids"].tolist() == [0, 1, 2, 3]
     assert pred["images"].shape == (t, v, h, w, 3) and pred["images"].dtype == np.uint8
     assert pred["extrinsic"].shape == (t, v, 3, 4) and pred["depth"].shape == (t, v, h, w)
     assert pred["world_points"].shape == (t, v, h, w, 3) and pred["world_points_conf"].shape == (t, v, h, w)
     assert pred["dynamic_mask"].shape == (t, v, h, w)  # the default model has a dynamic-mask head
-    # Random weights may give FoV = relu(x) = 0, i.e. an infinite focal length (as VGGT would); all else is finite.
-    assert all(np.isfinite(pred[k]).all() for k in pred.files if not k.startswith("intrinsic"))
+    assert all(np.isfinite(pred[k]).all() for k in pred.files)
     clip = load_clip(EXAMPLE)
-    images, transforms = clip.load_images(target_size=224)
+    images, transforms = clip.load_images(target_size=168)
     assert np.array_equal(pred["images"], (images.permute(0, 1, 3, 4, 2) * 255).round().to(torch.uint8).numpy())
     # intrinsic_original maps the model-resolution K back to the 640x480 originals.
     restored = transforms[1][2].restore_intrinsics(torch.from_numpy(pred["intrinsic"][1, 2]).double()).numpy()
     np.testing.assert_allclose(pred["intrinsic_original"][1, 2], restored, rtol=1e-6)
+
+
+def test_a_preset_runs_with_random_weights_and_says_so(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--model", "tiny-mv", "--export", "none"]) == 0
+    assert "UNTRAINED" in capsys.readouterr().out
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["untrained"] is True and meta["transform"]["output_size"] == [392, 518]  # presets default to 518
 
 
 def test_cameras_json_reads_back_as_a_clip(tmp_path):

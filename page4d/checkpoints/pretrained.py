@@ -10,6 +10,18 @@ from page4d.checkpoints.report import LoadReport
 from page4d.config import ModelConfig, preset
 from page4d.model import CONFIG_NAME, WEIGHTS_NAME, Page4D
 
+BUNDLED_MODELS = {"page4d-small": Path(__file__).resolve().parents[1] / "weights" / "page4d-small"}
+"""Trained models shipped inside the package, by name (each folder has a model card, ``README.md``)."""
+
+
+def bundled_folder(name: str) -> Path:
+    """The folder of the bundled model ``name``, checked to hold its weights."""
+    folder = BUNDLED_MODELS[name]
+    if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
+        raise ValueError(f"{name}: the bundled weights are missing from {folder}; reinstall page4d from a full "
+                         "checkout (git clone, then pip install -e .)")
+    return folder
+
 
 def load_file(path: str | Path, config: ModelConfig | None = None) -> tuple[Page4D, LoadReport]:
     """Build a model for a checkpoint file and load it strictly, one tensor at a time.
@@ -27,8 +39,11 @@ def load_file(path: str | Path, config: ModelConfig | None = None) -> tuple[Page
 
 
 def load_pretrained(name_or_path: str | Path, config: ModelConfig | None = None) -> tuple[Page4D, LoadReport]:
-    """A model from a native folder, a checkpoint file, a known Hub checkpoint or a native Hub repo."""
+    """A model from a bundled name (``page4d-small``), a native folder, a checkpoint file, a known Hub checkpoint
+    or a native Hub repo."""
     path = Path(name_or_path)
+    if str(name_or_path) in BUNDLED_MODELS:
+        path = bundled_folder(str(name_or_path))
     if path.is_dir():
         model = Page4D.from_pretrained(path)
         report = LoadReport(source=str(path), converter="page4d", mapped={k: k for k in model.state_dict()})

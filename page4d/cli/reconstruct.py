@@ -22,7 +22,7 @@ from page4d.model import Page4D
 from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.runner import WindowPlan, choose_window, reconstruct
 
-DEFAULT_MODEL = "tiny-mv"
+DEFAULT_MODEL = "page4d-small"
 DEFAULT_EXPORTS = "ply,glb,colmap,png"
 SPOOL = ".spool"
 
@@ -44,9 +44,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created; must be empty)")
     p.add_argument(
         "--model", default=DEFAULT_MODEL,
-        help=f"preset name ({', '.join(sorted(PRESETS))}: random, UNTRAINED weights), a page4d checkpoint "
-        "folder, a checkpoint file (.safetensors/.pt, page4d or VGGT), or a Hub id such as facebook/VGGT-1B "
-        f"(default: {DEFAULT_MODEL})",
+        help="page4d-small (the trained model shipped with page4d; see its model card), a preset name "
+        f"({', '.join(sorted(PRESETS))}: random, UNTRAINED weights), a page4d checkpoint folder, a checkpoint file "
+        f"(.safetensors/.pt, page4d or VGGT), or a Hub id such as facebook/VGGT-1B (default: {DEFAULT_MODEL})",
     )
     time_group = p.add_argument_group("time steps")
     time_group.add_argument("--fps", type=float, help="videos: keep about this many frames per second")
@@ -57,7 +57,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="external moving masks MASKS/time_XX/viewN.png (non-zero = moving) for models with a seeds "
                    "mask head (the default model has one)")
     p.add_argument("--mode", choices=("crop", "pad"), default="crop", help="VGGT pre-processing mode (default: crop)")
-    p.add_argument("--size", type=int, default=518, help="target width (crop) or longer side (pad), multiple of 14")
+    p.add_argument("--size", type=int,
+                   help="target width (crop) or longer side (pad), multiple of 14 (default: the width the model was "
+                   "trained at: 168 for page4d-small, 518 for VGGT-size models)")
     p.add_argument("--window", default="auto",
                    help="time steps per forward pass; 'auto' fits half the free memory (default), 'all' = one pass")
     p.add_argument("--overlap", type=int, default=2, help="time steps shared by consecutive windows (default: 2)")
@@ -134,7 +136,7 @@ def _write(recon: Reconstruction, folder: Path, args: argparse.Namespace, model:
 def run(args: argparse.Namespace) -> int:
     log = (lambda *_: None) if args.quiet else print
     check_output(args.output, args.overwrite)
-    if args.size <= 0 or args.size % 14:
+    if args.size is not None and (args.size <= 0 or args.size % 14):
         raise ValueError(f"--size {args.size} must be a positive multiple of 14 (e.g. 518)")
     if args.window not in ("auto", "all") and not (args.window.isdigit() and int(args.window) >= 2):
         raise ValueError(f"--window {args.window}: give 'auto', 'all' or a number of time steps >= 2")
@@ -149,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         _require_heads(preset(args.model), args.model)  # before building a possibly full-size model
     model, source = load_model(args.model, args.seed)
     _require_heads(model.config, args.model)
+    size = args.size or model.config.input_width
     if clip.external_mask_paths is not None and (
         model.config.aggregator.dynamic_mask is None or model.config.aggregator.dynamic_mask.head != "seeds"
     ):
@@ -163,13 +166,13 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     if args.window == "auto":
-        window = choose_window(model, clip, model_input_size(clip.image_size, args.mode, args.size), device)
+        window = choose_window(model, clip, model_input_size(clip.image_size, args.mode, size), device)
     else:
         window = clip.num_times if args.window == "all" else int(args.window)
     plan = WindowPlan(window=window, overlap=min(args.overlap, window - 1))
     with atomic_folder(args.output) as tmp:
         # Dense outputs go to disk window by window, so memory does not grow with the clip's length.
-        recon = reconstruct(model, clip, mode=args.mode, size=args.size, plan=plan, progress=not args.quiet,
+        recon = reconstruct(model, clip, mode=args.mode, size=size, plan=plan, progress=not args.quiet,
                             spool=tmp / SPOOL)
         seconds = time.perf_counter() - start
         files = _write(recon, tmp, args, model, source, device, seconds, formats, clip)

@@ -1,0 +1,88 @@
+"""Scores of the shipped model (``page4d-small``) next to random weights of the same architecture.
+
+Every score is a ``page4d eval`` metric (``page4d.eval.runner.evaluate``, video-depth protocol) of a
+``page4d reconstruct`` run at the model's input width, on three sets:
+
+- ``tabletop4v`` steps 00-11, which the fine-tuning saw, and steps 12-15, which it held out;
+- held-out synthetic scenes: seeds from 2**31 on, which training never draws, of the training scene ranges.
+
+    python benchmarks/shipped_model.py [--model page4d-small] [--scenes 8] [--tabletop ../shared/data/tabletop4v]
+
+Prints a markdown table (the model card's); the synthetic columns average the scenes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from page4d.data.layout import load_clip
+from page4d.data.sources import TimeSelection, select_clip
+from page4d.data.synthetic import SceneConfig, generate_clip, write_clip
+from page4d.eval.runner import evaluate
+from page4d.model import Page4D
+from page4d.reconstruction.runner import reconstruct
+from page4d.train.trainer import EVAL_SEED
+
+REPO = Path(__file__).resolve().parents[1]
+SCENE = SceneConfig(num_times=3, num_views=4, height=126, width=168)
+"""The scene ranges and sample size of the training configs (examples/train/small_mv_*.yaml)."""
+METRICS = {
+    "depth AbsRel (all)": ("depth", "median", "all", "abs_rel"),
+    "depth AbsRel (static)": ("depth", "median", "static", "abs_rel"),
+    "depth AbsRel (dynamic)": ("depth", "median", "dynamic", "abs_rel"),
+    "depth δ<1.25": ("depth", "median", "all", "delta_1.25"),
+    "camera ATE RMSE": ("cameras", "ate_rmse"),
+    "pose AUC@30": ("cameras", "auc@30"),
+    "dynamic mask IoU": ("dynamic_mask", "iou"),
+    "dynamic mask F1": ("dynamic_mask", "f1"),
+}
+
+
+def lookup(report: dict, path: tuple[str, ...]) -> float:
+    for key in path:
+        report = report.get(key) if isinstance(report, dict) else None
+    return float("nan") if report is None else float(report)
+
+
+def scores(model: Page4D, clips: list) -> dict[str, float]:
+    """Each metric averaged over ``clips``."""
+    reports = [evaluate(clip, reconstruct(model, clip, size=model.config.input_width, progress=False))
+               for clip in clips]
+    return {name: float(np.mean([lookup(r, path) for r in reports])) for name, path in METRICS.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="page4d-small")
+    parser.add_argument("--scenes", type=int, default=8, help="held-out synthetic scenes (default: 8)")
+    parser.add_argument("--tabletop", type=Path, default=REPO.parent / "shared" / "data" / "tabletop4v")
+    args = parser.parse_args()
+    trained = Page4D.from_pretrained(args.model)
+    torch.manual_seed(0)
+    random = Page4D(trained.config).eval()
+    tabletop = load_clip(args.tabletop)
+    with tempfile.TemporaryDirectory() as scratch:
+        synthetic = [load_clip(write_clip(generate_clip(SCENE, EVAL_SEED + k), Path(scratch) / f"scene_{k}"))
+                     for k in range(args.scenes)]
+        sets = {
+            "tabletop4v 00–11 (fine-tuned on)": [select_clip(tabletop, TimeSelection(frames=12))],
+            "tabletop4v 12–15 (held out)": [select_clip(tabletop, TimeSelection(start=12))],
+            f"synthetic, {args.scenes} held-out scenes": synthetic,
+        }
+        columns = {(name, who): scores(model, clips) for name, clips in sets.items()
+                   for who, model in (("trained", trained), ("random", random))}
+    print(f"model {args.model} ({sum(p.numel() for p in trained.parameters()) / 1e6:.1f} M parameters) vs random "
+          f"weights of the same architecture (seed 0), input width {trained.config.input_width}")
+    print("| metric | " + " | ".join(f"{name}: {who}" for name, who in columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for metric in METRICS:
+        print(f"| {metric} | " + " | ".join(f"{col[metric]:.3f}" for col in columns.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
