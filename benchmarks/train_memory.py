@@ -33,9 +33,14 @@ SHAPES = [(2, 4, 518), (4, 4, 518), (8, 4, 518), (4, 8, 518), (8, 8, 518), (16, 
 GIB = 2**30
 
 
+def crop_height(width: int) -> int:
+    """Model-input height of a 4:3 capture in crop mode (392 for 518)."""
+    return round(width * 3 / 4 / 14) * 14
+
+
 def saved_bytes(model: Page4D, times: int, views: int, width: int) -> int:
     """Bytes autograd keeps for the backward pass of one ``[1, T, V, 3, H, W]`` sample (4:3 crop)."""
-    height = round(width * 3 / 4 / 14) * 14  # 392 for 518, as crop mode gives a 640×480 capture
+    height = crop_height(width)
     images = torch.rand(1, times, views, 3, height, width, device="meta")
     storages: dict[int, int] = {}
 
@@ -68,8 +73,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for times, views, width in SHAPES:
         acts = saved_bytes(model, times, views, width) / GIB
-        height = round(width * 3 / 4 / 14) * 14
-        print(f"| {times} | {views} | {width}×{height} | {acts:.1f} GiB | {fixed + acts:.1f} GiB |")
+        print(f"| {times} | {views} | {width}×{crop_height(width)} | {acts:.1f} GiB | {fixed + acts:.1f} GiB |")
+
 
 if __name__ == "__main__":
     main()

@@ -53,7 +53,7 @@ CONFIG = "config.yaml"
 
 
 def _clip_part(source: DataSource, i: int) -> MultiViewClip:
-    """The time steps ``source.start``, ``source.start + source.frames`` of the clip at ``source.path``."""
+    """The clip at ``source.path`` from time position ``source.start`` on, at most ``source.frames`` steps."""
     clip = load_clip(source.path)
     if not 0 <= source.start < clip.num_times or (source.frames is not None and source.frames < 1):
         raise ValueError(f"data[{i}] {source.path}: start {source.start} / frames {source.frames} select no time "
