@@ -22,11 +22,11 @@ import torch
 
 from page4d.data.layout import load_clip
 from page4d.data.sources import TimeSelection, select_clip
-from page4d.data.synthetic import SceneConfig, generate_clip, write_clip
-from page4d.eval.runner import evaluate
+from page4d.data.synthetic import SceneConfig
+from page4d.eval.runner import evaluate, report_value
 from page4d.model import Page4D
 from page4d.reconstruction.runner import reconstruct
-from page4d.train.trainer import EVAL_SEED
+from page4d.train.trainer import held_out_scenes
 
 REPO = Path(__file__).resolve().parents[1]
 SCENE = SceneConfig(num_times=3, num_views=4, height=126, width=168)
@@ -43,17 +43,12 @@ METRICS = {
 }
 
 
-def lookup(report: dict, path: tuple[str, ...]) -> float:
-    for key in path:
-        report = report.get(key) if isinstance(report, dict) else None
-    return float("nan") if report is None else float(report)
-
-
 def scores(model: Page4D, clips: list) -> dict[str, float]:
     """Each metric averaged over ``clips``."""
     reports = [evaluate(clip, reconstruct(model, clip, size=model.config.input_width, progress=False))
                for clip in clips]
-    return {name: float(np.mean([lookup(r, path) for r in reports])) for name, path in METRICS.items()}
+    values = {name: [report_value(r, path) for r in reports] for name, path in METRICS.items()}
+    return {name: float(np.mean([np.nan if v is None else v for v in vs])) for name, vs in values.items()}
 
 
 def main() -> None:
@@ -67,8 +62,7 @@ def main() -> None:
     random = Page4D(trained.config).eval()
     tabletop = load_clip(args.tabletop)
     with tempfile.TemporaryDirectory() as scratch:
-        synthetic = [load_clip(write_clip(generate_clip(SCENE, EVAL_SEED + k), Path(scratch) / f"scene_{k}"))
-                     for k in range(args.scenes)]
+        synthetic = held_out_scenes(SCENE, args.scenes, Path(scratch))
         sets = {
             "tabletop4v 00–11 (fine-tuned on)": [select_clip(tabletop, TimeSelection(frames=12))],
             "tabletop4v 12–15 (held out)": [select_clip(tabletop, TimeSelection(start=12))],

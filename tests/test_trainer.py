@@ -169,14 +169,12 @@ def test_held_out_truth_scores_perfectly():
     import tempfile
     from pathlib import Path
 
-    from page4d.data.layout import load_clip
-    from page4d.data.synthetic import write_clip
     from page4d.eval.runner import evaluate
     from page4d.reconstruction.ground_truth import reconstruction_from_clip
-    from page4d.train.trainer import EVAL_SEED
+    from page4d.train.trainer import held_out_scenes
 
     with tempfile.TemporaryDirectory() as scratch:
-        clip = load_clip(write_clip(generate_clip(SCENE, EVAL_SEED), Path(scratch) / "scene"))
+        clip = held_out_scenes(SCENE, 1, Path(scratch))[0]
         report = evaluate(clip, reconstruction_from_clip(clip, size=SCENE.width))
     assert report["depth"]["median"]["all"]["abs_rel"] < 1e-6 and report["cameras"]["ate_rmse"] < 1e-5
     assert report["dynamic_mask"]["iou"] == 1.0

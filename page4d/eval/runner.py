@@ -194,6 +194,15 @@ def _check_inputs(clip: MultiViewClip, recon: Reconstruction, protocol: str, max
                          f"{recon.size}; re-run page4d reconstruct")
 
 
+def report_value(report: dict, path: tuple[str, ...]) -> float | None:
+    """The number at ``path`` in an ``evaluate`` report (e.g. ``("depth", "median", "all", "abs_rel")``), None
+    where a section does not apply."""
+    value = report
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return None if value is None else float(value)
+
+
 def evaluate(
     clip: MultiViewClip,
     recon: Reconstruction,

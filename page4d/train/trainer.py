@@ -26,9 +26,9 @@ from page4d.data.clip import MultiViewClip
 from page4d.data.layout import load_clip
 from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter, zoom
 from page4d.data.sources import TimeSelection, select_clip
-from page4d.data.synthetic import generate_clip, write_clip
+from page4d.data.synthetic import SceneConfig, generate_clip, write_clip
 from page4d.devices import resolve_device
-from page4d.eval.runner import evaluate
+from page4d.eval.runner import evaluate, report_value
 from page4d.model import Page4D
 from page4d.outputs import Predictions
 from page4d.patterns import match_patterns
@@ -133,19 +133,21 @@ def compute_losses(model: nn.Module, batch: dict[str, torch.Tensor], step: int, 
     return weighted_sum(terms, used), terms
 
 
+def held_out_scenes(scene: SceneConfig, count: int, folder: Path) -> list[MultiViewClip]:
+    """``count`` held-out synthetic scenes (seeds ``EVAL_SEED + k``) written as clips under ``folder``."""
+    return [load_clip(write_clip(generate_clip(scene, EVAL_SEED + k), folder / f"scene_{k}")) for k in range(count)]
+
+
 def evaluate_synthetic(model: Page4D, config: TrainConfig) -> dict[str, float]:
     """``page4d eval`` metrics of ``model`` on ``config.eval_scenes`` held-out synthetic scenes, averaged."""
     totals: dict[str, list[float]] = {name: [] for name in EVAL_METRICS}
     with tempfile.TemporaryDirectory() as scratch:
-        for k in range(config.eval_scenes):
-            clip = load_clip(write_clip(generate_clip(config.scene, EVAL_SEED + k), Path(scratch) / f"scene_{k}"))
+        for clip in held_out_scenes(config.scene, config.eval_scenes, Path(scratch)):
             report = evaluate(clip, reconstruct(model, clip, size=config.scene.width, progress=False))
             for name, path in EVAL_METRICS.items():
-                value = report
-                for key in path:
-                    value = value.get(key) if isinstance(value, dict) else None
+                value = report_value(report, path)
                 if value is not None:
-                    totals[name].append(float(value))
+                    totals[name].append(value)
     return {name: float(np.mean(values)) for name, values in totals.items() if values}
 
 
