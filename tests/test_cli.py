@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -142,6 +143,14 @@ def test_overwrite_replaces_the_folder(tmp_path):
         (["--masks", str(EXAMPLE / "nope")], "folder not found"),
         (["--start", "5"], "--start 5 is past the end"),
         (["--fps", "5"], "--fps applies to video inputs"),
+        (["--window", "3", "--overlap", "3"], "--overlap 3 must be below --window 3"),
+        (["--window", "2", "--overlap", "5"], "--overlap 5 must be below --window 2"),
+        (["--export", ","], "--export ',' names no format"),
+        (["--export", " , "], "names no format"),
+        (["--size", "14"], "--size 14 gives 1×1 patches per image, fewer than the 4 this model needs"),
+        (["--size", "140000"], "--size 140000 is more than this model takes: at most 672"),
+        (["--size", "2086", "--model", "tiny-mv"], "at most 2072"),
+        (["--device", "tpu"], "tpu"),
     ],
 )
 def test_bad_options_fail_cleanly(tmp_path, capsys, args, message):
@@ -217,3 +226,42 @@ def test_offline_hub_model_fails_in_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "model.pt" in err and "HF_HUB_OFFLINE" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_the_smallest_size_suggested_runs(tmp_path, capsys):
+    """--size 14 is refused before the model runs, and the size the message suggests is one the model takes."""
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(tmp_path / "a"), "--size", "14"]) == 2
+    suggested = re.search(r"use --size (\d+) or more", capsys.readouterr().err)
+    assert suggested and int(suggested[1]) == 28
+    args = ["reconstruct", str(EXAMPLE), "-o", str(tmp_path / "b"), "--size", suggested[1], "--export", "none"]
+    assert main([*args, "--quiet"]) == 0
+    assert np.load(tmp_path / "b" / "predictions.npz")["depth"].shape == (3, 4, 28, 28)
+
+
+def test_masks_of_the_wrong_size_fail_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    masks = tmp_path / "masks"
+    for t in (8, 9, 10):
+        (masks / f"time_{t:02d}").mkdir(parents=True)
+        for v in range(4):
+            Image.new("L", (320, 240)).save(masks / f"time_{t:02d}" / f"view{v}.png")
+    import page4d.cli.reconstruct as command
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the masks were checked")
+
+    monkeypatch.setattr(command, "load_model", never)
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(tmp_path / "out"), "--masks", str(masks)]) == 2
+    err = capsys.readouterr().err
+    assert "320x240" in err and "view0.png" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks"]
+
+
+def test_a_broken_meta_json_is_named(tmp_path, capsys):
+    pred = tmp_path / "pred"
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(pred), "--model", "tiny", "--size", "56", "--export", "none",
+                 "--quiet"]) == 0
+    (pred / "meta.json").write_text('{"model": ')
+    assert main(["eval", str(EXAMPLE), str(pred)]) == 2
+    err = capsys.readouterr().err
+    assert f"{pred / 'meta.json'}: not valid JSON" in err and len(err.strip().splitlines()) == 1
+    assert not (pred / "eval").exists()

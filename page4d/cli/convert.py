@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 from tqdm import tqdm
 
 from page4d.checkpoints.composition import RECIPES, compose, load_recipe, single_source_recipe
 from page4d.checkpoints.hub import KNOWN_CHECKPOINTS, fetch
-from page4d.cli.common import atomic_folder, check_output
+from page4d.checkpoints.report import LoadReport
 from page4d.config import PRESETS
+from page4d.fileio import read_json
+from page4d.transaction import OutputFolder
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -30,7 +31,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", help=f"recipe name ({', '.join(RECIPES)}) or a .json / .yaml recipe file")
     p.add_argument("--target", help=f"target model: a preset ({', '.join(sorted(PRESETS))}) or a config.json; "
                    "default: the recipe's, or the source family's preset")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created; must be empty)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output folder (created; must be empty; never a source, inside one or above one)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=run)
@@ -53,12 +55,31 @@ def _target(value: str | None) -> str | dict | None:
     path = Path(value)
     if not path.is_file():
         raise ValueError(f"--target {value}: not a preset ({', '.join(sorted(PRESETS))}) nor a config file")
-    return json.loads(path.read_text())
+    config = read_json(path, "--target takes a preset name or a page4d config.json")
+    if not isinstance(config, dict):
+        raise ValueError(f"--target {value}: a config.json holds a mapping of ModelConfig fields")
+    return config
+
+
+def _inputs(args: argparse.Namespace) -> list[Path]:
+    """The local files the conversion reads, which ``-o`` must not overlap."""
+    named = [*args.sources, *(v for v in (args.recipe, args.target) if v is not None)]
+    return [Path(v) for v in named if Path(v).exists()]
 
 
 def run(args: argparse.Namespace) -> int:
     log = (lambda *_: None) if args.quiet else print
-    check_output(args.output, args.overwrite)
+    with OutputFolder(args.output, overwrite=args.overwrite, inputs=_inputs(args)) as output:
+        for note in output.notes:
+            log(f"note: {note}")
+        report = _convert(args, output.path)
+    log(report.table())
+    log(f"wrote {args.output}/model.safetensors, config.json and load_report.json")
+    return 0
+
+
+def _convert(args: argparse.Namespace, folder: Path) -> LoadReport:
+    """Resolve the sources and the recipe, compose, and save the model and its report into ``folder``."""
     target = _target(args.target)
     resolved = [_resolve(s) for s in args.sources]
     paths = [path for path, _ in resolved]
@@ -76,9 +97,6 @@ def run(args: argparse.Namespace) -> int:
             recipe = dataclasses.replace(recipe, target=target)
     sources = dict(zip(recipe.sources, paths, strict=True))
     model, report = compose(recipe, sources, progress=None if args.quiet else tqdm)
-    with atomic_folder(args.output) as tmp:
-        model.save_pretrained(tmp)
-        report.save(tmp / "load_report.json")
-    log(report.table())
-    log(f"wrote {args.output}/model.safetensors, config.json and load_report.json")
-    return 0
+    model.save_pretrained(folder)
+    report.save(folder / "load_report.json")
+    return report

@@ -6,12 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from page4d.cli.common import atomic_folder, check_output
 from page4d.data.layout import load_clip
 from page4d.eval.plots import plot_per_step, require_matplotlib
 from page4d.eval.protocols import PROTOCOLS
 from page4d.eval.runner import evaluate
 from page4d.reconstruction.record import Reconstruction
+from page4d.transaction import OutputFolder
 
 METRICS = "metrics.json"
 PLOT = "per_step.png"
@@ -33,7 +33,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                    "(+ masks/ for the static / dynamic split and the mask metrics)")
     p.add_argument("predictions", type=Path, help="output folder of page4d reconstruct (predictions.npz, meta.json)")
     p.add_argument("-o", "--output", type=Path,
-                   help="report folder (created; must be empty; default: PREDICTIONS/eval)")
+                   help="report folder (created; must be empty; default: PREDICTIONS/eval, the only place inside an "
+                   "input it may be)")
     p.add_argument(
         "--protocol", choices=tuple(PROTOCOLS), default="video-depth",
         help="depth alignment: " + "; ".join(f"{name} = {text}" for name, text in PROTOCOLS.items())
@@ -100,16 +101,17 @@ def format_table(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = args.output if args.output is not None else args.predictions / "eval"
-    check_output(out, args.overwrite)
+    default = args.predictions / "eval"
+    out = args.output if args.output is not None else default
+    claim = OutputFolder(out, overwrite=args.overwrite, inputs=[args.clip, args.predictions], allowed=[default])
     require_matplotlib()
-    recon = Reconstruction.load(args.predictions)
-    report = evaluate(load_clip(args.clip), recon, protocol=args.protocol, max_depth=args.max_depth)
-    report["prediction"]["folder"] = str(args.predictions)
-    with atomic_folder(out) as tmp:
+    with claim as output:
+        recon = Reconstruction.load(args.predictions)
+        report = evaluate(load_clip(args.clip), recon, protocol=args.protocol, max_depth=args.max_depth)
+        report["prediction"]["folder"] = str(args.predictions)
         # allow_nan=False: a NaN would make the file unreadable for strict JSON parsers; fail loudly instead.
-        (tmp / METRICS).write_text(json.dumps(report, indent=1, allow_nan=False))
-        plot_per_step(report, tmp / PLOT)
+        (output.path / METRICS).write_text(json.dumps(report, indent=1, allow_nan=False))
+        plot_per_step(report, output.path / PLOT)
     print(format_table(report))
     print(f"wrote {out}/{METRICS} and {PLOT}")
     return 0

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from page4d import __version__
-from page4d.cli.common import atomic_folder, check_output
 from page4d.config import PRESETS, ModelConfig, preset
 from page4d.data.clip import MultiViewClip
 from page4d.data.preprocess import model_input_size
@@ -20,7 +19,8 @@ from page4d.data.sources import TimeSelection, open_input
 from page4d.devices import resolve_device
 from page4d.model import Page4D
 from page4d.reconstruction.record import Reconstruction
-from page4d.reconstruction.runner import WindowPlan, choose_window, reconstruct
+from page4d.reconstruction.runner import WindowPlan, check_input_size, choose_window, reconstruct
+from page4d.transaction import OutputFolder
 
 DEFAULT_MODEL = "page4d-small"
 DEFAULT_EXPORTS = "ply,glb,colmap,png"
@@ -41,7 +41,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="a clip folder (images/time_XX/viewN.png), one video per camera, or one image folder / .txt list "
         "per camera",
     )
-    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created; must be empty)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output folder (created; must be empty; never an input, inside one or above one)")
     p.add_argument(
         "--model", default=DEFAULT_MODEL,
         help="page4d-small (the trained model shipped with page4d; see its model card), a preset name "
@@ -62,7 +63,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                    "trained at: 168 for page4d-small, 518 for VGGT-size models)")
     p.add_argument("--window", default="auto",
                    help="time steps per forward pass; 'auto' fits half the free memory (default), 'all' = one pass")
-    p.add_argument("--overlap", type=int, default=2, help="time steps shared by consecutive windows (default: 2)")
+    p.add_argument("--overlap", type=int, default=2,
+                   help="time steps shared by consecutive windows, at least 1 and below --window (default: 2)")
     p.add_argument("--export", default=DEFAULT_EXPORTS,
                    help=f"comma-separated subset of ply, glb, colmap, png, or 'none' (default: {DEFAULT_EXPORTS})")
     p.add_argument("--export-time", type=int,
@@ -71,7 +73,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="exports drop points below this percentile of each time step's confidence (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random weights of a preset (default: 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it exists and is not empty (the old result stays whole until the new one "
+                   "replaces it)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress bars)")
     p.set_defaults(run=run)
 
@@ -100,12 +104,40 @@ def _exports(value: str) -> list[str]:
     """The ``--export`` formats, checked (known, libraries installed) before any work is done."""
     if value == "none":
         return []
-    from page4d.export import check_formats
+    from page4d.export import FORMATS, check_formats
 
+    names = [f.strip() for f in value.split(",") if f.strip()]
+    if not names:
+        raise ValueError(f"--export {value!r} names no format; give a comma-separated subset of {', '.join(FORMATS)}, "
+                         "or none")
     try:
-        return check_formats(f.strip() for f in value.split(",") if f.strip())
+        return check_formats(names)
     except ValueError as err:
         raise ValueError(f"--export {value}: {err}, or pass --export none") from None
+
+
+def _window(value: str, overlap: int) -> int | str:
+    """``--window`` as a number of time steps, or ``auto`` / ``all``; checked against ``--overlap``."""
+    if value not in ("auto", "all") and not (value.isdigit() and int(value) >= 2):
+        raise ValueError(f"--window {value}: give 'auto', 'all' or a number of time steps >= 2")
+    if overlap < 1:
+        raise ValueError(f"--overlap {overlap} must be at least 1: consecutive windows are aligned on shared steps")
+    if value.isdigit() and overlap >= int(value):
+        raise ValueError(f"--overlap {overlap} must be below --window {value} (consecutive windows share --overlap "
+                         "steps); lower --overlap or raise --window")
+    return int(value) if value.isdigit() else value
+
+
+def _inputs(args: argparse.Namespace) -> list[Path]:
+    """Every file or folder the run reads, which ``-o`` must not overlap."""
+    from page4d.checkpoints.pretrained import BUNDLED_MODELS
+
+    paths = [*args.input, *([args.masks] if args.masks is not None else [])]
+    if args.model in BUNDLED_MODELS:
+        paths.append(BUNDLED_MODELS[args.model])
+    elif Path(args.model).exists():
+        paths.append(Path(args.model))
+    return paths
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -134,24 +166,37 @@ def _write(recon: Reconstruction, folder: Path, args: argparse.Namespace, model:
 
 
 def run(args: argparse.Namespace) -> int:
-    log = (lambda *_: None) if args.quiet else print
-    check_output(args.output, args.overwrite)
     if args.size is not None and (args.size <= 0 or args.size % 14):
         raise ValueError(f"--size {args.size} must be a positive multiple of 14 (e.g. 518)")
-    if args.window not in ("auto", "all") and not (args.window.isdigit() and int(args.window) >= 2):
-        raise ValueError(f"--window {args.window}: give 'auto', 'all' or a number of time steps >= 2")
+    window = _window(args.window, args.overlap)
     formats = _exports(args.export)
     select = TimeSelection(start=args.start, frames=args.frames, every=args.every, fps=args.fps)
+    with OutputFolder(args.output, overwrite=args.overwrite, inputs=_inputs(args)) as output:
+        summary = _run(args, output, window, formats, select)
+    if not args.quiet:  # only once the result is in place
+        print("\n".join(summary))
+    return 0
+
+
+def _run(args: argparse.Namespace, output: OutputFolder, window: int | str, formats: list[str],
+         select: TimeSelection) -> list[str]:
+    """Everything after the output is claimed: inputs checked, model loaded, reconstruction written aside.
+    Returns the summary lines."""
+    log = (lambda *_: None) if args.quiet else print
+    for note in output.notes:
+        log(f"note: {note}")
     clip, notes = open_input(args.input, select, masks=args.masks)
     if args.export_time is not None and args.export_time not in clip.time_ids:
         raise ValueError(f"--export-time {args.export_time} is not a time id of the input "
                          f"({clip.time_ids[0]}..{clip.time_ids[-1]}); pick one of them")
     device = resolve_device(args.device)
-    if args.model in PRESETS:
-        _require_heads(preset(args.model), args.model)  # before building a possibly full-size model
+    if args.model in PRESETS:  # checked before building a possibly full-size model
+        _require_heads(preset(args.model), args.model)
+        check_input_size(preset(args.model), clip.image_size, args.mode, args.size or preset(args.model).input_width)
     model, source = load_model(args.model, args.seed)
     _require_heads(model.config, args.model)
     size = args.size or model.config.input_width
+    check_input_size(model.config, clip.image_size, args.mode, size)
     if clip.external_mask_paths is not None and (
         model.config.aggregator.dynamic_mask is None or model.config.aggregator.dynamic_mask.head != "seeds"
     ):
@@ -165,26 +210,32 @@ def run(args: argparse.Namespace) -> int:
         log(f"note: {note}")
 
     start = time.perf_counter()
-    if args.window == "auto":
+    if window == "auto":
         window = choose_window(model, clip, model_input_size(clip.image_size, args.mode, size), device)
-    else:
-        window = clip.num_times if args.window == "all" else int(args.window)
+        if args.overlap >= window < clip.num_times:
+            log(f"note: the automatic window of {window} steps is not above --overlap {args.overlap}; windows share "
+                f"{window - 1} steps")
+    elif window == "all":
+        window = clip.num_times
     plan = WindowPlan(window=window, overlap=min(args.overlap, window - 1))
-    with atomic_folder(args.output) as tmp:
-        # Dense outputs go to disk window by window, so memory does not grow with the clip's length.
-        recon = reconstruct(model, clip, mode=args.mode, size=size, plan=plan, progress=not args.quiet,
-                            spool=tmp / SPOOL)
-        seconds = time.perf_counter() - start
-        files = _write(recon, tmp, args, model, source, device, seconds, formats, clip)
-        names = sorted({p.relative_to(tmp).parts[0] + ("/" if len(p.relative_to(tmp).parts) > 1 else "")
-                        for p in files})
-        total_mb = sum(p.stat().st_size for p in files) / 2**20
-        shutil.rmtree(tmp / SPOOL)
+    tmp = output.path
+    # Dense outputs go to disk window by window, so memory does not grow with the clip's length.
+    recon = reconstruct(model, clip, mode=args.mode, size=size, plan=plan, progress=not args.quiet,
+                        spool=tmp / SPOOL)
+    seconds = time.perf_counter() - start
+    files = _write(recon, tmp, args, model, source, device, seconds, formats, clip)
+    names = sorted({p.relative_to(tmp).parts[0] + ("/" if len(p.relative_to(tmp).parts) > 1 else "")
+                    for p in files})
+    total_mb = sum(p.stat().st_size for p in files) / 2**20
+    shutil.rmtree(tmp / SPOOL)
     height, width = recon.size
-    log(f"done: {recon.num_times * recon.num_views} frames ({recon.num_times}×{recon.num_views}) at {width}×{height} "
+    summary = [
+        f"done: {recon.num_times * recon.num_views} frames ({recon.num_times}×{recon.num_views}) at {width}×{height} "
         f"in {seconds:.1f} s on {device}, {len(recon.meta['windows'])} window(s) of {plan.window} steps; "
-        f"peak memory {_peak_memory_mb(device):.0f} MB")
-    log(f"wrote {args.output}: {', '.join(names)} ({len(files)} files, {total_mb:.0f} MB)")
+        f"peak memory {_peak_memory_mb(device):.0f} MB",
+        f"wrote {args.output}: {', '.join(names)} ({len(files)} files, {total_mb:.0f} MB)",
+    ]
     if recon.untrained:
-        log("note: the weights are random (untrained); the numbers show the pipeline works, not a reconstruction")
-    return 0
+        summary.append("note: the weights are random (untrained); the numbers show the pipeline works, not a "
+                       "reconstruction")
+    return summary

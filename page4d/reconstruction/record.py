@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from page4d.data.preprocess import ImageTransform
+from page4d.fileio import read_json
 from page4d.geometry.unprojection import unproject_depth
 from page4d.reconstruction.spool import write_npz
 
@@ -150,7 +151,9 @@ class Reconstruction:
         if missing:
             raise ValueError(f"{path}: missing arrays {missing}; re-run page4d reconstruct with this version")
         meta_path = path.parent / META
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = read_json(meta_path, "re-run page4d reconstruct to rewrite it") if meta_path.is_file() else {}
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path}: expected a JSON object of provenance fields; re-run page4d reconstruct")
         return cls(**arrays, meta=meta)
 
 

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from page4d.config import ModelConfig
 from page4d.data.clip import MultiViewClip
-from page4d.data.preprocess import ImageTransform, PreprocessMode
+from page4d.data.preprocess import ImageTransform, PreprocessMode, model_input_size
 from page4d.model import Page4D
 from page4d.reconstruction.record import Reconstruction, transform_meta
 from page4d.reconstruction.spool import Spool
@@ -24,6 +25,9 @@ SMALL = ("extrinsic", "intrinsic")
 """Outputs kept in memory even when the dense ones are spooled to disk."""
 MEMORY_FRACTION = 0.5
 """Share of the free memory the automatic window size plans to use (the rest is left for outputs and others)."""
+MAX_SIZE_FACTOR = 4
+"""The largest input width a model is run at, as a multiple of the width it was trained at: beyond it the tokens
+(16× at 4×) cost far more than they give, and a typo such as 140000 would otherwise end in a MemoryError."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,35 @@ class WindowPlan:
 
     window: int
     overlap: int
+
+
+def min_patches(config: ModelConfig) -> int:
+    """Patches per frame the model needs: a landmark sparse block picks ``num_landmarks`` anchors in each frame."""
+    sparse = config.aggregator.sparse_global
+    return max(1, sparse.num_landmarks if sparse is not None and sparse.strategy == "landmark" else 1)
+
+
+def check_input_size(config: ModelConfig, original_size: tuple[int, int], mode: PreprocessMode, size: int,
+                     name: str = "--size") -> None:
+    """Raise ``ValueError`` unless images of ``original_size`` (H0, W0) pre-processed at ``size`` fit the model:
+    at most ``MAX_SIZE_FACTOR`` × its trained width, and enough patches per frame for its mechanisms."""
+    limit = MAX_SIZE_FACTOR * config.input_width
+    if size > limit:
+        raise ValueError(f"{name} {size} is more than this model takes: at most {limit} ({MAX_SIZE_FACTOR}× the "
+                         f"{config.input_width} px it was trained at, where it is most accurate); lower {name}")
+    p, need = config.patch_size, min_patches(config)
+
+    def patches(target: int) -> int:
+        height, width = model_input_size(original_size, mode, target)
+        return (height // p) * (width // p)
+
+    if patches(size) < need:
+        smallest = next((s for s in range(size, limit + 1, p) if patches(s) >= need), None)
+        height, width = model_input_size(original_size, mode, size)
+        fix = f"use {name} {smallest} or more" if smallest else "crop the images to a less extreme aspect ratio"
+        why = f"its landmark sparse block picks {need} anchors in each" if need > 1 else "at least one"
+        raise ValueError(f"{name} {size} gives {width // p}×{height // p} patches per image, fewer than the {need} "
+                         f"this model needs ({why}); {fix}")
 
 
 def release_free_memory() -> None:
