@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import os
+import re
 
 import torch
+
+_NAME = re.compile(r"cpu|cuda(:\d+)?")
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
 
     A bare ``cuda`` is this process's GPU under torchrun (``LOCAL_RANK``), else GPU 0, and becomes the current
-    device. Raises ``ValueError`` when CUDA is asked for and not available.
+    device. Raises ``ValueError`` for any other name, and when CUDA (or GPU N) is asked for and not available.
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    # torch.device knows many backends page4d does not run on, and raises a RuntimeError for names it does not know.
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"device {name}: unknown; use cpu, cuda, cuda:N or auto")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name}: CUDA is not available on this machine; use cpu")
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ValueError(f"device {device}: this machine has {count} GPU(s); use cuda:0 to cuda:{count - 1}")
         torch.cuda.set_device(device)
     return device

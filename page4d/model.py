@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from huggingface_hub import ModelHubMixin
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from page4d.aggregator import Aggregator
@@ -182,16 +182,38 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
     ) -> Predictions:
         """Inference entry point: eval mode, inputs moved to the model's device, bf16 aggregator on CUDA.
 
-        Arguments as in ``forward`` (at inference the mask-strength step is 0)."""
+        Arguments as in ``forward`` (at inference the mask-strength step is 0), except that ``images`` may also
+        be ``torch.uint8`` in 0..255 (divided by 255 here); float images must be finite and in [0, 1]."""
         self.eval()
         device = next(self.parameters()).device
 
         def move(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else x.to(device)
 
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor (float in [0, 1] or uint8), got {type(images).__name__}")
+        images = move(images)
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        elif not images.is_floating_point():
+            raise TypeError(f"images have dtype {images.dtype}; pass float images in [0, 1] or uint8 images in 0..255")
+        # Training calls forward directly; here bad pixels would give confident garbage without any error.
+        non_finite = int((~torch.isfinite(images)).sum())
+        if non_finite:
+            raise ValueError(f"images contain {non_finite} NaN or Inf values (of {images.numel()}); check how they "
+                             "were decoded and pre-processed")
+        # aminmax fails on empty tensors; as_grid then reports their shape.
+        low, high = (float(x) for x in torch.aminmax(images)) if images.numel() else (0.0, 0.0)
+        if low < 0 or high > 1:
+            hints = []
+            if high > 1:
+                hints.append("0-255 images: divide by 255 or pass uint8")
+            if low < 0:
+                hints.append("[-1, 1] images: pass (x + 1) / 2")
+            raise ValueError(f"images must be in [0, 1], found values in [{low:g}, {high:g}]; {'; '.join(hints)}")
         cameras = None if camera_priors is None else (move(camera_priors[0]), move(camera_priors[1]))
         return self(
-            move(images), move(query_points), external_mask=move(external_mask), camera_priors=cameras,
+            images, move(query_points), external_mask=move(external_mask), camera_priors=cameras,
             keypoints=move(keypoints),
         )
 
@@ -199,8 +221,11 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
 
     def _save_pretrained(self, save_directory: Path) -> None:
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "page4d"})
-        (save_directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+        weights, config = save_directory / WEIGHTS_NAME, save_directory / CONFIG_NAME
+        save_file(state, str(weights), metadata={"format": "pt", "library": "page4d"})
+        config.write_text(json.dumps(self.config.to_dict(), indent=2))
+        # safetensors creates its file 0600; give it the mode the umask gives config.json, so others can read it.
+        weights.chmod(config.stat().st_mode & 0o777)
 
     @classmethod
     def _from_pretrained(
@@ -213,38 +238,34 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         local_files_only: bool,
         token: str | bool | None,
         config: dict | None = None,
-        map_location: str = "cpu",
         **model_kwargs,
     ) -> Page4D:
+        """A native Hub repo (the mixin passes its ``config.json``); local folders never come here."""
         from page4d.checkpoints.hub import fetch
-        from page4d.checkpoints.loading import check_state_dict
+        from page4d.checkpoints.pretrained import load_native
 
         if config is None:
             raise ValueError(f"{model_id}: no {CONFIG_NAME} found; a native page4d checkpoint needs one")
-        folder = Path(model_id)
-        weights = folder / WEIGHTS_NAME if folder.is_dir() else fetch(model_id, WEIGHTS_NAME, revision=revision)
-        if not weights.is_file():
-            raise ValueError(f"{model_id}: {WEIGHTS_NAME} is missing")
-        model = cls(config)
-        state = load_file(weights, device=map_location)
-        check_state_dict(model, state, str(weights))
-        model.load_state_dict(state, strict=True)
-        return model.eval()
+        try:
+            model_config = ModelConfig.from_dict(config)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{model_id}: {CONFIG_NAME} is not a valid page4d model config ({err})") from None
+        return load_native(fetch(model_id, WEIGHTS_NAME, revision=revision), model_config)[0]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> Page4D:
         """Load a bundled model (``page4d-small``), a native folder or Hub repo; known foreign checkpoints
         (``facebook/VGGT-1B``) and checkpoint files are converted on the fly (see
-        ``page4d.checkpoints.pretrained.load_pretrained``)."""
+        ``page4d.checkpoints.pretrained.load_pretrained``, which reads every local folder and file; the Hub
+        mixin and its ``kwargs`` are used for native Hub repos only)."""
         from page4d.checkpoints.hub import KNOWN_CHECKPOINTS, fetch
-        from page4d.checkpoints.pretrained import BUNDLED_MODELS, load_pretrained
+        from page4d.checkpoints.pretrained import load_pretrained, resolve
 
-        name = str(pretrained_model_name_or_path)
-        path = Path(name)
-        if name in KNOWN_CHECKPOINTS or name in BUNDLED_MODELS or path.is_file():
-            return load_pretrained(name)[0]
-        if not path.is_dir():
-            fetch(name, CONFIG_NAME, revision=kwargs.get("revision"))
-        elif not (path / CONFIG_NAME).is_file():
-            raise ValueError(f"{path} has no {CONFIG_NAME}; is it a page4d checkpoint folder?")
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        where = resolve(pretrained_model_name_or_path)
+        if isinstance(where, Path) or where in KNOWN_CHECKPOINTS:
+            if kwargs:  # the mixin's options (revision, token, ...) mean nothing here; ignoring them would mislead
+                raise TypeError(f"{pretrained_model_name_or_path}: {', '.join(sorted(kwargs))} apply to native Hub "
+                                "repos only; load local folders, files and known checkpoints without them")
+            return load_pretrained(where)[0]
+        fetch(where, CONFIG_NAME, revision=kwargs.get("revision"))  # fails fast offline, unlike the mixin
+        return super().from_pretrained(where, **kwargs)

@@ -137,3 +137,41 @@ def test_companion_folder_must_be_complete(tmp_path):
     (root / "masks" / "time_01" / "view1.png").unlink()
     with pytest.raises(ValueError, match="missing masks/time_01/view1.png"):
         load_clip(root)
+
+
+def _with_cameras(root: Path, edit) -> Path:
+    cameras = json.loads(json.dumps(CAMERAS))
+    edit(cameras)
+    (root / "cameras.json").write_text(json.dumps(cameras))  # json writes NaN / Infinity literals, as users' tools do
+    return root
+
+
+@pytest.mark.parametrize("size", ["640x480", [640, 480], {"width": "640", "height": 480}, {"w": 640, "h": 480}])
+def test_malformed_image_size_is_named(tmp_path, size):
+    root = _with_cameras(_copy_subset(tmp_path, [0, 1], [0, 1], ("images",)), lambda c: c.update(image_size=size))
+    with pytest.raises(ValueError, match=r'cameras\.json: image_size is .*, expected \{"width": W, "height": H\}'):
+        load_clip(root)
+
+
+@pytest.mark.parametrize(("key", "value"), [("K", float("nan")), ("E_w2c", float("inf")), ("E_w2c", float("-inf"))])
+def test_non_finite_cameras_are_refused_naming_the_entry(tmp_path, key, value):
+    def poison(entries: list[tuple[int, int]]):
+        def edit(cameras: dict) -> None:
+            for t, v in entries:
+                cameras[key][t][v][1][1] = value
+        return edit
+
+    root = _copy_subset(tmp_path, [0, 1, 3], [0, 1], ("images", "depths"))
+    assert load_clip(_with_cameras(root, poison([(5, 3)]))).intrinsics.isfinite().all()  # rows the clip does not use
+    with pytest.raises(ValueError, match=r"cameras\.json: the camera of time id 1, view id 0 has NaN or Inf"):
+        load_clip(_with_cameras(root, poison([(5, 3), (3, 1), (1, 0)])))
+    shutil.rmtree(root / "depths")  # a calibration without depths is refused alike
+    with pytest.raises(ValueError, match=r"time id 1, view id 0 has NaN or Inf"):
+        load_clip(root)
+
+
+def test_cameras_that_are_not_json_are_named(tmp_path):
+    root = _copy_subset(tmp_path, [0], [0], ("images",))
+    (root / "cameras.json").write_text('{"time_ids": [0],')
+    with pytest.raises(ValueError, match=r"cameras\.json: not valid JSON \(.* at line 1, column \d+\); fix cameras"):
+        load_clip(root)

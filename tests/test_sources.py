@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import av
@@ -144,3 +145,21 @@ def test_external_masks_land_on_the_model_grid(tmp_path):
     (partial / "time_09" / "view3.png").unlink()
     with pytest.raises(ValueError, match=r"--masks .*missing time_09/view3\.png; give a mask for every"):
         open_input([EXAMPLE], masks=partial)
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink"])
+def test_the_same_camera_twice_is_refused(tmp_path, spelling):
+    (tmp_path / "cam0").mkdir()
+    (tmp_path / "other").mkdir()
+    Image.new("RGB", (8, 6)).save(tmp_path / "cam0" / "frame0.png")
+    (tmp_path / "cam0.txt").write_text("cam0/frame0.png\n")
+    write_video(tmp_path / "cam0.mkv", frames_for(0, 2))
+    for name in ("cam0", "cam0.txt", "cam0.mkv"):
+        first = tmp_path / name
+        second = {"same": first, "dotdot": tmp_path / "other" / ".." / name, "symlink": tmp_path / f"link_{name}"}
+        second = second[spelling]
+        if spelling == "symlink":
+            second.symlink_to(first)
+        message = f"^{re.escape(str(first))} and {re.escape(str(second))} are the same camera; each camera must be"
+        with pytest.raises(ValueError, match=message):
+            open_input([first, second])

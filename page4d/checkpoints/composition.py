@@ -31,6 +31,7 @@ from page4d.checkpoints.io import detect_family
 from page4d.checkpoints.report import LoadReport
 from page4d.checkpoints.source import LazySource
 from page4d.config import ModelConfig, preset
+from page4d.fileio import read_json
 from page4d.model import Page4D
 from page4d.patterns import match_patterns
 
@@ -64,15 +65,38 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
+        """A recipe from parsed JSON / YAML; ``ValueError`` naming the first missing or mistyped field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a recipe is a mapping of fields, got {type(data).__name__}")
         fields = {"name", "target", "sources", "stages", "initialise", "precedence", "allow_shared_sources"}
         unknown = set(data) - fields
         if unknown:
-            raise ValueError(f"unknown recipe fields: {sorted(unknown)}")
-        stages = tuple(Stage(s["source"], tuple(s["keys"])) for s in data["stages"])
-        return cls(
-            data["name"], data["target"], dict(data["sources"]), stages, dict(data.get("initialise", {})),
-            data.get("precedence", "error"), bool(data.get("allow_shared_sources", False)),
-        )
+            raise ValueError(f"unknown recipe fields: {sorted(unknown)}; known: {sorted(fields)}")
+        missing = sorted({"name", "target", "sources", "stages"} - set(data))
+        if missing:
+            raise ValueError(f"recipe fields {missing} are missing; a recipe needs name, target, sources and stages")
+        if not isinstance(data["name"], str):
+            raise ValueError(f"recipe field name: expected a string, got {data['name']!r}")
+        if not isinstance(data["target"], str | dict):
+            raise ValueError(f"recipe field target: expected a preset name or a model config mapping, "
+                             f"got {data['target']!r}")
+        sources = _string_map(data["sources"], "sources")
+        initialise = _string_map(data.get("initialise", {}), "initialise")
+        stages = data["stages"]
+        if not isinstance(stages, list):
+            raise ValueError(f"recipe field stages: expected a list of {{source, keys}} mappings, got {stages!r}")
+        for i, s in enumerate(stages):
+            # A bare string as keys would otherwise become one pattern per character.
+            if (not isinstance(s, dict) or set(s) != {"source", "keys"} or not isinstance(s["source"], str)
+                    or not isinstance(s["keys"], list) or not all(isinstance(k, str) for k in s["keys"])):
+                raise ValueError(f"recipe field stages[{i}]: expected {{source: label, keys: [patterns]}}, got {s!r}")
+        precedence, shared = data.get("precedence", "error"), data.get("allow_shared_sources", False)
+        if not isinstance(precedence, str):
+            raise ValueError(f"recipe field precedence: expected 'error' or 'first', got {precedence!r}")
+        if not isinstance(shared, bool):
+            raise ValueError(f"recipe field allow_shared_sources: expected true or false, got {shared!r}")
+        return cls(data["name"], data["target"], sources, tuple(Stage(s["source"], tuple(s["keys"])) for s in stages),
+                   initialise, precedence, shared)
 
     def target_config(self) -> ModelConfig:
         return preset(self.target) if isinstance(self.target, str) else ModelConfig.from_dict(self.target)
@@ -114,21 +138,39 @@ token and heads; the new modules start as the identity."""
 RECIPES = {"seeds": SEEDS}
 
 
+def _string_map(value: object, name: str) -> dict[str, str]:
+    """``value`` as a ``str -> str`` dict; ``ValueError`` naming the recipe field otherwise."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError(f"recipe field {name}: expected a mapping of names to strings, got {value!r}")
+    return dict(value)
+
+
 def load_recipe(name_or_file: str | Path) -> Recipe:
-    """A named recipe, or one read from a ``.json`` / ``.yaml`` file."""
+    """A named recipe, or one read from a ``.json`` / ``.yaml`` file; ``ValueError`` naming the file when it
+    cannot be parsed or is not a recipe."""
     if str(name_or_file) in RECIPES:
         return RECIPES[str(name_or_file)]
     path = Path(name_or_file)
     if not path.is_file():
         raise ValueError(f"{name_or_file}: not a recipe name ({', '.join(RECIPES)}) nor a recipe file")
-    text = path.read_text()
+    hint = "fix the recipe file (see page4d.checkpoints.composition.Recipe)"
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: cannot read the file ({err}); {hint}") from None
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            raise ValueError(f"{path}: not valid YAML ({getattr(err, 'problem', None) or err}{at}); {hint}") from None
     else:
-        data = json.loads(text)
-    return Recipe.from_dict(data)
+        data = read_json(path, hint)
+    try:
+        return Recipe.from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tuple[dict[str, int], LoadReport]:
@@ -139,6 +181,7 @@ def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tupl
     if set(sources) != set(recipe.sources):
         raise ValueError(f"recipe {recipe.name} needs sources {list(recipe.sources)}, got {list(sources)}")
     shapes = {k: tuple(v.shape) for k, v in target.state_dict().items()}
+    floating = {k for k, v in target.state_dict().items() if v.is_floating_point()}
     keys = sorted(shapes)
     converted = {
         label: CONVERTERS[recipe.sources[label]](src.meta_state(), source=str(src.path))
@@ -157,6 +200,12 @@ def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tupl
                  for k in sorted(claimed) if tuple(state[k].shape) != shapes[k]]
         if wrong:
             raise ValueError(f"{what}: mis-shaped keys: {', '.join(wrong[:6])}")
+        # Casting integer weights to float would load a silently wrong model (a quantised or mislabelled file).
+        integral = [f"{k} ({state[k].dtype})" for k in sorted(claimed & floating) if not state[k].is_floating_point()]
+        if integral:
+            raise ValueError(f"{sources[stage.source].path} ({what}) has {len(integral)} non-floating-point tensors "
+                             f"where the model's are floating point: {', '.join(integral[:6])}; the file is corrupt "
+                             "or quantised: export it in float32, float16 or bfloat16")
         overlap = sorted(k for k in claimed if k in owner)
         if overlap and recipe.precedence == "error":
             raise ValueError(

@@ -21,7 +21,8 @@ def check_state_dict(
     source: str,
     allow_missing: Mapping[str, str] | None = None,
 ) -> None:
-    """Raise ``ValueError`` unless ``state_dict`` has exactly the model's keys and shapes.
+    """Raise ``ValueError`` unless ``state_dict`` has exactly the model's keys and shapes, floating-point tensors
+    where the model's are (any float precision is cast on load) and only finite values.
 
     ``allow_missing``: model key -> reason, the only keys ``state_dict`` may lack (a converter's
     ``report.initialised``); each must be a key of the model.
@@ -49,6 +50,17 @@ def check_state_dict(
         raise ValueError(
             f"{source} does not match the model configuration; " + "; ".join(problems)
             + ". Check that the checkpoint family and the model config/preset agree."
+        )
+    # Casting integer weights to float would load a silently wrong model (e.g. a quantised or mislabelled file).
+    integral = [
+        f"{k} ({state_dict[k].dtype})"
+        for k in sorted(set(expected) & set(state_dict))
+        if expected[k].is_floating_point() and not state_dict[k].is_floating_point()
+    ]
+    if integral:
+        raise ValueError(
+            f"{source} has {len(integral)} non-floating-point tensors where the model's are floating point: "
+            f"{listing(integral, 6)}; the file is corrupt or quantised: export it in float32, float16 or bfloat16"
         )
     # Meta tensors (key lists checked for shape only) have no values to test.
     bad = [k for k, v in state_dict.items() if v.is_floating_point() and not v.is_meta and not torch.isfinite(v).all()]

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from page4d.data.preprocess import ImageSource, ImageTransform, PreprocessMode, preprocess_images, resample_to_model
+from page4d.data.rasters import read_depth, read_mask
 
 
-def _read_array(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return np.array(img)
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: cannot read the image ({err}); replace or re-export the file") from None
+def _read_all(paths: list[list[Path]], read: Callable[[Path], np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """``[T, V, H, W]`` of ``read`` on every path; raises naming a file that is not (H, W) ``size``."""
+
+    def checked(path: Path) -> np.ndarray:
+        array = read(path)
+        # sizes were checked when the clip was opened; a file replaced since would otherwise break np.stack obscurely
+        if array.shape != size:
+            raise ValueError(
+                f"{path} is {array.shape[1]}x{array.shape[0]} but the images are {size[1]}x{size[0]} (W x H); "
+                "give it at the image resolution"
+            )
+        return array
+
+    return np.stack([np.stack([checked(path) for path in row]) for row in paths])
 
 
 @dataclass
@@ -40,7 +49,7 @@ class MultiViewClip:
     depth_paths: list[list[Path]] | None = None
     """T × V uint16 depth PNGs, decoded as ``float32(k) / depth_divisor * depth_multiplier``; 0 = invalid."""
     mask_paths: list[list[Path]] | None = None
-    """T × V ground-truth dynamic-object masks (non-zero = moving), for evaluation."""
+    """T × V ground-truth dynamic-object masks (non-zero grey, palette index or colour = moving), for evaluation."""
     external_mask_paths: list[list[Path]] | None = None
     """T × V external moving masks fed to the model (the seeds' ``M_ext``, e.g. from SegAnyMo); non-zero = moving."""
     intrinsics: torch.Tensor | None = None
@@ -76,12 +85,7 @@ class MultiViewClip:
         if self.external_mask_paths is None:
             raise ValueError(f"{self.root}: no external masks were given")
         times = range(self.num_times) if times is None else times
-        raw = np.stack([np.stack([_read_array(p) != 0 for p in self.external_mask_paths[t]]) for t in times])
-        if raw.shape[-2:] != self.image_size:
-            raise ValueError(
-                f"external masks are {raw.shape[-1]}x{raw.shape[-2]} but the images are "
-                f"{self.image_size[1]}x{self.image_size[0]}; give masks at the image resolution"
-            )
+        raw = _read_all([self.external_mask_paths[t] for t in times], read_mask, self.image_size)
         return torch.from_numpy(resample_to_model(raw.astype(np.float32), transform))
 
     def model_intrinsics(self, transforms: list[list[ImageTransform]]) -> torch.Tensor:
@@ -100,11 +104,11 @@ class MultiViewClip:
         if self.depth_paths is None:
             raise ValueError(f"{self.root}: the clip has no depths/ folder")
         divisor, multiplier = np.float32(self.depth_divisor), np.float32(self.depth_multiplier)
-        raw = np.stack([np.stack([_read_array(p) for p in row]) for row in self.depth_paths])
+        raw = _read_all(self.depth_paths, read_depth, self.image_size)
         return torch.from_numpy(raw.astype(np.float32) / divisor * multiplier)
 
     def load_masks(self) -> torch.Tensor:
         """Dynamic masks ``[T, V, H0, W0]`` bool, True = moving."""
         if self.mask_paths is None:
             raise ValueError(f"{self.root}: the clip has no masks/ folder")
-        return torch.from_numpy(np.stack([np.stack([_read_array(p) != 0 for p in row]) for row in self.mask_paths]))
+        return torch.from_numpy(_read_all(self.mask_paths, read_mask, self.image_size))

@@ -3,14 +3,16 @@
 ::
 
     root/
-      images/time_XX/viewN.png   RGB (.png, .jpg or .jpeg); XX = time index, N = camera index
+      images/time_XX/viewN.png   RGB or grey (.png, .jpg or .jpeg); XX = time index, N = camera index
       depths/time_XX/viewN.png   optional uint16 depth, same names as images/
-      masks/time_XX/viewN.png    optional dynamic mask (non-zero = moving), same names
+      masks/time_XX/viewN.png    optional dynamic mask (non-zero grey, palette index or colour = moving)
       cameras.json               optional: "time_ids", "view_ids", "K" [T][V] 3x3, "E_w2c" [T][V] 3x4
 
 Time ids come from the folder names and view ids from the file names; neither has to start at 0 or
 be contiguous. ``cameras.json`` rows are matched by id, so it may list more time steps or views than
-the folder holds. Anything else in the folders is ignored.
+the folder holds. A clip with ``depths/`` is ground truth, so its cameras must be finite; a cameras-only
+clip (e.g. a reconstruction's ``cameras.json`` next to its images) may hold NaN / Inf where the model failed.
+Anything else in the folders is ignored.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from page4d.data.clip import MultiViewClip
+from page4d.data.rasters import check_pixel_count, oriented_size
+from page4d.fileio import read_json
 
 TIME_DIR = re.compile(r"time_(\d+)")
 VIEW_FILE = re.compile(r"view(\d+)\.(?:png|jpe?g)", re.IGNORECASE)
 LAYOUT_HINT = "expected <clip>/images/time_XX/viewN.png"
+CAMERAS_HINT = "it needs 'time_ids', 'view_ids', 'K' [T][V][3][3] and 'E_w2c' [T][V][3][4]"
 
 
 def _indexed(folder: Path, pattern: re.Pattern[str], want_dirs: bool) -> dict[int, Path]:
@@ -68,24 +72,13 @@ def _common_views(time_dirs: dict[int, Path], views: dict[int, dict[int, Path]])
     return sorted(expected)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the header; ``verify`` also catches truncated or corrupt files without decoding them."""
-    try:
-        with Image.open(path) as img:
-            size = (img.height, img.width)
-            img.verify()
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: cannot read the image ({err}); replace or re-export the file") from None
-    if 0 in size:
-        raise ValueError(f"{path}: the image is empty; replace the file")
-    return size
-
-
 def _check_sizes(root: Path, paths: list[list[Path]], reference: Path) -> tuple[int, int]:
-    """The (H, W) of ``reference``, shared by all ``paths``; raises naming the first file that differs."""
-    expected = _image_size(reference)
+    """The oriented (H, W) of ``reference``, shared by all ``paths``; raises naming the first file that differs.
+
+    Headers only: corrupt PNGs are caught by ``verify``, pixels are decoded later."""
+    expected = oriented_size(reference)
     for path in (p for row in paths for p in row):
-        size = _image_size(path)
+        size = oriented_size(path)
         if size != expected:
             raise ValueError(
                 f"{path.relative_to(root)} is {size[1]}x{size[0]} but {reference.relative_to(root)} is "
@@ -107,20 +100,34 @@ def _companion_paths(root: Path, folder: str, image_paths: list[list[Path]]) -> 
     return paths
 
 
+def _image_size_entry(path: Path, data: dict) -> tuple[int, int] | None:
+    """(H, W) of the optional ``"image_size": {"width": W, "height": H}``; raises if it has another form."""
+    size = data.get("image_size")
+    if size is None:
+        return None
+    if not isinstance(size, dict) or not all(
+        isinstance(size.get(key), int) and not isinstance(size[key], bool) and size[key] > 0
+        for key in ("width", "height")
+    ):
+        raise ValueError(
+            f'{path}: image_size is {json.dumps(size)}, expected {{"width": W, "height": H}} in pixels; '
+            "fix it or remove it"
+        )
+    return size["height"], size["width"]
+
+
 def _read_cameras(
     path: Path, time_ids: list[int], view_ids: list[int], image_size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``K [T, V, 3, 3]`` and ``E_w2c [T, V, 3, 4]`` float32, rows selected by time and view id."""
+    """``K [T, V, 3, 3]`` and ``E_w2c [T, V, 3, 4]`` float32, rows selected by time and view id; every selected
+    camera must be finite."""
+    data = read_json(path, f"fix cameras.json: {CAMERAS_HINT}")
     try:
-        data = json.loads(path.read_text())
         listed_t, listed_v = [int(t) for t in data["time_ids"]], [int(v) for v in data["view_ids"]]
         shape = (len(listed_t), len(listed_v))
         intr, extr = np.asarray(data["K"], dtype=np.float32), np.asarray(data["E_w2c"], dtype=np.float32)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(
-            f"{path}: not a valid cameras file ({type(err).__name__}: {err}); it needs 'time_ids', 'view_ids', "
-            "'K' [T][V][3][3] and 'E_w2c' [T][V][3][4]"
-        ) from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a valid cameras file ({type(err).__name__}: {err}); {CAMERAS_HINT}") from None
     if intr.shape != shape + (3, 3) or extr.shape != shape + (3, 4):
         raise ValueError(
             f"{path}: K has shape {intr.shape} and E_w2c {extr.shape}, expected {shape + (3, 3)} and "
@@ -133,22 +140,32 @@ def _read_cameras(
             f"{path}: no camera entry for time ids {missing_t} / view ids {missing_v} present in images/; "
             "add them to cameras.json or remove those images"
         )
-    size = data.get("image_size")
-    if size is not None and (size["height"], size["width"]) != image_size:
+    size = _image_size_entry(path, data)
+    if size is not None and size != image_size:
         raise ValueError(
-            f"{path}: cameras are for {size['width']}x{size['height']} images but the images are "
+            f"{path}: cameras are for {size[1]}x{size[0]} images but the images are "
             f"{image_size[1]}x{image_size[0]}; rescale K or use the matching images"
         )
     rows = np.ix_([listed_t.index(t) for t in time_ids], [listed_v.index(v) for v in view_ids])
-    return torch.from_numpy(intr[rows]), torch.from_numpy(extr[rows])
+    intr, extr = intr[rows], extr[rows]
+    # JSON allows NaN and Infinity (and null becomes NaN): refuse them here, not deep inside evaluation
+    finite = np.isfinite(intr).all(axis=(-2, -1)) & np.isfinite(extr).all(axis=(-2, -1))
+    if not finite.all():
+        t, v = np.argwhere(~finite)[0]
+        raise ValueError(
+            f"{path}: the camera of time id {time_ids[t]}, view id {view_ids[v]} has NaN or Inf in K or E_w2c; "
+            "fix the file"
+        )
+    return torch.from_numpy(intr), torch.from_numpy(extr)
 
 
 def load_clip(root: str | Path) -> MultiViewClip:
     """Parse a clip folder into a :class:`MultiViewClip` (paths and cameras; pixels are loaded on demand).
 
     Checks that every time step has the same views, that all images (and depths, masks) share one
-    resolution and are readable, and that ``cameras.json`` covers every (time, view). Any problem
-    raises ``ValueError`` with what is wrong and what to do.
+    resolution (after EXIF orientation) and are readable, and that ``cameras.json`` covers every (time, view),
+    with finite values when the clip is ground truth (has ``depths/``). Any problem raises ``ValueError`` with
+    what is wrong and what to do; a resolution above PIL's decompression-bomb threshold gives one ``UserWarning``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -165,6 +182,7 @@ def load_clip(root: str | Path) -> MultiViewClip:
 
     image_paths = [[views[t][v] for v in view_ids] for t in time_ids]
     image_size = _check_sizes(root, image_paths, image_paths[0][0])
+    check_pixel_count(image_size, str(image_paths[0][0]))
     depth_paths = _companion_paths(root, "depths", image_paths)
     mask_paths = _companion_paths(root, "masks", image_paths)
     for paths in (depth_paths, mask_paths):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -20,12 +19,10 @@ import torch
 from PIL import Image
 
 from page4d.conventions import PATCH_SIZE
+from page4d.data.rasters import WHITE, ImageSource, load_rgb
 
 PreprocessMode = Literal["crop", "pad"]
-ImageSource = str | Path | Image.Image
 ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
-
-WHITE = 255
 
 
 @dataclass(frozen=True)
@@ -111,27 +108,6 @@ def _apply_affine(matrix: np.ndarray, uv: ArrayT) -> ArrayT:
         mat = torch.as_tensor(matrix, device=uv.device)
         return (uv.double() @ mat[:2, :2].T + mat[:2, 2]).to(uv.dtype)
     return (uv.astype(np.float64) @ matrix[:2, :2].T + matrix[:2, 2]).astype(uv.dtype)
-
-
-def load_rgb(source: ImageSource) -> Image.Image:
-    """Open an image as 8-bit RGB, compositing RGBA on white. Raises ``ValueError`` naming the file if unusable."""
-    if isinstance(source, Image.Image):
-        img, name = source, "the in-memory image"
-    else:
-        name = str(source)
-        try:
-            with Image.open(source) as opened:
-                opened.load()
-                img = opened.copy()
-        except FileNotFoundError:
-            raise ValueError(f"{name}: file not found; check the path") from None
-        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-            raise ValueError(f"{name}: cannot read the image ({err}); replace or re-export the file") from None
-    if img.width == 0 or img.height == 0:
-        raise ValueError(f"{name}: the image is empty ({img.width}x{img.height}); replace the file")
-    if img.mode == "RGBA":
-        img = Image.alpha_composite(Image.new("RGBA", img.size, (WHITE,) * 4), img)
-    return img.convert("RGB")
 
 
 def _resized_size(height: int, width: int, mode: PreprocessMode, target: int) -> tuple[int, int]:

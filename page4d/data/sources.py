@@ -22,6 +22,7 @@ from PIL import Image
 
 from page4d.data.clip import MultiViewClip
 from page4d.data.layout import load_clip
+from page4d.data.rasters import check_pixel_count, oriented_size
 from page4d.data.video import VIDEO_SUFFIXES, decode_video, frame_step
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
@@ -80,24 +81,18 @@ def _view_images(source: Path) -> list[Path]:
 
 
 def _shared_size(frames: list[list], names: list[str]) -> tuple[int, int]:
-    """(H, W) shared by every frame; raises naming a view whose resolution differs."""
-    sizes = []
-    for row in frames:
-        for frame, name in zip(row, names, strict=True):
-            if isinstance(frame, Image.Image):
-                sizes.append(((frame.height, frame.width), name))
-                continue
-            try:
-                with Image.open(frame) as img:
-                    sizes.append(((img.height, img.width), str(frame)))
-                    img.verify()
-            except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-                raise ValueError(f"{frame}: cannot read the image ({err}); replace or re-export the file") from None
+    """Oriented (H, W) shared by every frame; raises naming a view whose resolution differs, warns if it is huge."""
+    sizes = [
+        (oriented_size(frame), name if isinstance(frame, Image.Image) else str(frame))
+        for row in frames
+        for frame, name in zip(row, names, strict=True)
+    ]
     (expected, first), *rest = sizes
     for size, name in rest:
         if size != expected:
             raise ValueError(f"{name} is {size[1]}x{size[0]} but {first} is {expected[1]}x{expected[0]} (W x H); "
                              "every view must have the same resolution: resize them to one size first")
+    check_pixel_count(expected, first)
     return expected
 
 
@@ -165,7 +160,25 @@ def _attach_masks(clip: MultiViewClip, masks: Path) -> MultiViewClip:
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise ValueError(f"--masks {masks}: missing {shown}; give a mask for every (time, view) used")
+    height, width = clip.image_size
+    for path in (p for row in paths for p in row):
+        size = oriented_size(path)
+        if size != clip.image_size:
+            raise ValueError(f"--masks {path} is {size[1]}x{size[0]} but the images are {width}x{height} (W x H); "
+                             "give masks at the image resolution (resize them with nearest-neighbour)")
     return dataclasses.replace(clip, external_mask_paths=paths)
+
+
+def _refuse_repeats(paths: Sequence[Path]) -> None:
+    """Raises if two inputs are one file or folder (also spelled differently, or through a symlink)."""
+    seen: dict[tuple[int, int], Path] = {}
+    for path in paths:
+        stat = path.stat()
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {path} are the same camera; each camera must be given once: "
+                             "remove one of them")
+        seen[key] = path
 
 
 def open_input(
@@ -179,6 +192,7 @@ def open_input(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise ValueError(f"{', '.join(missing)}: not found; {INPUT_HINT}")
+    _refuse_repeats(paths)
     notes: list[str] = []
     if len(paths) == 1 and paths[0].is_dir() and (paths[0] / "images").is_dir():
         clip = select_clip(load_clip(paths[0]), select)

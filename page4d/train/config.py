@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from page4d.config import PRESETS, preset
 from page4d.data.synthetic import SceneConfig
 
 
@@ -89,6 +90,38 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 50
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field no run can use, so a bad config fails before a run folder
+        exists. Scene sizes are checked against the preset's patch size here; with ``init`` the trainer checks
+        them against the loaded model."""
+        _need(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _need(self.steps >= 1, "steps", self.steps, "an integer >= 1")
+        _need(self.log_every >= 1, "log_every", self.log_every, "an integer >= 1")
+        _need(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "an integer >= 1")
+        _need(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0 (0: never)")
+        _need(self.eval_every == 0 or self.eval_scenes >= 1, "eval_scenes", self.eval_scenes,
+              "an integer >= 1 when eval_every > 0")
+        _need(0 <= self.jitter < 1, "jitter", self.jitter, "a number in [0, 1) (0: off)")
+        _need(self.zoom >= 1, "zoom", self.zoom, "a number >= 1 (1: off)")
+        _check_optim(self.optim.lr, self.optim.weight_decay, self.optim.warmup_steps, "optim")
+        _need(0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", self.optim.min_lr_ratio, "a number in [0, 1]")
+        _need(self.optim.grad_clip > 0, "optim.grad_clip", self.optim.grad_clip, "a number > 0")
+        for i, group in enumerate(self.optim.groups):
+            _check_optim(group.lr, group.weight_decay, group.warmup_steps, f"optim.groups[{i}]")
+        for name, weight in self.loss_weights.items():
+            _need(isinstance(weight, int | float) and not isinstance(weight, bool) and weight >= 0,
+                  f"loss_weights.{name}", weight, "a number >= 0")
+        _need(self.scene.num_times >= 1, "scene.num_times", self.scene.num_times, "an integer >= 1")
+        _need(self.scene.num_views >= 1, "scene.num_views", self.scene.num_views, "an integer >= 1")
+        if self.init is None:
+            if self.model not in PRESETS:
+                raise ValueError(f"config.model: unknown preset {self.model!r}; use one of {', '.join(sorted(PRESETS))}"
+                                 " or set init to a checkpoint")
+            check_scene_size(self.scene, preset(self.model).patch_size, f"model {self.model}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -117,6 +150,29 @@ class TrainConfig:
                 node = node.setdefault(part, {})
             node[leaf] = yaml.safe_load(value)
         return cls.from_dict(data)
+
+
+def check_scene_size(scene: SceneConfig, patch_size: int, model: str) -> None:
+    """Every sample is ``scene.height × scene.width``, which the model cuts into ``patch_size`` squares."""
+    for name in ("height", "width"):
+        value = getattr(scene, name)
+        _need(value >= patch_size and value % patch_size == 0, f"scene.{name}", value,
+              f"a positive multiple of {model}'s patch size {patch_size}")
+
+
+def _need(ok: bool, name: str, value: Any, what: str) -> None:
+    if not ok:
+        raise ValueError(f"config.{name}: got {value!r}; use {what}")
+
+
+def _check_optim(lr: float, weight_decay: float, warmup_steps: int, where: str) -> None:
+    _need(lr > 0, f"{where}.lr", lr, "a learning rate > 0")
+    _need(weight_decay >= 0, f"{where}.weight_decay", weight_decay, "a number >= 0")
+    _need(warmup_steps >= 0, f"{where}.warmup_steps", warmup_steps, "an integer >= 0 (0: no warm-up)")
+
+
+_KINDS: dict[Any, str] = {str: "a string", str | None: "a string or null", bool: "true or false"}
+"""Scalar field types ``_build`` checks, with how an error names them."""
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -148,5 +204,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
                 raise ValueError(f"{where}.{name}: expected a number, got {value!r}") from None
         elif hint in (int, float) and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise ValueError(f"{where}.{name}: expected a number, got {value!r}")
+        elif hint is int and not isinstance(value, int):  # a count: 2.5 steps would fail deep in the loop
+            raise ValueError(f"{where}.{name}: expected an integer, got {value!r}")
+        elif hint in _KINDS and not isinstance(value, hint):
+            raise ValueError(f"{where}.{name}: expected {_KINDS[hint]}, got {value!r}")
         values[name] = value
     return cls(**values)

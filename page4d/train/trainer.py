@@ -9,9 +9,11 @@ from __future__ import annotations
 import csv
 import math
 import os
+import pickle
 import tempfile
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,10 +35,11 @@ from page4d.model import Page4D
 from page4d.outputs import Predictions
 from page4d.patterns import match_patterns
 from page4d.reconstruction.runner import reconstruct
-from page4d.train.config import DataSource, OptimConfig, TrainConfig
+from page4d.train.config import DataSource, OptimConfig, TrainConfig, check_scene_size
 from page4d.train.freeze import train_only
 from page4d.train.losses import Terms, camera_loss, dense_loss, mask_loss, weighted_sum
 from page4d.train.targets import Targets, make_targets
+from page4d.transaction import OutputFolder
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
@@ -50,6 +53,8 @@ EVAL_METRICS = {
 }
 """Columns of ``eval.csv``: paths into the ``page4d eval`` report, averaged over the held-out scenes."""
 CONFIG = "config.yaml"
+MODEL = "model"
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "step", "rng")
 
 
 def _clip_part(source: DataSource, i: int) -> MultiViewClip:
@@ -184,9 +189,12 @@ def param_groups(model: nn.Module, optim: OptimConfig) -> tuple[list[dict], list
 
 
 class Trainer:
-    """One run in ``folder``: ``config.yaml``, ``log.csv``, ``checkpoint.pt`` (resumable) and ``model/`` at the end."""
+    """One run in ``folder``: ``config.yaml``, ``log.csv``, ``checkpoint.pt`` (resumable) and ``model/`` at the end.
+
+    Everything a bad config can break fails here, in the constructor; nothing is written before :meth:`run`."""
 
     def __init__(self, config: TrainConfig, folder: str | Path):
+        config.validate()  # again: a config changed after it was built is checked too
         self.config, self.folder = config, Path(folder)
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         if config.batch_size % self.world:
@@ -198,6 +206,7 @@ class Trainer:
             from page4d.checkpoints.pretrained import load_pretrained
 
             self.model = load_pretrained(config.init)[0]
+            check_scene_size(config.scene, self.model.config.patch_size, config.init)
         else:
             self.model = Page4D(preset(config.model))
         self.model.to(self.device)
@@ -241,16 +250,100 @@ class Trainer:
         return path
 
     def resume(self) -> None:
-        """Continue from ``checkpoint.pt`` in the run folder."""
+        """Continue from ``checkpoint.pt`` in the run folder. A file that is not a checkpoint of this model and
+        configuration is a ``ValueError`` naming it, raised before anything is loaded, so the trainer is untouched."""
         path = self.folder / CHECKPOINT
         if not path.is_file():
             raise ValueError(f"{self.folder}: no {CHECKPOINT} to resume from; start a new run without --resume")
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = self._read_checkpoint(path)
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         torch.set_rng_state(state["rng"].cpu())
+
+    def _read_checkpoint(self, path: Path) -> dict:
+        """The state saved in ``path``, checked against this trainer's model, optimiser, schedule and steps."""
+        fix = "resume from the checkpoint.pt a page4d train run wrote, or start a new run"
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except (pickle.UnpicklingError, EOFError, RuntimeError) as err:
+            raise ValueError(f"{path}: not a training checkpoint (torch cannot read it: {type(err).__name__}); "
+                             f"{fix}") from None
+        if not isinstance(state, dict) or not set(CHECKPOINT_KEYS) <= set(state):
+            held = (f"a dict without {sorted(set(CHECKPOINT_KEYS) - set(state))}" if isinstance(state, dict)
+                    else f"a {type(state).__name__}")
+            raise ValueError(f"{path}: not a training checkpoint (it holds {held}); {fix}")
+        ours, theirs = self.model.state_dict(), state["model"]
+        if not isinstance(theirs, dict):
+            raise ValueError(f"{path}: not a training checkpoint (its model is a {type(theirs).__name__}); {fix}")
+        missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+        misshaped = sorted(k for k in set(ours) & set(theirs)
+                           if not isinstance(theirs[k], torch.Tensor) or theirs[k].shape != ours[k].shape)
+        if missing or unexpected or misshaped:
+            raise ValueError(f"{path}: was written for another model configuration: {len(missing)} missing / "
+                             f"{len(unexpected)} unexpected / {len(misshaped)} mis-shaped keys (e.g. "
+                             f"{(missing or unexpected or misshaped)[0]}); resume with the run's own config.yaml")
+        problem = self._optimizer_mismatch(state["optimizer"], state["scheduler"])
+        if problem:
+            raise ValueError(f"{path}: {problem}; resume with the run's own config.yaml (same train and optim.groups)")
+        step = state["step"]
+        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= self.config.steps:
+            raise ValueError(f"{path}: the checkpoint is at step {step!r}, outside 0..steps={self.config.steps}; "
+                             f"set steps to at least the checkpoint's step")
+        rng = state["rng"]
+        if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+            raise ValueError(f"{path}: not a training checkpoint (its rng is not a CPU generator state); {fix}")
+        return state
+
+    def _optimizer_mismatch(self, optimizer: Any, scheduler: Any) -> str | None:
+        """Why a saved optimiser / schedule state does not fit this trainer's parameter groups, or None."""
+        ours = [group["params"] for group in self.optimizer.param_groups]
+        try:
+            theirs = [list(group["params"]) for group in optimizer["param_groups"]]
+            entries, lambdas = dict(optimizer["state"]), list(scheduler["lr_lambdas"])
+        except (TypeError, KeyError, ValueError):
+            return "its optimiser or schedule state is not one page4d train wrote"
+        if [len(g) for g in theirs] != [len(g) for g in ours] or len(lambdas) != len(ours):
+            return (f"its optimiser has parameter groups of {[len(g) for g in theirs]} tensors, this config's "
+                    f"{[len(g) for g in ours]}")
+        for index, param in zip((i for g in theirs for i in g), (p for g in ours for p in g), strict=True):
+            # Adam's moments have the parameter's shape; its step count is a scalar.
+            for value in entries.get(index, {}).values():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                    return f"its optimiser state has shape {list(value.shape)} for a parameter of {list(param.shape)}"
+        return None
+
+    def _keep_rows_to_step(self, path: Path) -> None:
+        """Drop the rows of the CSV log ``path`` past ``self.step``: a run resumed from an older checkpoint logs
+        those steps again, and a kill may have cut the last row short. Rewritten atomically."""
+        if not path.is_file():
+            return
+        with open(path, newline="") as file:
+            rows = list(csv.reader(file))
+        if not rows:
+            return
+        header, body = rows[0], rows[1:]
+        if "step" not in header:
+            raise ValueError(f"{path}: no step column, so not a page4d training log; move it out of the run folder")
+        column = header.index("step")
+        kept = [row for row in body
+                if len(row) == len(header) and row[column].isdigit() and int(row[column]) <= self.step]
+        if len(kept) == len(body):
+            return
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as file:
+            csv.writer(file).writerows([header, *kept])
+        os.replace(tmp, path)
+
+    def save_model(self) -> Path:
+        """Write ``model/`` (a page4d checkpoint) into a temporary sibling folder swapped into place, replacing an
+        older one, so a kill during the save never leaves a half-written model; only rank 0 writes."""
+        out = self.folder / MODEL
+        if self.rank == 0:
+            with OutputFolder(out, overwrite=True) as output:
+                self.model.save_pretrained(output.path)
+        return out
 
     def _log_eval(self, metrics: dict[str, float]) -> None:
         path = self.folder / EVAL_LOG
@@ -267,9 +360,11 @@ class Trainer:
         if self.rank:
             while self.step < self.config.steps:
                 self.train_step()
-            return self.folder / "model"
+            return self.folder / MODEL
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / CONFIG).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        for name in (LOG, EVAL_LOG):
+            self._keep_rows_to_step(self.folder / name)
         log_path = self.folder / LOG
         writer = None
         bar = tqdm(total=self.config.steps, initial=self.step, unit="step", desc="train", disable=not progress)
@@ -291,5 +386,4 @@ class Trainer:
                 if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
                     self.save()
         bar.close()
-        self.model.save_pretrained(self.folder / "model")
-        return self.folder / "model"
+        return self.save_model()
