@@ -406,3 +406,21 @@ def test_python_api_outputs_are_transactions_too(tmp_path):
     assert contents(out) == OLD and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     with pytest.raises(ValueError, match="not empty; pass --overwrite"), OutputFolder(out):
         pass
+
+
+def test_signals_inside_a_critical_section_wait_for_its_end():
+    from page4d.interrupts import Terminated, deferred_signals, sigterm_raises
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt), deferred_signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # a handler would run here if the signal were not held back
+        finished.append("swap")
+    assert finished == ["swap"]
+    # nested blocks: the outer one delivers
+    with pytest.raises(Terminated), sigterm_raises(), deferred_signals(), deferred_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        finished.append("nested")
+    assert finished == ["swap", "nested"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

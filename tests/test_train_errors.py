@@ -8,21 +8,13 @@ import re
 
 import pytest
 import torch
+from test_trainer import tiny_config
 
 from page4d.checkpoints.composition import load_recipe
 from page4d.data.synthetic import SceneConfig
 from page4d.devices import resolve_device
 from page4d.train.config import DataSource, TrainConfig
 from page4d.train.trainer import Trainer
-
-SCENE = SceneConfig(num_times=2, num_views=2, height=28, width=42)
-
-
-def tiny_config(**changes) -> TrainConfig:
-    config = TrainConfig(model="tiny-mv", scene=SCENE, steps=4, log_every=1, checkpoint_every=2)
-    for key, value in changes.items():
-        setattr(config, key, value)
-    return config
 
 
 def one_line_error(call, *args) -> str:
