@@ -183,9 +183,11 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         """Inference entry point: eval mode, inputs moved to the model's device, bf16 aggregator on CUDA.
 
         Arguments as in ``forward`` (at inference the mask-strength step is 0), except that ``images`` may also
-        be ``torch.uint8`` in 0..255 (divided by 255 here); float images must be finite and in [0, 1]."""
+        be ``torch.uint8`` in 0..255 (divided by 255 here); float images of any precision must be finite and in
+        [0, 1] (cast to the weights' dtype here)."""
         self.eval()
-        device = next(self.parameters()).device
+        weight = next(self.parameters())
+        device = weight.device
 
         def move(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else x.to(device)
@@ -211,6 +213,7 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
             if low < 0:
                 hints.append("[-1, 1] images: pass (x + 1) / 2")
             raise ValueError(f"images must be in [0, 1], found values in [{low:g}, {high:g}]; {'; '.join(hints)}")
+        images = images.to(weight.dtype)  # float64 or half images would meet float32 weights in the first layer
         cameras = None if camera_priors is None else (move(camera_priors[0]), move(camera_priors[1]))
         return self(
             images, move(query_points), external_mask=move(external_mask), camera_priors=cameras,

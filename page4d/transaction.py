@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import secrets
@@ -36,21 +37,48 @@ TEMPORARY = re.compile(r"\.(?P<name>.+)\.page4d-(?P<kind>new|old)\.(?P<pid>\d+)\
 """Temporary siblings of an output: ``.OUT.page4d-new.PID.HEX`` (being written) and ``.page4d-old.`` (set aside)."""
 
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile on a full disk sets no errno
+_NO_SPACE = ("No space left on device", "os error 28", "Disk quota exceeded")
+"""How a full disk reads in errors that carry no errno (safetensors' Rust writer, among others)."""
+MIN_FREE = 2**20
+"""Below this many free bytes a failed write is put down to the full disk, whatever the error says (torch.save's
+C++ writer reports one only as "iostream error")."""
+
+
+def sibling_stem(out: Path) -> str:
+    """The part of ``out``'s name its hidden siblings carry: the name, shortened with a hash when the sibling names
+    would pass the usual 255-byte limit on a file name."""
+    name = out.name
+    if len(os.fsencode(name)) <= 200:
+        return name
+    return name[:100] + "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    """Whether ``inner`` is ``outer`` or lies below it: by resolved path, or by identity (device and inode) of
+    ``outer`` and an existing ancestor of ``inner``, which also sees through bind mounts."""
+    inner, outer = inner.resolve(), outer.resolve()
+    if inner.is_relative_to(outer):
+        return True
+    try:
+        target = os.stat(outer)
+        return any(os.path.samestat(os.stat(p), target) for p in (inner, *inner.parents) if p.exists())
+    except OSError:
+        return False
 
 
 def check_disjoint(out: Path, inputs: Iterable[Path], allowed: Iterable[Path] = (), option: str = "-o") -> None:
-    """Raise ``ValueError`` if ``out`` is, contains, or lies inside one of ``inputs`` (paths resolved, so symlinks
-    and ``..`` do not hide an overlap). ``allowed``: output locations accepted inside an input (never equal to or
+    """Raise ``ValueError`` if ``out`` is, contains, or lies inside one of ``inputs`` (symlinks, ``..`` and bind
+    mounts do not hide an overlap). ``allowed``: output locations accepted inside an input (never equal to or
     containing one), such as the report folder ``PREDICTIONS/eval`` of ``page4d eval``."""
-    target = out.resolve()
-    allowed = {path.resolve() for path in allowed}
+    allowed = list(allowed)
     for given in inputs:
-        source = Path(given).resolve()
-        if target == source:
+        source = Path(given)
+        inside, contains = _within(out, source), _within(source, out)
+        if inside and contains:
             problem = "is"
-        elif source.is_relative_to(target):
+        elif contains:
             problem = "contains"
-        elif target.is_relative_to(source) and target not in allowed:
+        elif inside and not any(_within(out, a) and _within(a, out) for a in allowed):
             problem = "is inside"
         else:
             continue
@@ -76,7 +104,7 @@ class OutputLock:
 
     def __init__(self, out: Path, option: str = "-o"):
         self.out, self.option = out, option
-        self.path = out.parent / f".{out.name}.lock"
+        self.path = out.parent / f".{sibling_stem(out)}.lock"
         self._fd: int | None = None
         self._created: list[Path] = []
 
@@ -85,17 +113,19 @@ class OutputLock:
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self._lock()
+        except OSError as err:
+            self._remove_parents()
+            if is_disk_full(err, self.out.parent):
+                raise disk_full_error(self.out.parent, str(self.path), err, self.option) from None
+            raise ValueError(f"{self.option} {self.out}: cannot create or write in {self.out.parent} "
+                             f"({err.strerror or err}); choose an {self.option} in a folder you can write to") from None
         except BaseException:
             self._remove_parents()
             raise
 
     def _lock(self) -> None:
         while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError as err:
-                raise ValueError(f"{self.option} {self.out}: cannot write in {self.out.parent} ({err.strerror}); "
-                                 f"choose an {self.option} in a folder you can write to") from None
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -111,9 +141,13 @@ class OutputLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            self.release()
+            raise
 
     def release(self) -> None:
         if self._fd is None:
@@ -142,7 +176,7 @@ class OutputLock:
 
 def temporary_sibling(out: Path, kind: str) -> Path:
     """A new name next to ``out`` for a folder being written (``new``) or set aside (``old``), owned by this PID."""
-    return out.parent / f".{out.name}.page4d-{kind}.{os.getpid()}.{secrets.token_hex(4)}"
+    return out.parent / f".{sibling_stem(out)}.page4d-{kind}.{os.getpid()}.{secrets.token_hex(4)}"
 
 
 def _remove(path: Path) -> None:
@@ -159,8 +193,9 @@ def clean_stale(out: Path) -> list[str]:
     stale = []
     for entry in out.parent.iterdir():
         match = TEMPORARY.fullmatch(entry.name)
-        if match and match["name"] == out.name and int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])):
-            stale.append((match["kind"] != "old", entry.name, match["kind"], int(match["pid"])))
+        owner = int(match["pid"]) if match else 0
+        if match and match["name"] == sibling_stem(out) and owner != os.getpid() and not _alive(owner):
+            stale.append((match["kind"] != "old", entry.name, match["kind"], owner))
     notes = []
     for _, name, kind, pid in sorted(stale):  # set-aside old results first
         entry = out.parent / name
@@ -228,8 +263,28 @@ def swap_into_place(new: Path, out: Path) -> None:
     _remove(old)
 
 
-def is_disk_full(err: OSError) -> bool:
-    return err.errno in (errno.ENOSPC, errno.EDQUOT) or bool(_SHORT_WRITE.search(str(err)))
+def is_disk_full(err: BaseException | None, folder: Path) -> bool:
+    """Whether ``err``, raised while writing into ``folder``, comes from a full disk (or quota)."""
+    if not isinstance(err, Exception):
+        return False
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    if _SHORT_WRITE.search(text) or any(marker in text for marker in _NO_SPACE):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < MIN_FREE
+    except OSError:
+        return False
+
+
+def disk_full_error(folder: Path, writing: str, err: BaseException, option: str = "-o") -> ValueError:
+    """The one-line error for a full disk: which disk, which file, how much is free, what to do."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(existing).free / 2**20
+    reason = " ".join(str(err).split()) or type(err).__name__
+    return ValueError(f"no space left on the disk of {folder} while writing {writing} ({free:.0f} MB free; "
+                      f"{reason}); free some space or choose an {option} on another disk")
 
 
 class OutputFolder:
@@ -255,6 +310,9 @@ class OutputFolder:
         if out.is_dir() and any(out.iterdir()) and not self.overwrite:
             raise ValueError(f"{option} {out} exists and is not empty; pass --overwrite to replace it or choose "
                              f"another {option}")
+        if os.path.ismount(out):
+            raise ValueError(f"{option} {out} is a mount point, which cannot be replaced whole (page4d swaps the new "
+                             f"result in by renaming); choose a folder inside it")
 
     def __enter__(self) -> OutputFolder:
         self._check_target()
@@ -264,8 +322,8 @@ class OutputFolder:
             self._check_target()  # again, now that no other run can change it
             self.path = temporary_sibling(self.out, "new")
             self.path.mkdir()
-        except BaseException:
-            self._abandon()
+        except BaseException as err:
+            self._fail(err)
             raise
         return self
 
@@ -288,13 +346,12 @@ class OutputFolder:
 
     def _fail(self, err: BaseException | None) -> None:
         """Remove what this run wrote; a full disk becomes a ``ValueError`` naming the disk and the file."""
-        full = isinstance(err, OSError) and is_disk_full(err)
+        full = self.out.parent.is_dir() and is_disk_full(err, self.out.parent)
         if full:
             files = [f for f in self.path.rglob("*") if f.is_file()] if self.path.is_dir() else []
             newest = max(files, key=lambda f: f.stat().st_mtime_ns, default=None)
             writing = f"{self.out}/{newest.relative_to(self.path)}" if newest else str(self.out)
-            free = shutil.disk_usage(self.out.parent).free / 2**20
+            error = disk_full_error(self.out.parent, writing, err, self.option)
         self._abandon()
         if full:
-            raise ValueError(f"no space left on the disk of {self.out.parent} while writing {writing} ({free:.0f} MB "
-                             f"free; {err}); free some space or choose an {self.option} on another disk") from None
+            raise error from None

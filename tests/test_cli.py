@@ -263,3 +263,50 @@ def test_a_broken_meta_json_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{pred / 'meta.json'}: not valid JSON" in err and len(err.strip().splitlines()) == 1
     assert not (pred / "eval").exists()
+
+
+def test_a_huge_image_is_one_line_of_warning_not_pils(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 640 * 480 - 1)  # the example's images are above it
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(tmp_path / "out"), "--size", "56", "--export", "none"]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("page4d reconstruct: warning: ")
+    assert "640x480 (0.3 Mpx)" in warnings[0] and "downscaled to the model input" in warnings[0]
+    assert "DecompressionBombWarning" not in err
+
+
+@pytest.mark.parametrize("meta", [None, "{}"])
+def test_a_missing_or_empty_meta_json_is_named(tmp_path, capsys, meta):
+    pred = tmp_path / "pred"
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(pred), "--model", "tiny", "--size", "56", "--export", "none",
+                 "--quiet"]) == 0
+    if meta is None:
+        (pred / "meta.json").unlink()
+    else:
+        (pred / "meta.json").write_text(meta)
+    assert main(["eval", str(EXAMPLE), str(pred)]) == 2
+    err = capsys.readouterr().err
+    assert str(pred / "meta.json") in err and ("not found" if meta is None else "'original_size'") in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cameras_json_is_strict_json_even_for_untrained_cameras(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--model", "tiny", "--size", "56", "--export", "none",
+                 "--quiet"]) == 0
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    cameras = json.loads((out / "cameras.json").read_text(), parse_constant=refuse)
+    pred = np.load(out / "predictions.npz")
+    assert not np.isfinite(pred["intrinsic_original"]).all()  # the random camera head predicts infinite focals
+    written = np.asarray(cameras["K"], dtype=np.float64)  # null reads back as NaN
+    finite = np.isfinite(pred["intrinsic_original"])
+    assert np.array_equal(np.isfinite(written), finite)
+    np.testing.assert_allclose(written[finite], pred["intrinsic_original"][finite], rtol=1e-5)
+    clip = tmp_path / "clip"
+    shutil.copytree(EXAMPLE / "images", clip / "images")
+    shutil.copy(out / "cameras.json", clip / "cameras.json")
+    with pytest.raises(ValueError, match="has NaN or Inf in K or E_w2c"):
+        load_clip(clip)

@@ -148,6 +148,12 @@ def test_uint8_images_match_float_images_divided_by_255(tiny):
         assert torch.equal(getattr(as_uint8, name), getattr(as_float, name)), name
 
 
+def test_float64_images_run_as_float32(tiny):
+    images = torch.rand(1, 2, 2, 3, 28, 42, generator=torch.Generator().manual_seed(2))
+    as_double, as_float = tiny.infer(images.double()), tiny.infer(images)
+    assert torch.equal(as_double.depth, as_float.depth) and as_double.depth.dtype == torch.float32
+
+
 @pytest.mark.parametrize(("bad", "message"), [
     (float("nan"), r"images contain 3 NaN or Inf values \(of 9408\)"),
     (float("inf"), r"images contain 3 NaN or Inf values"),

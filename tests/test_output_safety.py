@@ -424,3 +424,93 @@ def test_signals_inside_a_critical_section_wait_for_its_end():
         finished.append("nested")
     assert finished == ["swap", "nested"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# --- what a hostile user found: startup signals, bind mounts, long names, odd targets, other full-disk errors -----
+
+@pytest.mark.parametrize(("signum", "code", "message"), [(signal.SIGINT, 130, "interrupted"),
+                                                         (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_while_torch_loads_is_one_line_too(tmp_path, signum, code, message):
+    proc = page4d("reconstruct", EXAMPLE, "-o", tmp_path / "out", *FAST)
+    time.sleep(0.5)  # python is up, torch (seconds to import) is not
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code
+    assert err == f"page4d reconstruct: {message}" + (" (SIGTERM)\n" if code == 143 else "\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_overlap_hidden_from_paths_is_found_by_identity(workspace, capsys, monkeypatch):
+    """A bind mount of the clip shows it under another path; resolving paths cannot see that, the identity of the
+    folders (device, inode) can. A symlink with path resolution switched off stands in for the mount."""
+    clip = workspace / "data" / "clip"
+    (workspace / "mounted").symlink_to(clip)
+    monkeypatch.setattr(Path, "resolve", lambda self, strict=False: self.absolute())
+    before = tree(clip)
+    for out in (workspace / "mounted", workspace / "mounted" / "out"):
+        assert main(["reconstruct", str(clip), "-o", str(out), "--overwrite", *FAST]) == 2
+        one_line_error(capsys, "never writes into")
+    assert tree(clip) == before
+
+
+def test_a_long_output_name_works(tmp_path):
+    out = tmp_path / ("r" * 250)
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), *FAST]) == 0
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--overwrite", *FAST]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cameras.json", "meta.json", "predictions.npz"]
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_outputs_that_cannot_be_made_say_why(tmp_path, capsys):
+    (tmp_path / "afile").write_text("a file")
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(tmp_path / "afile" / "sub"), *FAST]) == 2
+    one_line_error(capsys, f"cannot create or write in {tmp_path / 'afile'}", "choose an -o in a folder")
+    assert main(["reconstruct", str(EXAMPLE), "-o", "/proc", "--overwrite", *FAST]) == 2
+    one_line_error(capsys, "/proc is a mount point, which cannot be replaced whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_full_disks_reported_without_an_errno_are_recognised(tmp_path, capsys, monkeypatch):
+    source = FIXTURES / "vggt_conv_tiny"
+    target = tmp_path / "target.json"
+    target.write_text(json.dumps(vggt.model_config_from_reference(json.loads((source / "config.json").read_text()))
+                                 .to_dict()))
+
+    def rust_writer(self, folder):
+        (folder / "model.safetensors").write_bytes(b"partial")
+        raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space "
+                           "left on device\" })")
+
+    monkeypatch.setattr(Page4D, "save_pretrained", rust_writer)
+    out = tmp_path / "converted"
+    args = ["convert", str(source / "model.safetensors"), "--target", str(target), "-o", str(out), "--quiet"]
+    assert main(args) == 2
+    one_line_error(capsys, f"no space left on the disk of {tmp_path} while writing {out / 'model.safetensors'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target.json"]
+
+
+def test_a_full_disk_during_training_names_the_checkpoint_and_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    import page4d.train.trainer as trainer
+    import page4d.transaction
+
+    def full_disk_save(state, path):
+        Path(path).write_bytes(b"partial")
+        monkeypatch.setattr(page4d.transaction.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1, 1, 0))
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0; basic_ios::clear: "
+                           "iostream error")
+
+    monkeypatch.setattr(trainer.torch, "save", full_disk_save)
+    run = tmp_path / "run"
+    assert main(["train", *TRAIN, "-o", str(run), "--quiet"]) == 2
+    one_line_error(capsys, f"no space left on the disk of {run} while writing {run / 'checkpoint.pt'}")
+    assert not (run / "checkpoint.tmp").exists() and not (run / "checkpoint.pt").exists()
+
+
+def test_a_lock_that_cannot_be_written_leaves_nothing(tmp_path, capsys, monkeypatch):
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", no_space)
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(tmp_path / "new" / "out"), *FAST]) == 2
+    one_line_error(capsys, "no space left on the disk of", f"while writing {tmp_path / 'new' / '.out.lock'}")
+    assert list(tmp_path.iterdir()) == []

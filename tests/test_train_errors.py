@@ -201,3 +201,11 @@ def test_the_model_folder_is_replaced_whole(tmp_path, monkeypatch):
     again = Page4D.from_pretrained(model)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in trainer.model.state_dict().items())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "config.yaml", "log.csv", "model"]
+
+
+def test_a_broken_yaml_config_is_one_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: [1\nbatch_size: 2\n")
+    message = one_line_error(TrainConfig.load, path)
+    assert message.startswith(f"{path}: not valid YAML (") and "at line 2, column 11" in message
+    assert "override 'steps=[1': the value is not valid YAML" in one_line_error(TrainConfig.load, None, ["steps=[1"])

@@ -31,7 +31,7 @@ from page4d.checkpoints.io import detect_family
 from page4d.checkpoints.report import LoadReport
 from page4d.checkpoints.source import LazySource
 from page4d.config import ModelConfig, preset
-from page4d.fileio import read_json
+from page4d.fileio import read_json, read_yaml
 from page4d.model import Page4D
 from page4d.patterns import match_patterns
 
@@ -154,19 +154,7 @@ def load_recipe(name_or_file: str | Path) -> Recipe:
     if not path.is_file():
         raise ValueError(f"{name_or_file}: not a recipe name ({', '.join(RECIPES)}) nor a recipe file")
     hint = "fix the recipe file (see page4d.checkpoints.composition.Recipe)"
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(path.read_text())
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: cannot read the file ({err}); {hint}") from None
-        except yaml.YAMLError as err:
-            where = getattr(err, "problem_mark", None)
-            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-            raise ValueError(f"{path}: not valid YAML ({getattr(err, 'problem', None) or err}{at}); {hint}") from None
-    else:
-        data = read_json(path, hint)
+    data = read_yaml(path, hint) if path.suffix.lower() in (".yaml", ".yml") else read_json(path, hint)
     try:
         return Recipe.from_dict(data)
     except ValueError as err:
@@ -199,7 +187,8 @@ def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tupl
         wrong = [f"{k} (source {list(state[k].shape)} vs model {list(shapes[k])})"
                  for k in sorted(claimed) if tuple(state[k].shape) != shapes[k]]
         if wrong:
-            raise ValueError(f"{what}: mis-shaped keys: {', '.join(wrong[:6])}")
+            raise ValueError(f"{what}: mis-shaped keys: {', '.join(wrong[:6])}; the target model is not the size of "
+                             "the source: give a target config that matches it (convert --target PRESET|config.json)")
         # Casting integer weights to float would load a silently wrong model (a quantised or mislabelled file).
         integral = [f"{k} ({state[k].dtype})" for k in sorted(claimed & floating) if not state[k].is_floating_point()]
         if integral:
@@ -300,7 +289,9 @@ def single_source_recipe(path: str | Path, target: str | dict | None = None) -> 
     if family == "page4d":
         config_path = src.path.with_name("config.json")
         if target is None and not config_path.is_file():
-            raise ValueError(f"{path} is a page4d checkpoint without a config.json beside it; pass a target config")
+            raise ValueError(f"{path} is a page4d checkpoint without a config.json beside it; put the config.json "
+                             "it was saved with next to it (or pass its folder), or give a target config "
+                             "(convert --target)")
         converter, default = "native", (json.loads(config_path.read_text()) if config_path.is_file() else None)
     elif family in _SINGLE:
         converter, default = _SINGLE[family]

@@ -48,7 +48,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # corrupt or truncated files raise many different types
-        raise ValueError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
+        raise ValueError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err}); the file is truncated or "
+                         "not a checkpoint: download or export it again") from err
     return unwrap_state_dict(obj, str(path))
 
 

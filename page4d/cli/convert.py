@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 from pathlib import Path
 
 from tqdm import tqdm
@@ -54,7 +55,9 @@ def _target(value: str | None) -> str | dict | None:
         return value
     path = Path(value)
     if not path.is_file():
-        raise ValueError(f"--target {value}: not a preset ({', '.join(sorted(PRESETS))}) nor a config file")
+        close = difflib.get_close_matches(value, list(PRESETS), n=1)
+        raise ValueError(f"--target {value}: not a preset ({', '.join(sorted(PRESETS))}) nor a config file"
+                         + (f"; did you mean {close[0]}?" if close else ""))
     config = read_json(path, "--target takes a preset name or a page4d config.json")
     if not isinstance(config, dict):
         raise ValueError(f"--target {value}: a config.json holds a mapping of ModelConfig fields")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import signal
 import sys
 import warnings
 
 from page4d import __version__
-from page4d.cli import convert, evaluate, reconstruct, train, view
-from page4d.interrupts import Terminated, sigterm_raises
+from page4d.interrupts import Terminated, deferred_signals, sigterm_raises
+
+COMMANDS = ("reconstruct", "convert", "eval", "view", "train")
+MODULES = {"eval": "evaluate"}
+"""Subcommand -> its module in ``page4d.cli`` (imported inside ``main``, after the signal handling is in place)."""
 
 GUARANTEES = """\
 what page4d promises about your files:
@@ -29,18 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"page4d {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    reconstruct.register(commands)
-    convert.register(commands)
-    evaluate.register(commands)
-    view.register(commands)
-    train.register(commands)
+    for command in COMMANDS:
+        importlib.import_module(f"page4d.cli.{MODULES.get(command, command)}").register(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    name = f"page4d {args.command}"
+    argv = sys.argv[1:] if argv is None else argv
+    # The command's name before parsing, so that a Ctrl-C while torch loads is reported like any other.
+    name = "page4d" + next((f" {a}" for a in argv if a in COMMANDS), "")
 
     def show_warning(message: Warning | str, *_: object, **__: object) -> None:
         print(f"{name}: warning: {message}", file=sys.stderr)
@@ -48,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(), sigterm_raises():
         warnings.showwarning = show_warning  # one line per warning, like the errors
         try:
+            with deferred_signals():  # until torch and the rest are imported: a signal mid-import can be swallowed
+                parser = build_parser()
+            args = parser.parse_args(argv)
             return args.run(args)
         except (ValueError, OSError) as err:
             print(f"{name}: error: {err}", file=sys.stderr)
@@ -60,5 +65,14 @@ def main(argv: list[str] | None = None) -> int:
             return 143
 
 
+def entry() -> None:
+    """The console script: :func:`main`, then exit with its code. Signals are ignored from the moment ``main``
+    returns, so one that lands while the interpreter shuts down cannot turn a finished run into 130 / 143."""
+    code = main()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -7,7 +7,15 @@ import os
 from pathlib import Path
 
 from page4d.train.config import TrainConfig
-from page4d.transaction import OutputLock, check_disjoint, clean_stale, swap_into_place, temporary_sibling
+from page4d.transaction import (
+    OutputLock,
+    check_disjoint,
+    clean_stale,
+    disk_full_error,
+    is_disk_full,
+    swap_into_place,
+    temporary_sibling,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -83,7 +91,12 @@ def _train(args: argparse.Namespace, config: TrainConfig, discard_old: bool = Fa
         trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         print(f"training {trained:,} of {count:,} parameters ({len(trainer.trained)} tensors) from step "
               f"{trainer.step} to {config.steps} in {args.output}")
-    model = trainer.run(progress=not args.quiet)
+    try:
+        model = trainer.run(progress=not args.quiet)
+    except Exception as err:  # a full disk surfaces from many writers (csv, torch.save, safetensors)
+        if is_disk_full(err, args.output):
+            raise disk_full_error(args.output, f"the run in {args.output}", err) from None
+        raise
     if not args.quiet and trainer.rank == 0:
         print(f"trained {trainer.step} steps; model in {model}, log in {args.output / 'log.csv'}")
     return 0

@@ -31,6 +31,8 @@ PREDICTIONS = "predictions.npz"
 META = "meta.json"
 CAMERAS = "cameras.json"
 CAMERAS_FORMAT = "page4d cameras v1"
+REQUIRED_META = ("original_size", "transform")
+"""What ``load`` needs from ``meta.json`` to map the dense maps back to the original images."""
 CONVENTION = (
     "E_w2c = [R|t] maps world to camera: x_cam = R @ x_world + t. Camera axes OpenCV (x right, y down, z forward). "
     "Pixel (u, v) = (column, row), integer = pixel centre; u = fx*x/z + cx. World = predicted camera (t0, v0)."
@@ -123,8 +125,8 @@ class Reconstruction:
             "view_ids": [int(v) for v in self.view_ids],
             "index_order": "K[ti][vi], E_w2c[ti][vi] with ti = position in time_ids, vi = position in view_ids",
             "convention": CONVENTION,
-            "K": self.intrinsic_original.astype(np.float64).round(6).tolist(),
-            "E_w2c": self.extrinsic.astype(np.float64).round(7).tolist(),
+            "K": _strict(self.intrinsic_original.astype(np.float64).round(6)),
+            "E_w2c": _strict(self.extrinsic.astype(np.float64).round(7)),
         }
 
     def save(self, folder: Path) -> list[Path]:
@@ -132,7 +134,7 @@ class Reconstruction:
         arrays = {name: getattr(self, name) for name in self.ARRAYS if getattr(self, name) is not None}
         write_npz(folder / PREDICTIONS, arrays)
         (folder / META).write_text(json.dumps(self.meta, indent=2))
-        (folder / CAMERAS).write_text(json.dumps(self.cameras_json(), indent=1))
+        (folder / CAMERAS).write_text(json.dumps(self.cameras_json(), indent=1, allow_nan=False))
         return [folder / PREDICTIONS, folder / META, folder / CAMERAS]
 
     @classmethod
@@ -151,10 +153,21 @@ class Reconstruction:
         if missing:
             raise ValueError(f"{path}: missing arrays {missing}; re-run page4d reconstruct with this version")
         meta_path = path.parent / META
-        meta = read_json(meta_path, "re-run page4d reconstruct to rewrite it") if meta_path.is_file() else {}
-        if not isinstance(meta, dict):
-            raise ValueError(f"{meta_path}: expected a JSON object of provenance fields; re-run page4d reconstruct")
+        if not meta_path.is_file():
+            raise ValueError(f"{meta_path}: not found; it comes with {PREDICTIONS} (the pixel transform is in it): "
+                             "pass the whole output folder of page4d reconstruct, or re-run it")
+        meta = read_json(meta_path, "re-run page4d reconstruct to rewrite it")
+        lacking = [key for key in REQUIRED_META if not isinstance(meta, dict) or key not in meta]
+        if lacking:
+            raise ValueError(f"{meta_path}: no {', '.join(map(repr, lacking))} (how the images were pre-processed); "
+                             "re-run page4d reconstruct to rewrite it")
         return cls(**arrays, meta=meta)
+
+
+def _strict(values: np.ndarray) -> list:
+    """Nested lists with ``null`` for NaN / Inf (an untrained camera head predicts them), which strict JSON readers
+    refuse as numbers; the clip layout reads ``null`` back as NaN."""
+    return np.where(np.isfinite(values), values, None).tolist()
 
 
 def transform_meta(transform: ImageTransform) -> dict:

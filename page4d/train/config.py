@@ -12,6 +12,7 @@ import yaml
 
 from page4d.config import PRESETS, preset
 from page4d.data.synthetic import SceneConfig
+from page4d.fileio import read_yaml
 
 
 @dataclass
@@ -134,10 +135,7 @@ class TrainConfig:
         """The YAML file at ``path`` (defaults when None) with ``key.sub=value`` overrides (values parsed as YAML)."""
         data: dict[str, Any] = {}
         if path is not None:
-            try:
-                data = yaml.safe_load(Path(path).read_text()) or {}
-            except (OSError, yaml.YAMLError) as err:
-                raise ValueError(f"{path}: cannot read the training config ({err})") from None
+            data = read_yaml(path, "fix the training config (fields of page4d.train.config.TrainConfig)") or {}
             if not isinstance(data, dict):
                 raise ValueError(f"{path}: a training config is a mapping of fields, got {type(data).__name__}")
         for item in overrides:
@@ -148,7 +146,11 @@ class TrainConfig:
             *parents, leaf = key.split(".")
             for part in parents:
                 node = node.setdefault(part, {})
-            node[leaf] = yaml.safe_load(value)
+            try:
+                node[leaf] = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                raise ValueError(f"override {item!r}: the value is not valid YAML ({' '.join(str(err).split())}); "
+                                 "quote it or fix the brackets") from None
         return cls.from_dict(data)
 
 

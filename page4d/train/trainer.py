@@ -39,7 +39,7 @@ from page4d.train.config import DataSource, OptimConfig, TrainConfig, check_scen
 from page4d.train.freeze import train_only
 from page4d.train.losses import Terms, camera_loss, dense_loss, mask_loss, weighted_sum
 from page4d.train.targets import Targets, make_targets
-from page4d.transaction import OutputFolder
+from page4d.transaction import OutputFolder, disk_full_error, is_disk_full
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
@@ -240,13 +240,21 @@ class Trainer:
                 "grad_norm": norm.item(), **{k: v.item() for k, v in terms.items()}}
 
     def save(self) -> Path:
-        """Write ``checkpoint.pt`` atomically (model, optimiser, schedule, step, RNG); only rank 0 writes."""
+        """Write ``checkpoint.pt`` atomically (model, optimiser, schedule, step, RNG); only rank 0 writes. A failed
+        write leaves the previous checkpoint and no partial file (a full disk is a ``ValueError`` naming it)."""
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": torch.get_rng_state()}
         path = self.folder / CHECKPOINT
         if self.rank == 0:
-            torch.save(state, path.with_suffix(".tmp"))
-            os.replace(path.with_suffix(".tmp"), path)
+            partial = path.with_suffix(".tmp")
+            try:
+                torch.save(state, partial)
+            except BaseException as err:
+                partial.unlink(missing_ok=True)
+                if is_disk_full(err, self.folder):
+                    raise disk_full_error(self.folder, str(path), err) from None
+                raise
+            os.replace(partial, path)
         return path
 
     def resume(self) -> None:
@@ -254,7 +262,8 @@ class Trainer:
         configuration is a ``ValueError`` naming it, raised before anything is loaded, so the trainer is untouched."""
         path = self.folder / CHECKPOINT
         if not path.is_file():
-            raise ValueError(f"{self.folder}: no {CHECKPOINT} to resume from; start a new run without --resume")
+            raise ValueError(f"{self.folder}: no {CHECKPOINT} to resume from (the run stopped before its first "
+                             "checkpoint); start it again without --resume, with --overwrite if the folder holds files")
         state = self._read_checkpoint(path)
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
