@@ -265,7 +265,7 @@ def swap_into_place(new: Path, out: Path) -> None:
 
 def is_disk_full(err: BaseException | None, folder: Path) -> bool:
     """Whether ``err``, raised while writing into ``folder``, comes from a full disk (or quota)."""
-    if not isinstance(err, Exception):
+    if not isinstance(err, Exception) or isinstance(err, ValueError):  # ValueErrors are page4d's own messages
         return False
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True

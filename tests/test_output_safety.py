@@ -514,3 +514,12 @@ def test_a_lock_that_cannot_be_written_leaves_nothing(tmp_path, capsys, monkeypa
     assert main(["reconstruct", str(EXAMPLE), "-o", str(tmp_path / "new" / "out"), *FAST]) == 2
     one_line_error(capsys, "no space left on the disk of", f"while writing {tmp_path / 'new' / '.out.lock'}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_input_on_an_almost_full_disk_is_still_reported_as_bad_input(tmp_path, capsys, monkeypatch):
+    import page4d.transaction
+
+    monkeypatch.setattr(page4d.transaction.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1, 1, 0))
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(tmp_path / "out"), "--export-time", "3", *FAST]) == 2
+    err = one_line_error(capsys, "--export-time 3 is not a time id of the input")
+    assert "no space" not in err and list(tmp_path.iterdir()) == []
