@@ -28,6 +28,7 @@ import torch
 
 from page4d.checkpoints import page4d, pi3, vggt
 from page4d.checkpoints.io import detect_family
+from page4d.checkpoints.loading import check_floating
 from page4d.checkpoints.report import LoadReport
 from page4d.checkpoints.source import LazySource
 from page4d.config import ModelConfig, preset
@@ -168,8 +169,8 @@ def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tupl
     recipe.validate_fields()
     if set(sources) != set(recipe.sources):
         raise ValueError(f"recipe {recipe.name} needs sources {list(recipe.sources)}, got {list(sources)}")
-    shapes = {k: tuple(v.shape) for k, v in target.state_dict().items()}
-    floating = {k for k, v in target.state_dict().items() if v.is_floating_point()}
+    expected = target.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in expected.items()}
     keys = sorted(shapes)
     converted = {
         label: CONVERTERS[recipe.sources[label]](src.meta_state(), source=str(src.path))
@@ -189,12 +190,7 @@ def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tupl
         if wrong:
             raise ValueError(f"{what}: mis-shaped keys: {', '.join(wrong[:6])}; the target model is not the size of "
                              "the source: give a target config that matches it (convert --target PRESET|config.json)")
-        # Casting integer weights to float would load a silently wrong model (a quantised or mislabelled file).
-        integral = [f"{k} ({state[k].dtype})" for k in sorted(claimed & floating) if not state[k].is_floating_point()]
-        if integral:
-            raise ValueError(f"{sources[stage.source].path} ({what}) has {len(integral)} non-floating-point tensors "
-                             f"where the model's are floating point: {', '.join(integral[:6])}; the file is corrupt "
-                             "or quantised: export it in float32, float16 or bfloat16")
+        check_floating(expected, {k: state[k] for k in claimed}, f"{sources[stage.source].path} ({what})")
         overlap = sorted(k for k in claimed if k in owner)
         if overlap and recipe.precedence == "error":
             raise ValueError(

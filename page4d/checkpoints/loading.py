@@ -15,6 +15,19 @@ def listing(keys: list[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def check_floating(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise ``ValueError`` if ``given`` holds non-floating-point tensors for keys whose ``expected`` tensor is
+    floating point: cast on load, integer weights would make a silently wrong model (a quantised or mislabelled
+    file). Keys only one side has are not looked at."""
+    integral = [f"{k} ({given[k].dtype})" for k in sorted(set(expected) & set(given))
+                if expected[k].is_floating_point() and not given[k].is_floating_point()]
+    if integral:
+        raise ValueError(
+            f"{source} has {len(integral)} non-floating-point tensors where the model's are floating point: "
+            f"{listing(integral, 6)}; the file is corrupt or quantised: export it in float32, float16 or bfloat16"
+        )
+
+
 def check_state_dict(
     model: nn.Module,
     state_dict: dict[str, torch.Tensor],
@@ -51,17 +64,7 @@ def check_state_dict(
             f"{source} does not match the model configuration; " + "; ".join(problems)
             + ". Check that the checkpoint family and the model config/preset agree."
         )
-    # Casting integer weights to float would load a silently wrong model (e.g. a quantised or mislabelled file).
-    integral = [
-        f"{k} ({state_dict[k].dtype})"
-        for k in sorted(set(expected) & set(state_dict))
-        if expected[k].is_floating_point() and not state_dict[k].is_floating_point()
-    ]
-    if integral:
-        raise ValueError(
-            f"{source} has {len(integral)} non-floating-point tensors where the model's are floating point: "
-            f"{listing(integral, 6)}; the file is corrupt or quantised: export it in float32, float16 or bfloat16"
-        )
+    check_floating(expected, state_dict, source)
     # Meta tensors (key lists checked for shape only) have no values to test.
     bad = [k for k, v in state_dict.items() if v.is_floating_point() and not v.is_meta and not torch.isfinite(v).all()]
     if bad:

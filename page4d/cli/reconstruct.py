@@ -130,14 +130,11 @@ def _window(value: str, overlap: int) -> int | str:
 
 def _inputs(args: argparse.Namespace) -> list[Path]:
     """Every file or folder the run reads, which ``-o`` must not overlap."""
-    from page4d.checkpoints.pretrained import BUNDLED_MODELS
+    from page4d.checkpoints.pretrained import resolve
 
     paths = [*args.input, *([args.masks] if args.masks is not None else [])]
-    if args.model in BUNDLED_MODELS:
-        paths.append(BUNDLED_MODELS[args.model])
-    elif Path(args.model).exists():
-        paths.append(Path(args.model))
-    return paths
+    weights = None if args.model in PRESETS else resolve(args.model)  # a bundled folder, a local path or a Hub name
+    return paths + ([weights] if isinstance(weights, Path) else [])
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -191,8 +188,9 @@ def _run(args: argparse.Namespace, output: OutputFolder, window: int | str, form
                          f"({clip.time_ids[0]}..{clip.time_ids[-1]}); pick one of them")
     device = resolve_device(args.device)
     if args.model in PRESETS:  # checked before building a possibly full-size model
-        _require_heads(preset(args.model), args.model)
-        check_input_size(preset(args.model), clip.image_size, args.mode, args.size or preset(args.model).input_width)
+        config = preset(args.model)
+        _require_heads(config, args.model)
+        check_input_size(config, clip.image_size, args.mode, args.size or config.input_width)
     model, source = load_model(args.model, args.seed)
     _require_heads(model.config, args.model)
     size = args.size or model.config.input_width

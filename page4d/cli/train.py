@@ -93,8 +93,6 @@ def _train(args: argparse.Namespace, config: TrainConfig, discard_old: bool = Fa
               f"{trainer.step} to {config.steps} in {args.output}")
     try:
         model = trainer.run(progress=not args.quiet)
-    except ValueError:
-        raise
     except Exception as err:  # a full disk surfaces from many writers (csv, torch.save, safetensors)
         if is_disk_full(err, args.output):
             raise disk_full_error(args.output, f"the run in {args.output}", err) from None

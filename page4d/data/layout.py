@@ -10,9 +10,8 @@
 
 Time ids come from the folder names and view ids from the file names; neither has to start at 0 or
 be contiguous. ``cameras.json`` rows are matched by id, so it may list more time steps or views than
-the folder holds. A clip with ``depths/`` is ground truth, so its cameras must be finite; a cameras-only
-clip (e.g. a reconstruction's ``cameras.json`` next to its images) may hold NaN / Inf where the model failed.
-Anything else in the folders is ignored.
+the folder holds, but every camera the clip uses must be finite (``null``, NaN and Inf are refused). Anything
+else in the folders is ignored.
 """
 
 from __future__ import annotations
@@ -163,8 +162,8 @@ def load_clip(root: str | Path) -> MultiViewClip:
     """Parse a clip folder into a :class:`MultiViewClip` (paths and cameras; pixels are loaded on demand).
 
     Checks that every time step has the same views, that all images (and depths, masks) share one
-    resolution (after EXIF orientation) and are readable, and that ``cameras.json`` covers every (time, view),
-    with finite values when the clip is ground truth (has ``depths/``). Any problem raises ``ValueError`` with
+    resolution (after EXIF orientation) and are readable, and that ``cameras.json`` covers every (time, view)
+    with finite values. Any problem raises ``ValueError`` with
     what is wrong and what to do; a resolution above PIL's decompression-bomb threshold gives one ``UserWarning``.
     """
     root = Path(root)
