@@ -18,7 +18,7 @@ import torch
 from page4d.aggregator.epipolar import EpipolarBias
 from page4d.aggregator.tokens import frame_positions
 from page4d.config import EpipolarConfig
-from page4d.nn import Block, RotaryEmbedding2D, RowKeyBias, set_attention_backend
+from page4d.nn import AttentionExtras, Block, RotaryEmbedding2D, RowKeyBias, set_attention_backend
 
 
 def timed(fn, repeats: int) -> float:
@@ -68,15 +68,16 @@ def main() -> None:
         *ring_cameras(args.views, h * 14, w * 14), (h, w), 14, 5,
         EpipolarConfig(view_blocks=(0,), band_px=14.0, penalty=4.0, chunk_size=args.chunk),
     )
+    biased, banded = AttentionExtras(bias=rank1), AttentionExtras(chunked_bias=epipolar)
     with torch.inference_mode():
         results = {
             "plain fused": timed(lambda: block(x, pos), args.repeats),
-            "rank-1 bias, fused": timed(lambda: block(x, pos, bias=rank1), args.repeats),
-            "epipolar, chunked fused": timed(lambda: block(x, pos, chunked_bias=epipolar), args.repeats),
+            "rank-1 bias, fused": timed(lambda: block(x, pos, biased), args.repeats),
+            "epipolar, chunked fused": timed(lambda: block(x, pos, banded), args.repeats),
         }
         set_attention_backend(block, "dense")
-        results["rank-1 bias, dense L×L"] = timed(lambda: block(x, pos, bias=rank1), args.repeats)
-        results["epipolar, dense L×L"] = timed(lambda: block(x, pos, chunked_bias=epipolar), args.repeats)
+        results["rank-1 bias, dense L×L"] = timed(lambda: block(x, pos, biased), args.repeats)
+        results["epipolar, dense L×L"] = timed(lambda: block(x, pos, banded), args.repeats)
     print(f"view block C={args.dim}, V={args.views}, {h}x{w} patches, L={tokens}, {args.threads} threads, CPU")
     for name, seconds in results.items():
         print(f"{name:26s} {seconds * 1e3:9.1f} ms  {seconds / results['plain fused']:5.2f}x plain")

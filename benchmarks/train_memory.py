@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from page4d.config import preset
+from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
+from page4d.presets import preset
 from page4d.train.config import TrainConfig
 from page4d.train.freeze import train_only
 
@@ -50,7 +51,7 @@ def saved_bytes(model: Page4D, times: int, views: int, width: int) -> int:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(images, mask_step=0.0)
+        model(images, ForwardInputs(mask_step=0.0))
     return sum(storages.values())
 
 

@@ -1,14 +1,15 @@
-"""Typed model configuration: dataclasses with named presets.
+"""Typed model configuration: one dataclass per part of the model, each validating its own fields.
 
 Every hyper-parameter that changes weights or numerics lives here, so a checkpoint's
-``config.json`` (``ModelConfig.to_dict``) fully describes the model that wrote it.
+``config.json`` (``ModelConfig.to_dict``) fully describes the model that wrote it. Named presets are in
+``page4d.presets``; configs written by older versions are brought up to date by ``migrate``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from page4d.conventions import PATCH_SIZE
 
@@ -17,6 +18,24 @@ BlockBank = Literal["time", "view"]
 
 AttentionKind = Literal["time", "view", "frame", "global"]
 """Which tokens attend to each other: same view across time, same time across views, one image, all."""
+
+MaskHeadName = Literal["fin10", "release", "fusion"]
+"""Dynamic-mask heads: PAGE-4D's two, and the design documents' head that fuses its estimate with an external mask."""
+
+SparseStrategyName = Literal["landmark", "dilated", "memory"]
+"""Key sets of sparse global attention (one class each in ``page4d.aggregator.sparse``)."""
+
+SPARSE_STRATEGIES: tuple[str, ...] = get_args(SparseStrategyName)
+
+
+def _check_choice(owner: str, name: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {owner}.{name} {value!r}; use one of {', '.join(map(str, choices))}")
+
+
+def _check_blocks(owner: str, name: str, blocks: tuple[int, ...], depth: int) -> None:
+    if any(not 0 <= i < depth for i in blocks):
+        raise ValueError(f"{owner}.{name} {tuple(blocks)} outside 0..{depth - 1}")
 
 
 @dataclass
@@ -50,7 +69,7 @@ class DynamicMaskConfig:
     hold (``cosine_hold``: 1 before ``hold_start``, 0 from ``hold_end``). The step is an input of
     ``forward`` (the training loop passes it), never a counter inside the model.
 
-    ``bias = "pose_geo"`` (the seeds' shared stream): ``key`` is the moving probability M (1 = moving),
+    ``bias = "pose_geo"`` (the design documents' shared stream): ``key`` is the moving probability M (1 = moving),
     ``row = -λ_pose`` on camera/register queries (the pose stream ignores moving keys) and ``+λ_geo`` on
     patch queries (the geometry stream attends to them), with separate ``λ_pose_t``, ``λ_geo_t`` in the
     biased time blocks. The λ are learnable, clamped to ``[-lambda_bound, lambda_bound]`` and start at 0,
@@ -63,11 +82,12 @@ class DynamicMaskConfig:
     keys ``pose_time_blocks.{i}`` / ``pose_view_blocks.{i}``, initialised equal to the shared ones).
     At λ = 0 both streams equal the single stream exactly.
 
-    Heads: ``fin10`` and ``release`` (PAGE-4D's two, reference key names) and ``seeds`` (the design
-    documents' head with ``M = sigmoid(alpha·z(M̃) + beta·M_ext)``, gates ``scalar`` or per-frame ``mlp``).
+    Heads: ``fin10`` and ``release`` (PAGE-4D's two, reference key names) and ``fusion`` (the design
+    documents' head, fusing its own estimate with an external mask: ``M = sigmoid(alpha·z(M̃) + beta·M_ext)``,
+    gates ``scalar`` or per-frame ``mlp``).
     """
 
-    head: Literal["fin10", "release", "seeds"] = "release"
+    head: MaskHeadName = "release"
     after_block: int = 9
     """Time-bank block whose output (before the view block of the same index) feeds the head."""
     biased_view_blocks: tuple[int, ...] = tuple(range(10, 20))
@@ -81,10 +101,33 @@ class DynamicMaskConfig:
     hold_end: float = 0.0
     lambda_bound: float = 4.0
     gate: Literal["scalar", "mlp"] = "scalar"
-    """How the seeds head weighs its own logit and the external mask."""
+    """How the fusion head weighs its own logit and the external mask."""
     streams: Literal["shared", "dual"] = "shared"
     dual_from_block: int = 0
     dual_weights: Literal["shared", "branched"] = "shared"
+
+    def validate(self, depth: int) -> None:
+        """Raise ``ValueError`` for settings that cannot be built in an aggregator of ``depth`` blocks per bank."""
+        _check_choice("dynamic_mask", "head", self.head, get_args(MaskHeadName))
+        _check_choice("dynamic_mask", "bias", self.bias, ("page4d", "pose_geo"))
+        _check_choice("dynamic_mask", "schedule", self.schedule, ("constant", "cosine_hold"))
+        _check_choice("dynamic_mask", "gate", self.gate, ("scalar", "mlp"))
+        _check_choice("dynamic_mask", "streams", self.streams, ("shared", "dual"))
+        _check_choice("dynamic_mask", "dual_weights", self.dual_weights, ("shared", "branched"))
+        if not 0 <= self.after_block < depth:
+            raise ValueError(f"dynamic_mask.after_block {self.after_block} is outside 0..{depth - 1}")
+        _check_blocks("dynamic_mask", "biased_view_blocks", self.biased_view_blocks, depth)
+        _check_blocks("dynamic_mask", "biased_time_blocks", self.biased_time_blocks, depth)
+        if self.scale < 0 or self.hold_end < self.hold_start:
+            raise ValueError("dynamic_mask needs scale >= 0 and hold_end >= hold_start")
+        if self.lambda_bound <= 0:
+            raise ValueError(f"dynamic_mask.lambda_bound must be > 0, got {self.lambda_bound}")
+        if self.streams == "dual" and self.bias != "pose_geo":
+            raise ValueError("dual streams need bias='pose_geo' (the pose and geometry λ)")
+        if not 0 <= self.dual_from_block < depth:
+            raise ValueError(f"dynamic_mask.dual_from_block {self.dual_from_block} is outside 0..{depth - 1}")
+        if self.bias == "page4d" and self.biased_time_blocks:
+            raise ValueError("the page4d bias only applies to view blocks; use bias='pose_geo' to bias time blocks")
 
 
 @dataclass
@@ -99,13 +142,28 @@ class SparseGlobalConfig:
     init, clamped to ``[-lambda_bound, lambda_bound]``). The blocks start as the identity (LayerScale 0).
     """
 
-    strategy: Literal["landmark", "dilated", "memory"] = "landmark"
+    strategy: SparseStrategyName = "landmark"
     after_pairs: tuple[int, ...] = (11,)
     num_landmarks: int = 16
     dilation_levels: tuple[int, ...] = (1, 2, 4)
     num_memory_tokens: int = 32
     keypoint_bias: bool = False
     lambda_bound: float = 4.0
+
+    def validate(self, depth: int) -> None:
+        """Raise ``ValueError`` for settings that cannot be built in an aggregator of ``depth`` pairs."""
+        _check_choice("sparse_global", "strategy", self.strategy, SPARSE_STRATEGIES)
+        _check_blocks("sparse_global", "after_pairs", self.after_pairs, depth)
+        if self.strategy == "landmark" and self.num_landmarks < 1:
+            raise ValueError(f"sparse_global.num_landmarks must be at least 1, got {self.num_landmarks}")
+        if self.strategy == "dilated" and (not self.dilation_levels or min(self.dilation_levels) < 1):
+            raise ValueError(
+                f"sparse_global.dilation_levels must be positive frame offsets, got {self.dilation_levels}"
+            )
+        if self.strategy == "memory" and self.num_memory_tokens < 1:
+            raise ValueError(f"sparse_global.num_memory_tokens must be at least 1, got {self.num_memory_tokens}")
+        if self.lambda_bound <= 0:
+            raise ValueError(f"sparse_global.lambda_bound must be > 0, got {self.lambda_bound}")
 
 
 @dataclass
@@ -121,6 +179,12 @@ class EpipolarConfig:
     band_px: float = 14.0
     penalty: float = 4.0
     chunk_size: int = 1024
+
+    def validate(self, depth: int) -> None:
+        """Raise ``ValueError`` for settings that cannot be built in an aggregator of ``depth`` blocks per bank."""
+        _check_blocks("epipolar", "view_blocks", self.view_blocks, depth)
+        if self.band_px < 0 or self.penalty < 0 or self.chunk_size < 1:
+            raise ValueError("epipolar needs band_px >= 0, penalty >= 0 and chunk_size >= 1")
 
 
 @dataclass
@@ -153,9 +217,53 @@ class AggregatorConfig:
     bank_kinds: dict[str, AttentionKind] = field(default_factory=lambda: {"time": "time", "view": "view"})
     dynamic_mask: DynamicMaskConfig | None = None
     temporal_rope: bool = False
+    """Relative time encoding in the time bank (learnable RoPE-style rotation by t, identity at init)."""
     sparse_global: SparseGlobalConfig | None = None
     epipolar: EpipolarConfig | None = None
-    """Relative time encoding in the time bank (learnable RoPE-style rotation by t, identity at init)."""
+
+    def block_order(self) -> list[tuple[BlockBank, int]]:
+        """The (bank, index) of every time and view block in running order: groups of ``aa_block_size``
+        blocks of each bank in ``aa_order`` (VGGT's alternation). The layer schedule runs exactly this order."""
+        k = self.aa_block_size
+        return [(bank, g * k + j) for g in range(self.depth // k) for bank in self.aa_order for j in range(k)]
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for settings that cannot be built (the mechanisms' own fields included)."""
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"aggregator.embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.aa_block_size < 1 or self.depth % self.aa_block_size:
+            raise ValueError(
+                f"aggregator.depth ({self.depth}) must be divisible by aa_block_size ({self.aa_block_size})"
+            )
+        if sorted(self.aa_order) != ["time", "view"]:
+            raise ValueError(
+                f"aggregator.aa_order must name the banks 'time' and 'view' once each, got {self.aa_order}"
+            )
+        if set(self.bank_kinds) != {"time", "view"}:
+            raise ValueError(f"aggregator.bank_kinds needs an entry for 'time' and 'view', got {self.bank_kinds}")
+        for bank, kind in self.bank_kinds.items():
+            if kind not in get_args(AttentionKind):
+                raise ValueError(f"unknown attention kind {kind!r} for bank {bank!r}")
+        for part in (self.dynamic_mask, self.sparse_global, self.epipolar):
+            if part is not None:
+                part.validate(self.depth)
+        if self.dynamic_mask is not None:
+            self._check_mask_order(self.dynamic_mask)
+        if self.epipolar is not None and self.epipolar.view_blocks and self.bank_kinds["view"] != "view":
+            raise ValueError("the epipolar prior needs the view bank to run view attention (bank_kinds['view'])")
+
+    def _check_mask_order(self, mask: DynamicMaskConfig) -> None:
+        """Every biased block must run after the time block that feeds the mask head."""
+        order = self.block_order()
+        source = order.index(("time", mask.after_block))
+        biased = [*(("view", i) for i in mask.biased_view_blocks), *(("time", i) for i in mask.biased_time_blocks)]
+        early = sorted((order.index(b), b) for b in biased if order.index(b) <= source)
+        if early:
+            raise ValueError(
+                f"the dynamic mask is computed after time block {mask.after_block}, but "
+                f"{', '.join(f'{bank} block {i}' for _, (bank, i) in early)} run(s) before it and cannot use it; "
+                "move dynamic_mask.after_block earlier or bias later blocks"
+            )
 
 
 @dataclass
@@ -234,8 +342,11 @@ class ModelConfig:
         return 2 * self.aggregator.embed_dim
 
     def validate(self) -> None:
-        """Raise ``ValueError`` for configurations that cannot be built."""
+        """Raise ``ValueError`` for configurations that cannot be built: each part's own rules, then the few
+        that join parts (widths, head taps)."""
         enc, agg = self.encoder, self.aggregator
+        _check_choice("encoder", "kind", enc.kind, ("dinov2", "conv"))
+        agg.validate()
         if enc.embed_dim != agg.embed_dim:
             raise ValueError(
                 f"encoder.embed_dim ({enc.embed_dim}) must equal aggregator.embed_dim ({agg.embed_dim}): "
@@ -245,54 +356,6 @@ class ModelConfig:
             raise ValueError("encoder and aggregator must use the same number of register tokens")
         if self.input_width <= 0 or self.input_width % self.patch_size:
             raise ValueError(f"input_width ({self.input_width}) must be a positive multiple of {self.patch_size}")
-        if agg.depth % agg.aa_block_size:
-            raise ValueError(f"aggregator.depth ({agg.depth}) must be divisible by aa_block_size ({agg.aa_block_size})")
-        if sorted(agg.aa_order) != ["time", "view"]:
-            raise ValueError(f"aggregator.aa_order must name the banks 'time' and 'view' once each, got {agg.aa_order}")
-        if set(agg.bank_kinds) != {"time", "view"}:
-            raise ValueError(f"aggregator.bank_kinds needs an entry for 'time' and 'view', got {agg.bank_kinds}")
-        for bank, kind in agg.bank_kinds.items():
-            if kind not in ("time", "view", "frame", "global"):
-                raise ValueError(f"unknown attention kind {kind!r} for bank {bank!r}")
-        mask = agg.dynamic_mask
-        if mask is not None:
-            if not 0 <= mask.after_block < agg.depth:
-                raise ValueError(f"dynamic_mask.after_block {mask.after_block} is outside 0..{agg.depth - 1}")
-            if any(not 0 <= i < agg.depth for i in mask.biased_view_blocks):
-                raise ValueError(
-                    f"dynamic_mask.biased_view_blocks {mask.biased_view_blocks} outside 0..{agg.depth - 1}"
-                )
-            if any(not 0 <= i < agg.depth for i in mask.biased_time_blocks):
-                raise ValueError(
-                    f"dynamic_mask.biased_time_blocks {mask.biased_time_blocks} outside 0..{agg.depth - 1}"
-                )
-            if mask.scale < 0 or mask.hold_end < mask.hold_start:
-                raise ValueError("dynamic_mask needs scale >= 0 and hold_end >= hold_start")
-            if mask.lambda_bound <= 0:
-                raise ValueError(f"dynamic_mask.lambda_bound must be > 0, got {mask.lambda_bound}")
-            if mask.streams == "dual" and mask.bias != "pose_geo":
-                raise ValueError("dual streams need bias='pose_geo' (the pose and geometry λ)")
-            if not 0 <= mask.dual_from_block < agg.depth:
-                raise ValueError(f"dynamic_mask.dual_from_block {mask.dual_from_block} is outside 0..{agg.depth - 1}")
-            if mask.bias == "page4d" and mask.biased_time_blocks:
-                raise ValueError("the page4d bias only applies to view blocks; use bias='pose_geo' to bias time blocks")
-            from page4d.aggregator.schedule import LayerSchedule  # the schedule owns the ordering rules
-
-            LayerSchedule.alternating(agg)
-        sparse = agg.sparse_global
-        if sparse is not None:
-            if any(not 0 <= i < agg.depth for i in sparse.after_pairs):
-                raise ValueError(f"sparse_global.after_pairs {sparse.after_pairs} outside 0..{agg.depth - 1}")
-            if sparse.strategy not in ("landmark", "dilated", "memory"):
-                raise ValueError(f"unknown sparse_global.strategy {sparse.strategy!r}; use landmark, dilated or memory")
-        epi = agg.epipolar
-        if epi is not None:
-            if any(not 0 <= i < agg.depth for i in epi.view_blocks):
-                raise ValueError(f"epipolar.view_blocks {epi.view_blocks} outside 0..{agg.depth - 1}")
-            if epi.view_blocks and agg.bank_kinds["view"] != "view":
-                raise ValueError("the epipolar prior needs the view bank to run view attention (bank_kinds['view'])")
-            if epi.band_px < 0 or epi.penalty < 0 or epi.chunk_size < 1:
-                raise ValueError("epipolar needs band_px >= 0, penalty >= 0 and chunk_size >= 1")
         for name in ("depth_head", "point_head", "track_head"):
             head = getattr(self, name)
             if head is not None and any(not 0 <= i < agg.depth for i in head.intermediate_layer_idx):
@@ -306,7 +369,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of ``to_dict``; unknown fields raise ``ValueError``."""
+        """Inverse of ``to_dict`` (after ``migrate``, so configs of earlier versions load); unknown fields raise
+        ``ValueError``."""
         def build(klass: type, values: dict[str, Any] | None) -> Any:
             if values is None:
                 return None
@@ -322,7 +386,7 @@ class ModelConfig:
                     kwargs[f.name] = build(nested, v) if nested else tuple(v) if isinstance(v, list) else v
             return klass(**kwargs)
 
-        data = dict(data)
+        data = migrate(data)
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
@@ -345,147 +409,17 @@ _NESTED: dict[tuple[type, str], type] = {
 }
 
 
-def _vggt_1b() -> ModelConfig:
-    return ModelConfig()
+_RENAMED_MASK_HEADS = {"seeds": "fusion"}
+"""Mask-head names of earlier versions -> today's (the head's keys and numbers are unchanged)."""
 
 
-def _pi3_large() -> ModelConfig:
-    """The model Pi3 / Pi3X weights load into: Pi3's DINOv2 ViT-L encoder, 18 (time, view) pairs (Pi3's 36
-    decoder blocks), block LayerNorm eps 1e-6, and no heads (Pi3's own heads have no page4d counterpart)."""
-    return ModelConfig(
-        aggregator=AggregatorConfig(depth=18, layernorm_eps=1e-6),
-        camera_head=None, depth_head=None, point_head=None, track_head=None,
-    )
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``ModelConfig.to_dict`` of any earlier page4d version in today's terms (a new dict; the input is left
+    alone). The one place old names are accepted: nothing else in the library knows them."""
+    data = dict(data)
+    aggregator = data.get("aggregator")
+    mask = aggregator.get("dynamic_mask") if isinstance(aggregator, dict) else None
+    if isinstance(mask, dict) and mask.get("head") in _RENAMED_MASK_HEADS:
+        data["aggregator"] = {**aggregator, "dynamic_mask": {**mask, "head": _RENAMED_MASK_HEADS[mask["head"]]}}
+    return data
 
-
-def _tiny() -> ModelConfig:
-    """A few-hundred-k-parameter model for tests and the untrained demo (DINOv2-style encoder)."""
-    return ModelConfig(
-        encoder=EncoderConfig(embed_dim=48, depth=2, num_heads=4, pos_embed_grid=8),
-        aggregator=AggregatorConfig(embed_dim=48, depth=4, num_heads=4),
-        camera_head=CameraHeadConfig(trunk_depth=1, num_heads=8),
-        depth_head=DPTHeadConfig(features=8, out_channels=(8, 16, 16, 32), intermediate_layer_idx=(0, 1, 2, 3)),
-        point_head=DPTHeadConfig(
-            output_dim=4, activation="inv_log", features=8, out_channels=(8, 16, 16, 32),
-            intermediate_layer_idx=(0, 1, 2, 3),
-        ),
-        track_head=None,
-    )
-
-
-def _small() -> ModelConfig:
-    """About 6 M parameters (24 MB in float32): width 128, a 2-block encoder and 6 (time, view) pairs; small enough
-    to train on a 2-core CPU in hours at 168 × 126 pixels. The base of ``small-mv``, the shipped model."""
-    dense = dict(features=32, out_channels=(32, 64, 96, 128), intermediate_layer_idx=(1, 3, 4, 5))
-    return ModelConfig(
-        encoder=EncoderConfig(embed_dim=128, depth=2, num_heads=4, pos_embed_grid=12),
-        aggregator=AggregatorConfig(embed_dim=128, depth=6, num_heads=4),
-        camera_head=CameraHeadConfig(trunk_depth=2, num_heads=8),
-        depth_head=DPTHeadConfig(**dense),
-        point_head=DPTHeadConfig(output_dim=4, activation="inv_log", **dense),
-        track_head=None,
-        input_width=168,
-    )
-
-
-def _tiny_conv() -> ModelConfig:
-    """Tiny model with a conv patch embedding (no ViT encoder)."""
-    cfg = _tiny()
-    cfg.encoder = EncoderConfig(kind="conv", embed_dim=48, depth=0, num_heads=4)
-    return cfg
-
-
-def _tiny_track() -> ModelConfig:
-    """Tiny model with the track head."""
-    cfg = _tiny()
-    cfg.track_head = TrackHeadConfig(
-        features=8, out_channels=(8, 8, 16, 16), intermediate_layer_idx=(0, 1, 2, 3),
-        corr_levels=3, corr_radius=2, hidden_size=16,
-    )
-    return cfg
-
-
-def page4d_mask_config(
-    variant: str, depth: int = 24, hold_start: float = 0.0, hold_end: float = 0.0
-) -> DynamicMaskConfig:
-    """PAGE-4D's mask placement: ``fin10`` (after time block 7, biases view blocks 8..depth-1, strength 1)
-    or ``release`` (after block 9, biases 10..19, strength 64·alpha with the cosine hold)."""
-    if variant == "fin10":
-        return DynamicMaskConfig(
-            head="fin10", after_block=7, biased_view_blocks=tuple(range(8, depth)), scale=1.0, schedule="constant"
-        )
-    if variant == "release":
-        return DynamicMaskConfig(
-            head="release", after_block=9, biased_view_blocks=tuple(range(10, 20)), scale=64.0,
-            schedule="cosine_hold", hold_start=hold_start, hold_end=hold_end,
-        )
-    raise ValueError(f"unknown PAGE-4D variant {variant!r}; use 'fin10' or 'release'")
-
-
-def _with_mask(base: ModelConfig, mask: DynamicMaskConfig) -> ModelConfig:
-    base.aggregator.dynamic_mask = mask
-    base.validate()
-    return base
-
-
-def _tiny_page4d(head: Literal["fin10", "release"]) -> ModelConfig:
-    """Tiny PAGE-4D model: the mask head reads time block 1 and biases view blocks 2 and 3."""
-    release = head == "release"
-    return _with_mask(_tiny(), DynamicMaskConfig(
-        head=head, after_block=1, biased_view_blocks=(2, 3), release_hidden=16, scale=64.0 if release else 1.0,
-        schedule="cosine_hold" if release else "constant", hold_start=1.0 if release else 0.0,
-        hold_end=2.0 if release else 0.0,
-    ))
-
-
-def _page4d_mv(base: ModelConfig, split: int, landmarks: int = 16) -> ModelConfig:
-    """The seeds' design on ``base``: time/view pairs, the seeds mask head after pair ``split - 1`` biasing
-    the later time and view blocks through one shared stream, temporal RoPE, one sparse global layer
-    (landmarks) after the middle pair. The epipolar prior is available but off (it needs camera priors)."""
-    depth = base.aggregator.depth
-    base.aggregator.dynamic_mask = DynamicMaskConfig(
-        head="seeds", bias="pose_geo", after_block=split - 1, biased_view_blocks=tuple(range(split, depth)),
-        biased_time_blocks=tuple(range(split, depth)),
-    )
-    base.aggregator.temporal_rope = True
-    base.aggregator.sparse_global = SparseGlobalConfig(
-        strategy="landmark", after_pairs=(depth // 2 - 1,), num_landmarks=landmarks
-    )
-    base.validate()
-    return base
-
-
-PRESETS = {
-    "vggt-1b": _vggt_1b,
-    "page4d-fin10": lambda: _with_mask(_vggt_1b(), page4d_mask_config("fin10")),
-    "page4d-release": lambda: _with_mask(_vggt_1b(), page4d_mask_config("release")),
-    "page4d-release-mask": lambda: _with_mask(_vggt_1b(), page4d_mask_config("release", hold_start=1.0, hold_end=2.0)),
-    "page4d-mv": lambda: _page4d_mv(_vggt_1b(), split=8),
-    "pi3-large": _pi3_large,
-    "small-mv": lambda: _page4d_mv(_small(), split=2, landmarks=4),
-    "tiny-mv": lambda: _page4d_mv(_tiny(), split=1, landmarks=2),
-    "tiny-page4d-fin10": lambda: _tiny_page4d("fin10"),
-    "tiny-page4d-release": lambda: _tiny_page4d("release"),
-    "tiny": _tiny,
-    "tiny-conv": _tiny_conv,
-    "tiny-track": _tiny_track,
-}
-
-
-def preset(name: str) -> ModelConfig:
-    """A fresh ``ModelConfig`` for a named preset.
-
-    ``vggt-1b``; ``page4d-fin10`` (author's PAGE-4D: mask after time block 7, biases view blocks 8–23);
-    ``page4d-release`` (official release: mask after block 9, biases 10–19, strength 64·alpha with the
-    release default hold 0/0, i.e. off at inference, as ``checkpoint_nomask.pt`` is used) and
-    ``page4d-release-mask`` (hold 1/2: strength 64 at step 0, for ``checkpoint_mask.pt``); tiny test
-    models ``tiny``, ``tiny-conv``, ``tiny-track``, ``tiny-page4d-fin10``, ``tiny-page4d-release``;
-    ``page4d-mv`` (the design documents' multi-view model: seeds mask head after pair 7 with pose/geo λ
-    biases in time and view blocks 8–23, temporal RoPE, a landmark sparse global block after pair 11)
-    and its small and tiny twins ``small-mv`` (the architecture of the shipped trained model) and ``tiny-mv``;
-    ``pi3-large`` (Pi3's backbone: 18 pairs, block eps 1e-6, no heads; the
-    model ``yyfz233/Pi3`` and ``yyfz233/Pi3X`` load into).
-    """
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; available: {', '.join(sorted(PRESETS))}")
-    return PRESETS[name]()

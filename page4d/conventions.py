@@ -26,9 +26,8 @@ NUM_CAMERA_TOKENS = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-POSE_ENCODING = "absT_quaR_FoV"
 POSE_ENCODING_DIM = 9
-"""t (3) + quaternion xyzw (4) + fov_h + fov_w."""
+"""Channels of VGGT's ``absT_quaR_FoV`` pose encoding: t (3) + quaternion xyzw (4) + fov_h + fov_w."""
 
 
 def patch_start_index(num_register_tokens: int) -> int:

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from huggingface_hub import ModelHubMixin
-from safetensors.torch import save_file
 from torch import nn
 
 from page4d.aggregator import Aggregator
 from page4d.config import ModelConfig
 from page4d.geometry import pose_encoding_to_extri_intri
 from page4d.heads import CameraHead, DPTHead, TrackHead
+from page4d.inputs import ForwardInputs
 from page4d.nn.precision import autocast, full_precision
 from page4d.outputs import Predictions
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 def as_grid(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -68,64 +64,50 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         self.depth_head = DPTHead(config.depth_head, dim_in, p) if config.depth_head else None
         self.track_head = TrackHead(config.track_head, dim_in, p) if config.track_head else None
 
-    def required_entries(self) -> set[int]:
-        """Aggregator output entries the built heads read (all other layer outputs are dropped)."""
-        return self._dense_entries() | self._camera_entries()
-
-    def _camera_entries(self) -> set[int]:
+    def camera_entries(self) -> set[int]:
+        """Aggregator output entries the camera head reads (the last)."""
         return {self.config.aggregator.depth - 1} if self.camera_head is not None else set()
 
-    def _dense_entries(self) -> set[int]:
-        heads = (self.config.point_head, self.config.depth_head, self.config.track_head)
-        return {i for head in heads if head is not None for i in head.intermediate_layer_idx}
+    def dense_entries(self) -> set[int]:
+        """Aggregator output entries the dense heads read (their taps)."""
+        heads = (self.point_head, self.depth_head, self.track_head)
+        return {i for head in heads if head is not None for i in head.cfg.intermediate_layer_idx}
+
+    def required_entries(self) -> set[int]:
+        """Every aggregator output entry a built head reads (all other layer outputs are dropped)."""
+        return self.dense_entries() | self.camera_entries()
 
     def forward(
-        self,
-        images: torch.Tensor,
-        query_points: torch.Tensor | None = None,
-        mask_step: float = 0.0,
-        external_mask: torch.Tensor | None = None,
-        camera_priors: tuple[torch.Tensor, torch.Tensor] | None = None,
-        keypoints: torch.Tensor | None = None,
+        self, images: torch.Tensor, inputs: ForwardInputs | None = None, query_points: torch.Tensor | None = None
     ) -> Predictions:
-        """Predict cameras, depth, points (and tracks when ``query_points`` are given).
+        """Predict cameras, depth, points, the dynamic mask (and tracks when ``query_points`` are given).
 
         Args:
             images: ``[B, T, V, 3, H, W]`` or ``[B, S, 3, H, W]`` (= T 1, V S), RGB in [0, 1].
+            inputs: optional per-forward inputs (external mask, camera priors, keypoints, mask step; see
+                ``ForwardInputs``), at the images' resolution.
             query_points: optional ``[B, N, 2]`` pixel (x, y) in frame (t=0, v=0), for the track head.
-            mask_step: training step for PAGE-4D's mask-strength schedule (0 at inference).
-            external_mask: optional moving mask in [0, 1] (1 = moving, e.g. from SegAnyMo) shaped like the
-                images without channels, ``[B, T, V, H, W]`` or ``[B, S, H, W]``; averaged over each patch and
-                fused by the ``seeds`` mask head.
-            camera_priors: optional coarse (intrinsics ``[B, T, V, 3, 3]``, world-to-camera extrinsics
-                ``[B, T, V, 3, 4]``) at the input resolution (``[B, S, ...]`` for 5-D images), for the
-                epipolar prior of the configured view blocks.
-            keypoints: optional keypoint density in [0, 1] shaped like ``external_mask``, for the sparse
-                global blocks (landmark anchors, keypoint bias); averaged over each patch.
 
         Returns:
             ``Predictions`` with ``[B, T, V, ...]`` fields (see its docstring).
         """
         images = as_grid(images, self.config.patch_size)
         b, t, v, _, height, width = images.shape
-        psi = self.aggregator.patch_start_idx
-        patch_mask = None if external_mask is None else self._to_patches(external_mask, images.shape, "external_mask")
-        patch_keypoints = None if keypoints is None else self._to_patches(keypoints, images.shape, "keypoints")
-        if camera_priors is not None and camera_priors[0].dim() == 4 and t == 1:
-            camera_priors = (camera_priors[0].unsqueeze(1), camera_priors[1].unsqueeze(1))
+        if inputs is not None and not isinstance(inputs, ForwardInputs):
+            raise TypeError(f"inputs must be a page4d.ForwardInputs, got {type(inputs).__name__} (query points go "
+                            "by keyword: query_points=...)")
+        patch_inputs = (inputs or ForwardInputs()).at_patches(images.shape, self.config.patch_size)
         with autocast(images.device):
-            mask_cfg = self.config.aggregator.dynamic_mask
-            dual = mask_cfg is not None and mask_cfg.streams == "dual"
-            keep = self._dense_entries() if dual else self.required_entries()
-            aggregated = self.aggregator(
-                images, keep, mask_step, patch_mask, pose_keep=self._camera_entries(), cameras=camera_priors,
-                keypoints=patch_keypoints,
-            )
-        frames = {i: rearrange(e, "b t v p c -> b (t v) p c").float() for i, e in aggregated.entries.items()}
-        pose_source = aggregated.pose_entries if aggregated.pose_entries is not None else aggregated.entries
+            aggregated = self.aggregator(images, self.camera_entries(), self.dense_entries(), patch_inputs)
 
         def per_tv(x: torch.Tensor) -> torch.Tensor:
             return rearrange(x, "b (t v) ... -> b t v ...", t=t, v=v)
+
+        def taps(indices: tuple[int, ...]) -> list[torch.Tensor]:
+            """Patch tokens of the geometry entries ``indices``, as ``[B, T·V, h·w, 2C]`` float32."""
+            entries = aggregated.geometry_entries
+            psi = self.aggregator.patch_start_idx
+            return [rearrange(entries[i][:, :, :, psi:], "b t v p c -> b (t v) p c").float() for i in indices]
 
         out = Predictions()
         if aggregated.mask is not None:
@@ -134,23 +116,19 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
             out.dynamic_mask = moving[:, 0].unflatten(0, (b, t, v))
         with full_precision(images.device):
             if self.camera_head is not None:
-                camera_tokens = pose_source[self.config.aggregator.depth - 1][:, :, :, 0].float()
+                camera_tokens = aggregated.pose_entries[self.config.aggregator.depth - 1][:, :, :, 0].float()
                 poses = self.camera_head(rearrange(camera_tokens, "b t v c -> b (t v) c"))
                 out.pose_enc_list = [per_tv(p_) for p_ in poses]
                 out.pose_enc = out.pose_enc_list[-1]
                 out.extrinsic, out.intrinsic = pose_encoding_to_extri_intri(out.pose_enc, (height, width))
-            for name in ("depth", "point"):
-                head = getattr(self, f"{name}_head")
-                if head is None:
-                    continue
-                taps = [frames[i][:, :, psi:] for i in head.cfg.intermediate_layer_idx]
-                pred, conf = head(taps, (height, width))
-                key = "depth" if name == "depth" else "world_points"
-                setattr(out, key, per_tv(pred))
-                setattr(out, f"{key}_conf", per_tv(conf))
+            for head, key in ((self.depth_head, "depth"), (self.point_head, "world_points")):
+                if head is not None:
+                    pred, conf = head(taps(head.cfg.intermediate_layer_idx), (height, width))
+                    setattr(out, key, per_tv(pred))
+                    setattr(out, f"{key}_conf", per_tv(conf))
             if self.track_head is not None and query_points is not None:
-                taps = [frames[i][:, :, psi:] for i in self.track_head.cfg.intermediate_layer_idx]
-                tracks = self.track_head(taps, (height, width), query_points.float())
+                tracks = self.track_head(taps(self.track_head.cfg.intermediate_layer_idx), (height, width),
+                                         query_points.float())
                 out.track_list = [per_tv(x) for x in tracks.tracks]
                 out.track = out.track_list[-1]
                 out.track_vis = per_tv(tracks.vis)
@@ -158,27 +136,9 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
                     out.track_conf = per_tv(tracks.conf)
         return out
 
-    def _to_patches(self, mask: torch.Tensor, image_shape: torch.Size, name: str) -> torch.Tensor:
-        """Pixel map ``[B, T, V, H, W]`` (or ``[B, S, H, W]`` when T = 1) -> patch means ``[B, T, V, h, w]``."""
-        b, t, v, _, height, width = image_shape
-        if mask.dim() == 4 and t == 1:
-            mask = mask.unsqueeze(1)
-        if tuple(mask.shape) != (b, t, v, height, width):
-            raise ValueError(
-                f"{name} must be [B, T, V, H, W] = {[b, t, v, height, width]} like the images "
-                f"(or [B, S, H, W] for 5-D images), got {list(mask.shape)}"
-            )
-        pooled = F.avg_pool2d(mask.float().flatten(0, 2)[:, None], kernel_size=self.config.patch_size)
-        return pooled[:, 0].unflatten(0, (b, t, v))
-
     @torch.inference_mode()
     def infer(
-        self,
-        images: torch.Tensor,
-        query_points: torch.Tensor | None = None,
-        external_mask: torch.Tensor | None = None,
-        camera_priors: tuple[torch.Tensor, torch.Tensor] | None = None,
-        keypoints: torch.Tensor | None = None,
+        self, images: torch.Tensor, inputs: ForwardInputs | None = None, query_points: torch.Tensor | None = None
     ) -> Predictions:
         """Inference entry point: eval mode, inputs moved to the model's device, bf16 aggregator on CUDA.
 
@@ -188,13 +148,9 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         self.eval()
         weight = next(self.parameters())
         device = weight.device
-
-        def move(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x.to(device)
-
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a torch.Tensor (float in [0, 1] or uint8), got {type(images).__name__}")
-        images = move(images)
+        images = images.to(device)
         if images.dtype == torch.uint8:
             images = images.float() / 255
         elif not images.is_floating_point():
@@ -214,61 +170,26 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
                 hints.append("[-1, 1] images: pass (x + 1) / 2")
             raise ValueError(f"images must be in [0, 1], found values in [{low:g}, {high:g}]; {'; '.join(hints)}")
         images = images.to(weight.dtype)  # float64 or half images would meet float32 weights in the first layer
-        cameras = None if camera_priors is None else (move(camera_priors[0]), move(camera_priors[1]))
-        return self(
-            images, move(query_points), external_mask=move(external_mask), camera_priors=cameras,
-            keypoints=move(keypoints),
-        )
+        inputs = None if inputs is None else inputs.to(device)
+        return self(images, inputs, None if query_points is None else query_points.to(device))
 
-    # --- Hugging Face Hub mixin: native format = model.safetensors + config.json -------------------
+    # --- thin delegates to page4d.checkpoints, which owns every file format -------------------------
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        weights, config = save_directory / WEIGHTS_NAME, save_directory / CONFIG_NAME
-        save_file(state, str(weights), metadata={"format": "pt", "library": "page4d"})
-        config.write_text(json.dumps(self.config.to_dict(), indent=2))
-        # safetensors creates its file 0600; give it the mode the umask gives config.json, so others can read it.
-        weights.chmod(config.stat().st_mode & 0o777)
+        """Called by the Hub mixin's ``save_pretrained`` / ``push_to_hub``: the native format."""
+        from page4d.checkpoints import native
+
+        native.save(self, Path(save_directory))
 
     @classmethod
-    def _from_pretrained(
-        cls,
-        *,
-        model_id: str,
-        revision: str | None,
-        cache_dir: str | Path | None,
-        force_download: bool,
-        local_files_only: bool,
-        token: str | bool | None,
-        config: dict | None = None,
-        **model_kwargs,
-    ) -> Page4D:
-        """A native Hub repo (the mixin passes its ``config.json``); local folders never come here."""
-        from page4d.checkpoints.hub import fetch
-        from page4d.checkpoints.pretrained import load_native
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **hub_options) -> Page4D:
+        """A trained model: a bundled name (``page4d-small``), a native folder, a checkpoint file (page4d, VGGT,
+        PAGE-4D, Pi3), a known Hub checkpoint (``facebook/VGGT-1B``) or a native Hub repo, converted on the fly
+        where needed. ``hub_options`` (``revision``, ``token``, ``cache_dir``, ``local_files_only``,
+        ``force_download``) go to the Hub client. See ``page4d.checkpoints.pretrained.load_pretrained``, which
+        also returns the load report."""
+        from page4d.checkpoints.hub import HubOptions
+        from page4d.checkpoints.pretrained import load_pretrained
 
-        if config is None:
-            raise ValueError(f"{model_id}: no {CONFIG_NAME} found; a native page4d checkpoint needs one")
-        try:
-            model_config = ModelConfig.from_dict(config)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{model_id}: {CONFIG_NAME} is not a valid page4d model config ({err})") from None
-        return load_native(fetch(model_id, WEIGHTS_NAME, revision=revision), model_config)[0]
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> Page4D:
-        """Load a bundled model (``page4d-small``), a native folder or Hub repo; known foreign checkpoints
-        (``facebook/VGGT-1B``) and checkpoint files are converted on the fly (see
-        ``page4d.checkpoints.pretrained.load_pretrained``, which reads every local folder and file; the Hub
-        mixin and its ``kwargs`` are used for native Hub repos only)."""
-        from page4d.checkpoints.hub import KNOWN_CHECKPOINTS, fetch
-        from page4d.checkpoints.pretrained import load_pretrained, resolve
-
-        where = resolve(pretrained_model_name_or_path)
-        if isinstance(where, Path) or where in KNOWN_CHECKPOINTS:
-            if kwargs:  # the mixin's options (revision, token, ...) mean nothing here; ignoring them would mislead
-                raise TypeError(f"{pretrained_model_name_or_path}: {', '.join(sorted(kwargs))} apply to native Hub "
-                                "repos only; load local folders, files and known checkpoints without them")
-            return load_pretrained(where)[0]
-        fetch(where, CONFIG_NAME, revision=kwargs.get("revision"))  # fails fast offline, unlike the mixin
-        return super().from_pretrained(where, **kwargs)
+        hub = HubOptions.from_kwargs(hub_options, str(pretrained_model_name_or_path)) if hub_options else None
+        return load_pretrained(pretrained_model_name_or_path, hub=hub)[0]

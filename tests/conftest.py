@@ -73,7 +73,7 @@ def pi3_intermediates(model, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
     depth, width = model.config.aggregator.depth, model.config.aggregator.embed_dim
     with torch.no_grad():
         out = {"inter.encoder_patch_tokens": model.aggregator.encode(grid).flatten(0, 2)}
-        entries = model.aggregator(grid, keep=range(depth)).entries
+        entries = model.aggregator(grid, range(depth)).pose_entries
     for k, entry in entries.items():
         out[f"inter.decoder_block_{2 * k:02d}"] = entry[:, 0, ..., :width]
         out[f"inter.decoder_block_{2 * k + 1:02d}"] = entry[:, 0, ..., width:]

@@ -7,7 +7,7 @@ import torch
 
 from page4d.aggregator import kinds
 from page4d.aggregator.tokens import frame_positions
-from page4d.nn import Block, RotaryEmbedding2D, set_attention_backend
+from page4d.nn import AttentionExtras, Block, RotaryEmbedding2D, set_attention_backend
 
 
 @pytest.fixture
@@ -33,9 +33,9 @@ def test_fused_equals_dense_with_mask(block):
     pos = torch.randint(0, 6, (12, 2))
     mask = torch.rand(12, 12) > 0.4
     mask |= torch.eye(12, dtype=torch.bool)
-    fused = block(x, pos, mask)
+    fused = block(x, pos, AttentionExtras(mask=mask))
     set_attention_backend(block, "dense")
-    assert torch.allclose(block(x, pos, mask), fused, atol=1e-12, rtol=0)
+    assert torch.allclose(block(x, pos, AttentionExtras(mask=mask)), fused, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["time", "view", "frame"])
@@ -54,7 +54,7 @@ def test_kind_equals_masked_global_attention(block, kind, t, v):
     set_attention_backend(block, "dense")
     flat = kinds.to_sequences(grid, "global")
     mask = kinds.same_group_mask(kind, t, v, p)
-    dense = kinds.from_sequences(block(flat, pos.repeat(t * v, 1), mask), "global", b, t, v)
+    dense = kinds.from_sequences(block(flat, pos.repeat(t * v, 1), AttentionExtras(mask=mask)), "global", b, t, v)
     assert torch.allclose(factored, dense, atol=1e-12, rtol=0)
 
 
@@ -98,8 +98,8 @@ def test_chunked_bias_fused_equals_dense_with_and_without_rank_one(chunk):
     rank1 = RowKeyBias(torch.randn(2, 23, generator=gen, dtype=torch.double), torch.randn(2, 17, generator=gen,
                                                                                            dtype=torch.double))
     for bias in (None, rank1):
-        fused = attend(q, k, v, chunked_bias=full, bias=bias)
-        dense = attend(q, k, v, chunked_bias=full, bias=bias, backend="dense")
+        extras = AttentionExtras(bias=bias, chunked_bias=full)
+        fused, dense = attend(q, k, v, extras), attend(q, k, v, extras, backend="dense")
         assert torch.allclose(fused, dense, atol=1e-12)
-    cross = attend(q, k, v, bias=rank1)
-    assert torch.allclose(cross, attend(q, k, v, bias=rank1, backend="dense"), atol=1e-12)
+    cross = attend(q, k, v, AttentionExtras(bias=rank1))
+    assert torch.allclose(cross, attend(q, k, v, AttentionExtras(bias=rank1), backend="dense"), atol=1e-12)

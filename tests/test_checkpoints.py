@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 from page4d.checkpoints import hub, vggt
 from page4d.checkpoints.io import read_state_dict
 from page4d.checkpoints.loading import load_strict
-from page4d.checkpoints.pretrained import load_file, load_pretrained
-from page4d.config import preset
+from page4d.checkpoints.pretrained import load_checkpoint_file, load_pretrained
 from page4d.model import Page4D
+from page4d.presets import preset
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_file_formats_and_wrappers(conv_fixture, tmp_path, wrapper, suffix):
         save_file(state, str(path))
     loaded = read_state_dict(path)
     assert set(loaded) == set(conv_fixture["model"])
-    model, report = load_file(path, vggt.model_config_from_reference(conv_fixture["config"]))
+    model, report = load_checkpoint_file(path, vggt.model_config_from_reference(conv_fixture["config"]))
     assert len(report.mapped) == len(conv_fixture["model"])
     ref_model = fresh_model(conv_fixture)
     load_strict(ref_model, *vggt.convert(conv_fixture["model"]))
@@ -81,7 +81,7 @@ def test_file_formats_and_wrappers(conv_fixture, tmp_path, wrapper, suffix):
 def test_half_precision_checkpoints_load_into_fp32(conv_fixture, tmp_path, dtype):
     path = tmp_path / "half.safetensors"
     save_file({k: v.to(dtype) for k, v in conv_fixture["model"].items()}, str(path))
-    model, _ = load_file(path, vggt.model_config_from_reference(conv_fixture["config"]))
+    model, _ = load_checkpoint_file(path, vggt.model_config_from_reference(conv_fixture["config"]))
     weight = model.state_dict()["aggregator.time_blocks.0.attn.qkv.weight"]
     assert weight.dtype == torch.float32
     assert torch.equal(weight, conv_fixture["model"]["aggregator.frame_blocks.0.attn.qkv.weight"].to(dtype).float())

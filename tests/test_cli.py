@@ -15,9 +15,9 @@ from conftest import REPO
 from PIL import Image
 
 from page4d.cli.main import main
-from page4d.config import preset
 from page4d.data.layout import load_clip
 from page4d.model import Page4D
+from page4d.presets import preset
 
 EXAMPLE = REPO / "examples" / "tabletop4v_mini"
 
@@ -132,21 +132,21 @@ def test_overwrite_replaces_the_folder(tmp_path):
     [
         (["--size", "100"], "multiple of 14"),
         (["--model", "no-such-model"], "no-such-model"),
-        (["--model", "pi3-large"], "reconstruct needs the camera, depth and point heads"),
+        (["--model", "pi3-large"], "a reconstruction needs the camera, depth and point heads"),
         (["--export", "ply,obj"], "unknown export format 'obj'; choose from ply, glb, colmap, png"),
         (["--export-time", "3"], "--export-time 3 is not a time id of the input (8..10)"),
-        (["--window", "1"], "--window 1: give 'auto', 'all' or a number of time steps >= 2"),
-        (["--overlap", "0", "--window", "2"], "--overlap 0 must be at least 1"),
-        (["--masks", str(EXAMPLE / "depths"), "--model", "tiny"], "has no seeds mask head to take external masks"),
+        (["--window", "1"], "window 1: give 'auto', 'all' or a number of time steps >= 2"),
+        (["--overlap", "0", "--window", "2"], "overlap 0 must be at least 1"),
+        (["--masks", str(EXAMPLE / "depths"), "--model", "tiny"], "model tiny has no fusion mask head to take them"),
         (["--masks", str(EXAMPLE / "nope")], "folder not found"),
         (["--start", "5"], "--start 5 is past the end"),
         (["--fps", "5"], "--fps applies to video inputs"),
-        (["--window", "3", "--overlap", "3"], "--overlap 3 must be below --window 3"),
-        (["--window", "2", "--overlap", "5"], "--overlap 5 must be below --window 2"),
+        (["--window", "3", "--overlap", "3"], "overlap 3 must be below window 3"),
+        (["--window", "2", "--overlap", "5"], "overlap 5 must be below window 2"),
         (["--export", ","], "--export ',' names no format"),
         (["--export", " , "], "names no format"),
-        (["--size", "14"], "--size 14 gives 1×1 patches per image, fewer than the 4 this model needs"),
-        (["--size", "140000"], "--size 140000 is more than this model takes: at most 672"),
+        (["--size", "14"], "size 14 gives 1×1 patches per image, fewer than the 4 this model needs"),
+        (["--size", "140000"], "size 140000 is more than this model takes: at most 672"),
         (["--size", "2086", "--model", "tiny-mv"], "at most 2072"),
         (["--device", "tpu"], "tpu"),
     ],
@@ -229,7 +229,7 @@ def test_offline_hub_model_fails_in_one_line(tmp_path, capsys, monkeypatch):
 def test_the_smallest_size_suggested_runs(tmp_path, capsys):
     """--size 14 is refused before the model runs, and the size the message suggests is one the model takes."""
     assert main(["reconstruct", str(EXAMPLE), "-o", str(tmp_path / "a"), "--size", "14"]) == 2
-    suggested = re.search(r"use --size (\d+) or more", capsys.readouterr().err)
+    suggested = re.search(r"use size (\d+) or more", capsys.readouterr().err)
     assert suggested and int(suggested[1]) == 28
     args = ["reconstruct", str(EXAMPLE), "-o", str(tmp_path / "b"), "--size", suggested[1], "--export", "none"]
     assert main([*args, "--quiet"]) == 0
@@ -242,12 +242,12 @@ def test_masks_of_the_wrong_size_fail_before_the_model_loads(tmp_path, capsys, m
         (masks / f"time_{t:02d}").mkdir(parents=True)
         for v in range(4):
             Image.new("L", (320, 240)).save(masks / f"time_{t:02d}" / f"view{v}.png")
-    import page4d.cli.reconstruct as command
+    import page4d.reconstruction.runner as runner
 
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded before the masks were checked")
 
-    monkeypatch.setattr(command, "load_model", never)
+    monkeypatch.setattr(runner, "load_pretrained", never)
     assert main(["reconstruct", str(EXAMPLE), "-o", str(tmp_path / "out"), "--masks", str(masks)]) == 2
     err = capsys.readouterr().err
     assert "320x240" in err and "view0.png" in err and len(err.strip().splitlines()) == 1

@@ -10,8 +10,8 @@ import torch
 from conftest import FIXTURES, load_fixture
 from safetensors.torch import load_file, save_file
 
-from page4d.checkpoints import page4d
-from page4d.checkpoints.composition import SEEDS, Recipe, Stage, compose, load_recipe
+from page4d.checkpoints import page4d_reference
+from page4d.checkpoints.composition import PI3_PAGE4D, Recipe, Stage, compose, load_recipe
 from page4d.config import DynamicMaskConfig, ModelConfig, SparseGlobalConfig
 from page4d.patterns import expand
 
@@ -20,9 +20,9 @@ PAGE4D = FIXTURES / "page4d_tiny" / "model.safetensors"
 
 def tiny_mv_target() -> dict:
     """page4d_tiny's dims with the seeds' mechanisms (what page4d-mv is at full size)."""
-    cfg = page4d.model_config_from_reference(load_fixture("page4d_tiny")["config"])
+    cfg = page4d_reference.model_config_from_reference(load_fixture("page4d_tiny")["config"])
     cfg.aggregator.dynamic_mask = DynamicMaskConfig(
-        head="seeds", bias="pose_geo", after_block=7, biased_view_blocks=tuple(range(8, 24)),
+        head="fusion", bias="pose_geo", after_block=7, biased_view_blocks=tuple(range(8, 24)),
         biased_time_blocks=tuple(range(8, 24)),
     )
     cfg.aggregator.temporal_rope = True
@@ -59,18 +59,18 @@ def synthetic_pi3(path, width: int = 32, heads: int = 2, pairs: int = 18) -> dic
 
 
 @pytest.fixture
-def seeds_tiny(tmp_path) -> tuple[Recipe, dict]:
-    # page4d_tiny has no track head; everything else is the seeds recipe as it stands.
-    page4d_keys = tuple(k for k in SEEDS.stages[1].keys if k != "track_head.*")
-    page4d_stage = dataclasses.replace(SEEDS.stages[1], keys=page4d_keys)
-    recipe = dataclasses.replace(SEEDS, name="seeds-tiny", target=tiny_mv_target(),
-                                 stages=(SEEDS.stages[0], page4d_stage))
+def pi3_page4d_tiny(tmp_path) -> tuple[Recipe, dict]:
+    # page4d_tiny has no track head; everything else is the pi3-page4d recipe as it stands.
+    page4d_keys = tuple(k for k in PI3_PAGE4D.stages[1].keys if k != "track_head.*")
+    page4d_stage = dataclasses.replace(PI3_PAGE4D.stages[1], keys=page4d_keys)
+    recipe = dataclasses.replace(PI3_PAGE4D, name="pi3-page4d-tiny", target=tiny_mv_target(),
+                                 stages=(PI3_PAGE4D.stages[0], page4d_stage))
     pi3_path = tmp_path / "pi3.safetensors"
     return recipe, {"pi3": pi3_path, "page4d": PAGE4D, "pi3_state": synthetic_pi3(pi3_path)}
 
 
-def test_seeds_recipe_takes_every_key_from_the_expected_source(seeds_tiny):
-    recipe, files = seeds_tiny
+def test_pi3_page4d_recipe_takes_every_key_from_the_expected_source(pi3_page4d_tiny):
+    recipe, files = pi3_page4d_tiny
     model, report = compose(recipe, {"pi3": files["pi3"], "page4d": files["page4d"]})
     source = {k: v.split(":", 1)[0] for k, v in report.mapped.items()}
     state = model.state_dict()
@@ -103,8 +103,8 @@ def test_seeds_recipe_takes_every_key_from_the_expected_source(seeds_tiny):
     assert torch.isfinite(pred.depth).all() and pred.dynamic_mask.shape == (1, 2, 2, 56, 84)
 
 
-def test_validation_errors_are_raised_before_any_tensor_is_read(seeds_tiny, monkeypatch):
-    recipe, files = seeds_tiny
+def test_validation_errors_are_raised_before_any_tensor_is_read(pi3_page4d_tiny, monkeypatch):
+    recipe, files = pi3_page4d_tiny
     paths = {"pi3": files["pi3"], "page4d": files["page4d"]}
     from page4d.checkpoints import source as source_module
 
@@ -124,8 +124,8 @@ def test_validation_errors_are_raised_before_any_tensor_is_read(seeds_tiny, monk
         compose(absent, paths)
 
 
-def test_precedence_first_lets_the_earlier_stage_win(seeds_tiny):
-    recipe, files = seeds_tiny
+def test_precedence_first_lets_the_earlier_stage_win(pi3_page4d_tiny):
+    recipe, files = pi3_page4d_tiny
     both = dataclasses.replace(
         recipe, precedence="first",
         stages=(recipe.stages[0], dataclasses.replace(recipe.stages[1], keys=(*recipe.stages[1].keys,
@@ -135,8 +135,8 @@ def test_precedence_first_lets_the_earlier_stage_win(seeds_tiny):
     assert report.mapped["aggregator.time_blocks.2.ls1.gamma"] == "pi3:decoder.4.ls1.gamma"
 
 
-def test_a_source_key_feeding_two_stages_needs_permission(seeds_tiny):
-    recipe, files = seeds_tiny
+def test_a_source_key_feeding_two_stages_needs_permission(pi3_page4d_tiny):
+    recipe, files = pi3_page4d_tiny
     split = dataclasses.replace(recipe, stages=(
         Stage("pi3", ("aggregator.time_blocks.{0..17}.*", "aggregator.view_blocks.{0..17}.*")),
         Stage("pi3", ("aggregator.register_token", "aggregator.camera_token")),
@@ -162,7 +162,7 @@ def test_recipes_load_from_json_and_yaml_files(tmp_path):
     (tmp_path / "r.yaml").write_text("name: only-vggt\ntarget: tiny-conv\nsources: {v: vggt}\n"
                                      "stages:\n  - {source: v, keys: ['*']}\n")
     assert load_recipe(tmp_path / "r.json") == load_recipe(tmp_path / "r.yaml") == Recipe.from_dict(data)
-    assert load_recipe("seeds") is SEEDS
+    assert load_recipe("pi3-page4d") is PI3_PAGE4D
     with pytest.raises(ValueError, match="not a recipe name"):
         load_recipe("nope")
     with pytest.raises(ValueError, match="unknown recipe fields"):
@@ -174,10 +174,10 @@ def test_expand_ranges():
     assert expand("x.{1..2}.{3..4}") == ["x.1.3", "x.1.4", "x.2.3", "x.2.4"]
 
 
-def test_composed_model_round_trips(seeds_tiny, tmp_path):
+def test_composed_model_round_trips(pi3_page4d_tiny, tmp_path):
     from page4d.model import Page4D
 
-    recipe, files = seeds_tiny
+    recipe, files = pi3_page4d_tiny
     model, _ = compose(recipe, {"pi3": files["pi3"], "page4d": files["page4d"]})
     model.save_pretrained(tmp_path / "out")
     again = Page4D.from_pretrained(tmp_path / "out")
@@ -222,11 +222,11 @@ def test_pickled_source_releases_only_file_mapped_pages_and_stays_readable(tmp_p
     assert torch.equal(heap, copy)
 
 
-def test_pi3_tiny_and_page4d_tiny_cannot_share_one_model_and_the_recipe_says_why(seeds_tiny):
+def test_pi3_tiny_and_page4d_tiny_cannot_share_one_model_and_the_recipe_says_why(pi3_page4d_tiny):
     """The two tiny fixtures do not fit one model (Pi3: 2 decoder pairs of width 64; PAGE-4D: 24 pairs of
     width 32): the recipe is rejected before any tensor is read, naming the keys Pi3 cannot provide (the
-    seeds recipe itself runs above on a Pi3-format file with 18 pairs of width 32)."""
-    recipe, _ = seeds_tiny
+    pi3-page4d recipe itself runs above on a Pi3-format file with 18 pairs of width 32)."""
+    recipe, _ = pi3_page4d_tiny
     paths = {"pi3": FIXTURES / "pi3_tiny" / "model.safetensors", "page4d": PAGE4D}
     with pytest.raises(ValueError, match=r"stage 0 \(pi3\): the source does not provide 576 claimed keys"):
         compose(recipe, paths)

@@ -1,4 +1,4 @@
-"""``page4d convert``: single-source conversion, the seeds recipe, the report files, bad input."""
+"""``page4d convert``: single-source conversion, the pi3-page4d recipe, the report files, bad input."""
 
 from __future__ import annotations
 
@@ -45,11 +45,11 @@ def test_convert_a_vggt_checkpoint_and_load_it_strictly(tmp_path, capsys):
     assert torch.equal(a.pose_enc, b.pose_enc) and torch.equal(a.depth, b.depth)
 
 
-def test_convert_with_the_seeds_recipe(tmp_path, capsys):
+def test_convert_with_the_pi3_page4d_recipe(tmp_path, capsys):
     pi3 = tmp_path / "pi3.safetensors"
     synthetic_pi3(pi3)
     recipe = {
-        "name": "seeds-tiny", "target": tiny_mv_target(), "sources": {"pi3": "pi3", "page4d": "page4d"},
+        "name": "pi3-page4d-tiny", "target": tiny_mv_target(), "sources": {"pi3": "pi3", "page4d": "page4d-reference"},
         "stages": [
             {"source": "pi3", "keys": ["aggregator.time_blocks.{0..17}.*", "aggregator.view_blocks.{0..17}.*",
                                       "aggregator.register_token"]},
@@ -60,23 +60,23 @@ def test_convert_with_the_seeds_recipe(tmp_path, capsys):
         "initialise": {"aggregator.dynamic_mask_head.*": "new", "aggregator.mask_bias.*": "λ = 0",
                        "aggregator.temporal_rope.scale": "identity", "aggregator.sparse_blocks.*": "LayerScale 0"},
     }
-    (tmp_path / "seeds.yaml").write_text(json.dumps(recipe))  # JSON is valid YAML
+    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe))  # JSON is valid YAML
     out = tmp_path / "mv"
     args = ["convert", str(pi3), str(FIXTURES / "page4d_tiny" / "model.safetensors"), "--recipe",
-            str(tmp_path / "seeds.yaml"), "-o", str(out), "--quiet"]
+            str(tmp_path / "recipe.yaml"), "-o", str(out), "--quiet"]
     assert main(args) == 0
     report = json.loads((out / "load_report.json").read_text())
     assert report["mapped"]["aggregator.view_blocks.17.ls2.gamma"] == "pi3:decoder.35.ls2.gamma"
     assert report["mapped"]["aggregator.view_blocks.18.ls2.gamma"] == "page4d:aggregator.global_blocks.18.ls2.gamma"
     assert report["initialised"]["aggregator.mask_bias.lambda_pose"] == "λ = 0"
     model = Page4D.from_pretrained(out)
-    assert model.config.aggregator.dynamic_mask.head == "seeds"
+    assert model.config.aggregator.dynamic_mask.head == "fusion"
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--recipe", "seeds"], "recipe seeds takes 2 sources"),
+        (["--recipe", "pi3-page4d"], "recipe pi3-page4d takes 2 sources"),
         (["--recipe", "no-such-recipe"], "not a recipe name"),
         (["--target", "no-such-preset"], "not a preset"),
     ],

@@ -11,10 +11,12 @@ from conftest import fused_and_dense, perturbed, twin
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from page4d.aggregator.epipolar import EpipolarBias, fundamental_matrices, patch_centres
-from page4d.config import EpipolarConfig, preset
+from page4d.config import EpipolarConfig
 from page4d.geometry import closed_form_inverse_se3, project_points
+from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
-from page4d.nn.attention import attend
+from page4d.nn.attention import AttentionExtras, attend
+from page4d.presets import preset
 
 H, W, PATCH, SPECIAL = 3, 4, 14, 5
 P = SPECIAL + H * W
@@ -158,8 +160,8 @@ def test_chunks_concatenate_and_attend_paths_agree():
         assert torch.equal(torch.cat(parts, dim=2), full)
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 2, 2, 3 * P, 8, dtype=torch.float64).unbind(0)
-    fused = attend(q, k, v, chunked_bias=bias)
-    dense = attend(q, k, v, backend="dense", chunked_bias=bias)
+    fused = attend(q, k, v, AttentionExtras(chunked_bias=bias))
+    dense = attend(q, k, v, AttentionExtras(chunked_bias=bias), backend="dense")
     assert torch.allclose(fused, dense, atol=1e-12, rtol=0)
     assert not torch.allclose(fused, attend(q, k, v), atol=1e-3)
 
@@ -284,7 +286,7 @@ def test_model_without_cameras_is_unchanged_and_with_cameras_changes():
     with torch.no_grad():
         plain = twin(model, epipolar=None)(images)
         assert torch.equal(model(images).depth, plain.depth)
-    fused, dense = fused_and_dense(model, images, camera_priors=cameras)
+    fused, dense = fused_and_dense(model, images, ForwardInputs(camera_priors=cameras))
     assert not torch.allclose(fused.pose_enc, plain.pose_enc, atol=1e-4)
     assert torch.allclose(fused.pose_enc, dense.pose_enc, atol=1e-5)
     assert torch.allclose(fused.depth, dense.depth, atol=1e-5)
@@ -294,14 +296,14 @@ def test_zero_penalty_with_cameras_matches_the_plain_model():
     model = _epipolar_model(penalty=0.0)
     images = torch.rand(1, 2, 3, 3, 28, 42, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        with_cameras = model(images, camera_priors=_circle_rig(2, 3, 28, 42))
+        with_cameras = model(images, ForwardInputs(camera_priors=_circle_rig(2, 3, 28, 42)))
         assert torch.allclose(with_cameras.depth, model(images).depth, atol=1e-6)
 
 
 def test_model_level_errors():
     images = torch.rand(1, 1, 3, 3, 28, 42)
     with pytest.raises(ValueError, match="epipolar prior, which this model's config does not use"):
-        Page4D(preset("tiny"))(images, camera_priors=_circle_rig(1, 3, 28, 42))
+        Page4D(preset("tiny"))(images, ForwardInputs(camera_priors=_circle_rig(1, 3, 28, 42)))
     cfg = preset("tiny")
     with pytest.raises(ValueError, match=r"epipolar.view_blocks \(9,\) outside 0..3"):
         cfg.aggregator = dataclasses.replace(cfg.aggregator, epipolar=EpipolarConfig(view_blocks=(9,)))
@@ -314,4 +316,4 @@ def test_model_level_errors():
         cfg.validate()
     with pytest.raises(ValueError, match="extrinsics must be"):
         k, e = _circle_rig(1, 3, 28, 42)
-        _epipolar_model()(images, camera_priors=(k, e[:, :, :2]))
+        _epipolar_model()(images, ForwardInputs(camera_priors=(k, e[:, :, :2])))

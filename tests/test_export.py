@@ -20,10 +20,10 @@ from page4d.data.preprocess import ImageTransform
 from page4d.export import FORMATS, export, select_points
 from page4d.export.colmap import write_colmap
 from page4d.export.glb import FRUSTUM_SCALE, write_scene
+from page4d.export.panels import DEPTH_COLORMAP, LABEL_HEIGHT, write_panels
 from page4d.export.ply import write_point_cloud, write_point_clouds
 from page4d.reconstruction.ground_truth import reconstruction_from_clip
 from page4d.reconstruction.record import Reconstruction, transform_meta
-from page4d.viz.panels import DEPTH_COLORMAP, LABEL_HEIGHT, write_panels
 
 H, W = 28, 42
 TIME_IDS, VIEW_IDS = [3, 7], [0, 2]

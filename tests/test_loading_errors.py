@@ -14,9 +14,9 @@ from safetensors.torch import load_file as read_safetensors
 from safetensors.torch import save_file
 
 from page4d.checkpoints import vggt
-from page4d.checkpoints.pretrained import load_file, load_pretrained
-from page4d.config import preset
+from page4d.checkpoints.pretrained import load_checkpoint_file, load_pretrained
 from page4d.model import Page4D
+from page4d.presets import preset
 
 WEIGHT = "aggregator.camera_token"
 
@@ -48,8 +48,10 @@ def recast(path: Path, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("how", ["folder", "file", "from_pretrained"])
 def test_integer_weights_in_a_native_checkpoint_are_refused(folder, how):
     recast(folder / "model.safetensors", torch.int32)
-    load = {"folder": lambda: load_pretrained(folder), "file": lambda: load_file(folder / "model.safetensors"),
-            "from_pretrained": lambda: Page4D.from_pretrained(folder)}[how]
+    load = {
+        "folder": lambda: load_pretrained(folder), "file": lambda: load_checkpoint_file(folder / "model.safetensors"),
+        "from_pretrained": lambda: Page4D.from_pretrained(folder),
+    }[how]
     integral = rf"model\.safetensors (\(.*\) )?has \d+ non-floating-point .*{WEIGHT} \(torch\.int32\)"
     with pytest.raises(ValueError, match=integral):
         load()
@@ -61,7 +63,7 @@ def test_integer_weights_in_a_foreign_safetensors_file_are_refused(tmp_path):
     save_file({k: v.to(torch.int32) for k, v in fx["model"].items()}, str(path))
     integral = rf"vggt\.safetensors (\(.*\) )?has .*non-floating-point.*{WEIGHT} \(torch\.int32\)"
     with pytest.raises(ValueError, match=integral):
-        load_file(path, vggt.model_config_from_reference(fx["config"]))
+        load_checkpoint_file(path, vggt.model_config_from_reference(fx["config"]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -116,8 +118,10 @@ def test_non_path_arguments_are_a_type_error(load):
 
 
 def test_hub_options_for_a_local_folder_are_refused_not_ignored(folder):
-    with pytest.raises(TypeError, match=r"map_location, revision apply to native Hub repos only"):
-        Page4D.from_pretrained(folder, revision="v2", map_location="cuda")
+    with pytest.raises(TypeError, match=r"Hub options \(revision\) apply to Hub repos only"):
+        Page4D.from_pretrained(folder, revision="v2")
+    with pytest.raises(TypeError, match=r"unknown option\(s\) map_location; the Hub options are cache_dir, "):
+        Page4D.from_pretrained(folder, map_location="cuda")
 
 
 @pytest.mark.parametrize("load", [Page4D.from_pretrained, load_pretrained], ids=["from_pretrained", "load_pretrained"])

@@ -13,8 +13,9 @@ from page4d.aggregator import LayerSchedule
 from page4d.aggregator.tokens import special_tokens
 from page4d.checkpoints import vggt
 from page4d.checkpoints.loading import load_strict
-from page4d.config import PRESETS, AggregatorConfig, ModelConfig, preset
+from page4d.config import AggregatorConfig, ModelConfig
 from page4d.model import Page4D
+from page4d.presets import PRESETS, preset
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_prediction_shapes_and_finiteness(track_model):
     images = torch.rand(b, t, v, 3, h, w)
     query = torch.tensor([[[20.0, 30.0], [50.0, 40.0]]])
     with torch.no_grad():
-        pred = track_model(images, query)
+        pred = track_model(images, query_points=query)
     expected = {
         "pose_enc": (b, t, v, 9), "extrinsic": (b, t, v, 3, 4), "intrinsic": (b, t, v, 3, 3),
         "depth": (b, t, v, h, w, 1), "depth_conf": (b, t, v, h, w), "world_points": (b, t, v, h, w, 3),
@@ -49,7 +50,7 @@ def test_every_parameter_gets_a_gradient(track_model):
     model = Page4D(track_model.config).train()
     model.load_state_dict(track_model.state_dict())
     images = torch.rand(1, 2, 2, 3, 70, 98)
-    pred = model(images, torch.tensor([[[20.0, 30.0], [60.0, 40.0]]]))
+    pred = model(images, query_points=torch.tensor([[[20.0, 30.0], [60.0, 40.0]]]))
     torch.manual_seed(0)
     loss = sum(
         (x * torch.randn_like(x)).sum()
@@ -65,7 +66,7 @@ def test_six_d_with_one_time_step_equals_five_d_bit_for_bit(track_model):
     images = torch.rand(2, 3, 3, 70, 98)
     query = torch.rand(2, 4, 2) * 60
     with torch.no_grad():
-        five, six = track_model(images, query), track_model(images[:, None], query)
+        five, six = track_model(images, query_points=query), track_model(images[:, None], query_points=query)
     for field in dataclasses.fields(five):
         a, b = getattr(five, field.name), getattr(six, field.name)
         if a is None:
@@ -85,11 +86,11 @@ def test_vggt_global_schedule_equals_ours_at_one_time_step_only(track_model):
     keep = range(cfg.aggregator.depth)
     with torch.no_grad():
         one = torch.rand(1, 1, 3, 3, 70, 98)
-        assert all(torch.equal(a, b) for a, b in zip(
-            track_model.aggregator(one, keep).entries.values(), global_model.aggregator(one, keep).entries.values(),
-            strict=True))
+        ours, theirs = track_model.aggregator(one, keep).pose_entries, global_model.aggregator(one, keep).pose_entries
+        assert all(torch.equal(a, b) for a, b in zip(ours.values(), theirs.values(), strict=True))
         two = torch.rand(1, 2, 2, 3, 70, 98)
-        ours, theirs = track_model.aggregator(two, keep).entries, global_model.aggregator(two, keep).entries
+        ours = track_model.aggregator(two, keep).pose_entries
+        theirs = global_model.aggregator(two, keep).pose_entries
     assert not torch.allclose(ours[3], theirs[3], atol=1e-3)
 
 
@@ -101,7 +102,7 @@ def test_only_requested_entries_are_kept():
     model = Page4D(cfg).eval()
     assert model.required_entries() == {1, 2, 3, 5}
     with torch.no_grad():
-        entries = model.aggregator(torch.rand(1, 2, 2, 3, 28, 42), keep={0, 4}).entries
+        entries = model.aggregator(torch.rand(1, 2, 2, 3, 28, 42), {0}, {4}).geometry_entries
     assert sorted(entries) == [0, 4] and entries[0].shape == (1, 2, 2, 5 + 2 * 3, 96)
 
 

@@ -20,8 +20,8 @@ from conftest import FIXTURES, REPO
 import page4d.transaction as transaction
 from page4d.checkpoints import vggt
 from page4d.cli.main import build_parser, main
-from page4d.config import preset
 from page4d.model import Page4D
+from page4d.presets import preset
 from page4d.transaction import OutputFolder, OutputLock, clean_stale, swap_into_place
 
 EXAMPLE = REPO / "examples" / "tabletop4v_mini"

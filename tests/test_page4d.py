@@ -10,14 +10,15 @@ import torch
 from conftest import FIXTURES, fused_and_dense, load_fixture, perturbed
 from safetensors.torch import save_file
 
-from page4d.aggregator.streams import mask_alpha
-from page4d.checkpoints import page4d, vggt
+from page4d.aggregator.mask_bias import mask_alpha
+from page4d.checkpoints import page4d_reference, vggt
 from page4d.checkpoints.loading import load_strict
-from page4d.checkpoints.pretrained import load_file
-from page4d.config import preset
+from page4d.checkpoints.pretrained import load_checkpoint_file
+from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
-from page4d.nn import RowKeyBias
+from page4d.nn import AttentionExtras, RowKeyBias
 from page4d.nn.attention import _augmented_attention, dense_attention
+from page4d.presets import preset
 
 VARIANTS = {"page4d_tiny": "fin10", "page4d_release_tiny": "release"}
 
@@ -28,10 +29,10 @@ def fixture(request) -> dict:
 
 
 def loaded(fx: dict, **mask_changes) -> Page4D:
-    cfg = page4d.model_config_from_reference(fx["config"])
+    cfg = page4d_reference.model_config_from_reference(fx["config"])
     cfg.aggregator.dynamic_mask = dataclasses.replace(cfg.aggregator.dynamic_mask, **mask_changes)
     model = Page4D(cfg).eval()
-    load_strict(model, *page4d.convert(fx["model"]))
+    load_strict(model, *page4d_reference.convert(fx["model"]))
     return model
 
 
@@ -41,7 +42,7 @@ def test_full_size_presets_have_exactly_the_reference_keys(variant):
     with torch.device("meta"):
         model = Page4D(preset(f"page4d-{variant}"))
         reference = {k: torch.empty(shape) for k, shape in listing.items()}
-    converted, report = page4d.convert(reference)
+    converted, report = page4d_reference.convert(reference)
     assert report.converter == f"page4d-{variant}"
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert ours == {k: list(v.shape) for k, v in converted.items()}
@@ -49,31 +50,31 @@ def test_full_size_presets_have_exactly_the_reference_keys(variant):
 
 
 def test_variant_is_detected_from_keys_and_shapes(fixture):
-    assert page4d.detect_variant(fixture["model"]) == VARIANTS[fixture["name"]]
+    assert page4d_reference.detect_variant(fixture["model"]) == VARIANTS[fixture["name"]]
     with pytest.raises(ValueError, match="not a PAGE-4D checkpoint"):
-        page4d.detect_variant(load_fixture("vggt_conv_tiny")["model"])
+        page4d_reference.detect_variant(load_fixture("vggt_conv_tiny")["model"])
     broken = dict(fixture["model"])
     broken["aggregator.spatial_mask_head.head0.2.weight"] = torch.zeros(5, 3, 2, 2)
     with pytest.raises(ValueError, match=r"unrecognised PAGE-4D mask head .*head0\.2\.weight \[5, 3, 2, 2\]"):
-        page4d.convert(broken)
+        page4d_reference.convert(broken)
 
 
 def test_wrong_variant_config_names_the_keys():
     fin10 = load_fixture("page4d_tiny")
-    release_cfg = page4d.model_config_from_reference(load_fixture("page4d_release_tiny")["config"])
+    release_cfg = page4d_reference.model_config_from_reference(load_fixture("page4d_release_tiny")["config"])
     with pytest.raises(ValueError, match=r"unexpected keys: aggregator\.spatial_mask_head\.alpha_logit"):
-        load_strict(Page4D(release_cfg), *page4d.convert(fin10["model"]))
+        load_strict(Page4D(release_cfg), *page4d_reference.convert(fin10["model"]))
 
 
 def test_page4d_file_loads_with_its_config_and_rejects_the_full_size_preset(tmp_path):
     fx = load_fixture("page4d_release_tiny")
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": {f"module.{k}": v for k, v in fx["model"].items()}}, path)
-    model, report = load_file(path, page4d.model_config_from_reference(fx["config"]))
+    model, report = load_checkpoint_file(path, page4d_reference.model_config_from_reference(fx["config"]))
     assert report.converter == "page4d-release-import" and len(report.mapped) == len(fx["model"])
     save_file(fx["model"], str(tmp_path / "c.safetensors"))
     with pytest.raises(ValueError, match=r"mis-shaped keys: aggregator\.camera_token"):
-        load_file(tmp_path / "c.safetensors")
+        load_checkpoint_file(tmp_path / "c.safetensors")
 
 
 @pytest.mark.parametrize("changes", [{"scale": 0.0}, {"schedule": "cosine_hold", "hold_start": 0.0, "hold_end": 0.0}])
@@ -117,7 +118,7 @@ def test_rank_one_bias_fused_equals_dense_and_moves_mass_on_rows_it_weights(head
     rows[:, :5] = 4.0
     bias = RowKeyBias(rows=rows, keys=torch.where(suppressed, -1.0, 0.0).double().expand(n, length))
     plain = dense_attention(q, k, v)[..., 0]
-    biased = dense_attention(q, k, v, bias=bias)[..., 0]
+    biased = dense_attention(q, k, v, AttentionExtras(bias=bias))[..., 0]
     assert (biased[:, :, :5] < plain[:, :, :5]).all()
     assert torch.equal(biased[:, :, 5:], plain[:, :, 5:])
     assert torch.allclose(_augmented_attention(q, k, v, bias)[..., 0], biased, atol=1e-12)
@@ -144,8 +145,8 @@ def test_mask_step_is_an_input_not_a_counter(fixture):
     model = loaded(fixture, schedule="cosine_hold", scale=64.0, hold_start=10.0, hold_end=20.0).train()
     images = fixture["inputs"]["images"]
     with torch.no_grad():
-        first, again = model(images, mask_step=0.0), model(images, mask_step=0.0)
-        off = model(images, mask_step=25.0)
+        first, again = model(images, ForwardInputs(mask_step=0.0)), model(images, ForwardInputs(mask_step=0.0))
+        off = model(images, ForwardInputs(mask_step=25.0))
     assert torch.equal(first.pose_enc, again.pose_enc)
     assert not torch.allclose(first.pose_enc, off.pose_enc, atol=1e-4)
 
@@ -181,4 +182,4 @@ def test_vggt_converter_refuses_page4d_and_page4d_refuses_vggt(fixture):
     with pytest.raises(ValueError, match="PAGE-4D checkpoint"):
         vggt.convert(fixture["model"])
     with pytest.raises(ValueError, match="not a PAGE-4D checkpoint"):
-        page4d.convert(load_fixture("vggt_conv_tiny")["model"])
+        page4d_reference.convert(load_fixture("vggt_conv_tiny")["model"])

@@ -33,13 +33,13 @@ from conftest import (
 )
 from einops import rearrange
 
-from page4d.aggregator.streams import grid_bias
-from page4d.checkpoints import page4d, pi3, vggt
+from page4d.aggregator.mask_bias import grid_bias
+from page4d.checkpoints import page4d_reference, pi3, vggt
 from page4d.checkpoints.loading import load_strict
 from page4d.geometry import extri_intri_to_pose_encoding, unproject_depth
 from page4d.model import Page4D
 
-SUPPORTED = {"vggt": vggt, "page4d": page4d, "pi3": pi3}
+SUPPORTED = {"vggt": vggt, "page4d": page4d_reference, "pi3": pi3}
 EXP_OUTPUTS = {"depth", "depth_conf", "world_points_conf"}
 def fixture_dirs() -> list[Path]:
     env = os.environ.get("PAGE4D_FIXTURE_DIRS")
@@ -73,13 +73,13 @@ def run_fixture(folder: Path, kind: str) -> tuple[dict, dict[str, torch.Tensor]]
     height, width = images.shape[-2:]
     ours: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        pred = model(images, query)
+        pred = model(images, query_points=query)
         grid = images.unsqueeze(1)
         ours["patch_embed_tokens"] = model.aggregator.encode(grid).flatten(0, 2)
-        aggregated = model.aggregator(grid, keep=range(model.config.aggregator.depth))
-    for i, entry in aggregated.entries.items():
+        aggregated = model.aggregator(grid, range(model.config.aggregator.depth))
+    for i, entry in aggregated.pose_entries.items():
         ours[f"aggregator_layer_{i}"] = squeeze_time(entry)
-    ours["aggregator_last"] = ours[f"aggregator_layer_{max(aggregated.entries)}"]
+    ours["aggregator_last"] = ours[f"aggregator_layer_{max(aggregated.pose_entries)}"]
     if pred.pose_enc is not None:
         ours["pose_enc"] = squeeze_time(pred.pose_enc)
         for k, p in enumerate(pred.pose_enc_list):

@@ -17,12 +17,12 @@ import torch
 from conftest import FIXTURES, PI3_THRESHOLD, load_fixture, pi3_intermediates, rel_err
 from safetensors.torch import save_file
 
-from page4d.checkpoints import hub, page4d, pi3, vggt
+from page4d.checkpoints import hub, page4d_reference, pi3, vggt
 from page4d.checkpoints.io import read_state_dict
 from page4d.checkpoints.loading import check_state_dict, load_strict
-from page4d.checkpoints.pretrained import load_file, load_pretrained
-from page4d.config import preset
+from page4d.checkpoints.pretrained import load_checkpoint_file, load_pretrained
 from page4d.model import Page4D
+from page4d.presets import preset
 
 C = 64
 """Width of the tiny fixture's encoder and decoder."""
@@ -302,7 +302,7 @@ def test_24_pos_embed_keeps_its_trained_size(fx):
 
 @pytest.mark.parametrize(
     ("fixture", "hint"),
-    [("vggt_conv_tiny", "page4d.checkpoints.vggt"), ("page4d_tiny", "page4d.checkpoints.page4d")],
+    [("vggt_conv_tiny", "page4d.checkpoints.vggt"), ("page4d_tiny", "page4d.checkpoints.page4d_reference")],
 )
 def test_wrong_family_names_the_right_converter(fixture, hint):
     with pytest.raises(ValueError, match=rf"not a Pi3 checkpoint: .*use {hint}"):
@@ -316,19 +316,19 @@ def test_native_checkpoint_and_other_converters_refuse_or_redirect(fx):
     with pytest.raises(ValueError, match="not a VGGT checkpoint: it is a Pi3 checkpoint"):
         vggt.convert(fx["model"])
     with pytest.raises(ValueError, match="not a PAGE-4D checkpoint"):
-        page4d.convert(fx["model"])
+        page4d_reference.convert(fx["model"])
 
 
-def test_pi3_file_loads_through_load_file_and_rejects_the_full_size_preset(fx, tmp_path):
+def test_pi3_file_loads_through_load_checkpoint_file_and_rejects_the_full_size_preset(fx, tmp_path):
     path = tmp_path / "model.safetensors"
     save_file(fx["model"], str(path))
-    model, report = load_file(path, pi3.model_config_from_reference(fx["config"]))
+    model, report = load_checkpoint_file(path, pi3.model_config_from_reference(fx["config"]))
     assert report.converter == "pi3-import" and len(report.mapped) == 109
     assert torch.equal(model.state_dict()[MASK_TOKEN], torch.zeros(1, C))
     reference = loaded(fx).state_dict()
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match=r"mis-shaped keys: aggregator\.camera_token"):
-        load_file(path)  # defaults to pi3-large, whose width is 1024
+        load_checkpoint_file(path)  # defaults to pi3-large, whose width is 1024
 
 
 def test_truncated_and_incomplete_pi3_files_raise(fx, tmp_path):
@@ -341,14 +341,14 @@ def test_truncated_and_incomplete_pi3_files_raise(fx, tmp_path):
     partial = tmp_path / "partial.safetensors"
     save_file({k: v for k, v in fx["model"].items() if not k.startswith("decoder.2.")}, str(partial))
     with pytest.raises(ValueError, match=r"18 missing keys: decoder\.2\.norm1\.weight"):
-        load_file(partial, pi3.model_config_from_reference(fx["config"]))
+        load_checkpoint_file(partial, pi3.model_config_from_reference(fx["config"]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_pi3_files_load_into_fp32(fx, tmp_path, dtype):
     path = tmp_path / "half.safetensors"
     save_file({k: v.to(dtype) for k, v in fx["model"].items()}, str(path))
-    model, _ = load_file(path, pi3.model_config_from_reference(fx["config"]))
+    model, _ = load_checkpoint_file(path, pi3.model_config_from_reference(fx["config"]))
     camera = model.state_dict()["aggregator.camera_token"]
     assert camera.dtype == torch.float32
     assert torch.equal(camera[0, 1, 0], fx["model"]["register_token"][0, 0, 0].to(dtype).float())

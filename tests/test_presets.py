@@ -8,9 +8,10 @@ import json
 import torch
 from conftest import FIXTURES
 
-from page4d.checkpoints import page4d
-from page4d.config import preset
+from page4d.checkpoints import page4d_reference
+from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
+from page4d.presets import preset
 
 BLOCK_KEYS = [
     "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.q_norm.weight", "attn.q_norm.bias",
@@ -34,7 +35,7 @@ def test_page4d_mv_keys_are_page4d_minus_its_mask_head_plus_the_listed_new_keys(
     listing = json.loads((FIXTURES / "page4d_keys_fullsize.json").read_text())["page4d_fin10"]
     with torch.device("meta"):
         model = Page4D(preset("page4d-mv"))
-        reference, _ = page4d.convert({k: torch.empty(s) for k, s in listing.items()})
+        reference, _ = page4d_reference.convert({k: torch.empty(s) for k, s in listing.items()})
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: list(v.shape) for k, v in reference.items()}
     assert set(theirs) - set(ours) == {k for k in theirs if k.startswith("aggregator.spatial_mask_head.")}
@@ -52,7 +53,7 @@ def test_tiny_mv_at_init_is_the_plain_tiny_model_bit_for_bit():
     images = torch.rand(1, 3, 2, 3, 28, 42, generator=torch.Generator().manual_seed(6))
     external = (torch.rand(1, 3, 2, 28, 42) > 0.7).float()
     with torch.no_grad():
-        a, b = mv(images, external_mask=external, keypoints=external), plain(images)
+        a, b = mv(images, ForwardInputs(external_mask=external, keypoints=external)), plain(images)
     for name in ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert a.dynamic_mask.shape == (1, 3, 2, 28, 42)
@@ -63,8 +64,8 @@ def test_infer_passes_every_optional_input():
     model = Page4D(preset("tiny-mv"))
     images = torch.rand(1, 2, 2, 3, 28, 42)
     external = (torch.rand(1, 2, 2, 28, 42) > 0.5).float()
-    pred = model.infer(images, external_mask=external, keypoints=external)
+    pred = model.infer(images, ForwardInputs(external_mask=external, keypoints=external))
     assert pred.depth.grad_fn is None and not pred.depth.requires_grad
     with torch.no_grad():
-        direct = model.eval()(images, external_mask=external, keypoints=external)
+        direct = model.eval()(images, ForwardInputs(external_mask=external, keypoints=external))
     assert torch.equal(pred.dynamic_mask, direct.dynamic_mask) and torch.equal(pred.depth, direct.depth)

@@ -15,11 +15,12 @@ import torch
 from conftest import REPO, SHARED
 
 from page4d.checkpoints.pretrained import BUNDLED_MODELS
-from page4d.config import ModelConfig, preset
+from page4d.config import ModelConfig
 from page4d.data.layout import load_clip
 from page4d.data.sources import TimeSelection, select_clip
 from page4d.eval.runner import evaluate
 from page4d.model import Page4D
+from page4d.presets import preset
 from page4d.reconstruction.runner import reconstruct
 
 FOLDER = BUNDLED_MODELS["page4d-small"]

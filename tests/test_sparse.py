@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from page4d.aggregator import sparse
-from page4d.aggregator.sparse import SparseGlobalBlock
-from page4d.aggregator.sparse_strategies import dilated_groups, dilated_mask, landmark_anchors
+from page4d.aggregator import sparse_strategies
+from page4d.aggregator.sparse import SparseCall, SparseGlobalBlock
+from page4d.aggregator.sparse_strategies import dilated_groups, dilated_mask, landmark_anchors, sparse_block
 from page4d.aggregator.tokens import frame_positions
-from page4d.config import AggregatorConfig, SparseGlobalConfig
+from page4d.config import SPARSE_STRATEGIES, AggregatorConfig, SparseGlobalConfig
 from page4d.nn import RotaryEmbedding2D, attend, set_attention_backend
+from page4d.nn.attention import NO_EXTRAS
 
-STRATEGIES = ["landmark", "dilated", "memory"]
+STRATEGIES = list(SPARSE_STRATEGIES)
 H, W, SPECIAL, C = 2, 3, 5, 32
 P = SPECIAL + H * W
 POS = frame_positions(H, W, SPECIAL)
@@ -27,7 +28,7 @@ def make_block(
     settings = {"num_landmarks": 3, "dilation_levels": (1, 2), "num_memory_tokens": 4, **cfg}
     config = SparseGlobalConfig(strategy=strategy, keypoint_bias=keypoint_bias, **settings)
     agg = AggregatorConfig(embed_dim=C, num_heads=heads, mlp_ratio=2.0)
-    blk = SparseGlobalBlock(config, agg, RotaryEmbedding2D(100.0)).double()
+    blk = sparse_block(config, agg, RotaryEmbedding2D(100.0)).double()
     if gamma is not None:
         with torch.no_grad():
             for p in blk.parameters():
@@ -52,11 +53,11 @@ class Spy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.calls: list[dict] = []
-        monkeypatch.setattr(sparse, "attend", self)
+        monkeypatch.setattr(sparse_strategies, "attend", self)
 
-    def __call__(self, q, k, v, **kwargs):
-        self.calls.append({"q": q, "k": k, **kwargs})
-        return attend(q, k, v, **kwargs)
+    def __call__(self, q, k, v, extras=NO_EXTRAS, *, backend="fused"):
+        self.calls.append({"q": q, "k": k, "bias": extras.bias, "backend": backend})
+        return attend(q, k, v, extras, backend=backend)
 
     def pairs(self, batch: int) -> int:
         """(query, key) pairs attended, per batch element."""
@@ -119,7 +120,7 @@ def test_landmark_outputs_depend_only_on_anchors_and_own_token():
     blk = make_block("landmark")
     grid = tokens(3, 2)
     scores = torch.rand(2, 3, 2, H * W, generator=torch.Generator().manual_seed(3))
-    anchors = landmark_anchors(grid, SPECIAL, 3, scores)
+    anchors = landmark_anchors(SparseCall(grid, SPECIAL, scores, None, None), 3)
     assert torch.equal(anchors, scores.topk(3, dim=-1).indices)
     out = blk(grid, POS, SPECIAL, scores=scores)
     idle = next(i for i in range(H * W) if i not in anchors[0, 1, 0].tolist() + anchors[1, 1, 0].tolist())
@@ -186,7 +187,7 @@ def test_keypoint_bias_raises_attention_on_keypoints(strategy, monkeypatch):
 def test_landmarks_ranked_by_keypoints_without_scores():
     blk = make_block("landmark")
     grid, kpt = tokens(3, 2), keypoint_map(3, 2)
-    assert torch.equal(landmark_anchors(grid, SPECIAL, 3, keypoints=kpt), kpt.topk(3, dim=-1).indices)
+    assert torch.equal(landmark_anchors(SparseCall(grid, SPECIAL, None, kpt, None), 3), kpt.topk(3, dim=-1).indices)
     assert torch.allclose(blk(grid, POS, SPECIAL, keypoints=kpt), blk(grid, POS, SPECIAL, scores=kpt), atol=0)
 
 
@@ -235,7 +236,7 @@ def test_dilated_pairs_per_query_are_bounded_as_time_grows(monkeypatch):
     [
         ("landmark", {}, {"scores": torch.rand(2, 3, 2, 5)}, "scores must have shape"),
         ("landmark", {"keypoint_bias": True}, {"keypoints": torch.rand(2, 3, 2)}, "keypoints must have shape"),
-        ("landmark", {"num_landmarks": 7}, {}, "num_landmarks 7 exceeds the 6 patches"),
+        ("landmark", {"num_landmarks": 7}, {}, "the landmark sparse block needs at least 7 patches per frame, got 6"),
         ("dilated", {}, {"keypoints": torch.rand(2, 3, 2, 6)}, "keypoints were given but nothing uses them"),
         ("landmark", {}, {"keypoints": torch.rand(2, 3, 2, 6), "scores": torch.rand(2, 3, 2, 6)}, "nothing uses"),
         ("memory", {}, {"num_special": 11}, "num_special must be in"),
@@ -253,12 +254,22 @@ def test_bad_inputs_raise(strategy, cfg, call, match):
 @pytest.mark.parametrize(
     ("cfg", "match"),
     [
-        ({"strategy": "block_dilated"}, "unknown sparse global strategy"),
+        ({"strategy": "block_dilated"}, "unknown sparse_global.strategy 'block_dilated'; use one of landmark, dilated"),
         ({"strategy": "landmark", "num_landmarks": 0}, "num_landmarks must be at least 1"),
         ({"strategy": "dilated", "dilation_levels": (0, 1)}, "dilation_levels must be positive"),
         ({"strategy": "memory", "num_memory_tokens": 0}, "num_memory_tokens must be at least 1"),
+        ({"after_pairs": (4,)}, r"after_pairs \(4,\) outside 0..3"),
     ],
 )
-def test_bad_config_raises(cfg, match):
+def test_bad_config_raises_when_the_aggregator_config_is_built(cfg, match):
     with pytest.raises(ValueError, match=match):
-        SparseGlobalBlock(SparseGlobalConfig(**cfg), AggregatorConfig(embed_dim=C, num_heads=4), RotaryEmbedding2D())
+        AggregatorConfig(embed_dim=C, num_heads=4, depth=4,
+                         sparse_global=SparseGlobalConfig(**{"after_pairs": (1,), **cfg})).validate()
+
+
+def test_every_configurable_strategy_has_its_own_class():
+    """The config's name list and the strategy registry agree, and each name builds a different subclass."""
+    assert tuple(sparse_strategies.STRATEGIES) == SPARSE_STRATEGIES
+    classes = {type(make_block(name, gamma=None)) for name in SPARSE_STRATEGIES}
+    assert len(classes) == len(SPARSE_STRATEGIES)
+    assert all(issubclass(c, SparseGlobalBlock) and c is not SparseGlobalBlock for c in classes)

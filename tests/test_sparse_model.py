@@ -9,8 +9,10 @@ import torch
 from conftest import fused_and_dense, perturbed, twin
 
 from page4d.aggregator import LayerSchedule
-from page4d.config import AggregatorConfig, DynamicMaskConfig, SparseGlobalConfig, preset
+from page4d.config import AggregatorConfig, DynamicMaskConfig, SparseGlobalConfig
+from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
+from page4d.presets import preset
 
 IMAGES = torch.rand(1, 2, 3, 3, 28, 42, generator=torch.Generator().manual_seed(5))
 
@@ -71,7 +73,7 @@ def test_keypoints_choose_landmarks_and_bias_the_geometry_stream():
             block.lambda_kpt.fill_(3.0)
         keypoints = torch.zeros(1, 2, 3, 28, 42)
         keypoints[..., :14, :14] = 1.0
-        with_kpts = model(IMAGES, keypoints=keypoints)
+        with_kpts = model(IMAGES, ForwardInputs(keypoints=keypoints))
         without = model(IMAGES)
     assert not torch.allclose(with_kpts.depth, without.depth, atol=1e-5)
 
@@ -79,7 +81,7 @@ def test_keypoints_choose_landmarks_and_bias_the_geometry_stream():
 def test_sparse_with_a_dynamic_mask_prefers_static_landmarks_and_trains():
     cfg = sparse_model("landmark").config
     cfg.aggregator.dynamic_mask = DynamicMaskConfig(
-        head="seeds", bias="pose_geo", after_block=0, biased_view_blocks=(1, 2), biased_time_blocks=(2,)
+        head="fusion", bias="pose_geo", after_block=0, biased_view_blocks=(1, 2), biased_time_blocks=(2,)
     )
     cfg.validate()
     model = Page4D(cfg).train()
@@ -95,9 +97,9 @@ def test_sparse_with_a_dynamic_mask_prefers_static_landmarks_and_trains():
 
 def test_sparse_input_errors():
     with pytest.raises(ValueError, match="keypoints feed the sparse global blocks"):
-        Page4D(preset("tiny"))(IMAGES, keypoints=torch.zeros(1, 2, 3, 28, 42))
+        Page4D(preset("tiny"))(IMAGES, ForwardInputs(keypoints=torch.zeros(1, 2, 3, 28, 42)))
     with pytest.raises(ValueError, match=r"keypoints must be \[B, T, V, H, W\]"):
-        sparse_model("landmark")(IMAGES, keypoints=torch.zeros(1, 2, 3, 28, 41))
+        sparse_model("landmark")(IMAGES, ForwardInputs(keypoints=torch.zeros(1, 2, 3, 28, 41)))
     cfg = preset("tiny")
     with pytest.raises(ValueError, match=r"after_pairs \(4,\) outside 0..3"):
         cfg.aggregator = dataclasses.replace(cfg.aggregator, sparse_global=SparseGlobalConfig(after_pairs=(4,)))

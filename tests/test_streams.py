@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import fused_and_dense, perturbed, twin
 
-from page4d.config import DynamicMaskConfig, preset
+from page4d.config import DynamicMaskConfig
 from page4d.model import Page4D
+from page4d.presets import preset
 
 IMAGES = torch.rand(1, 2, 3, 3, 28, 42, generator=torch.Generator().manual_seed(4))
 
@@ -17,7 +18,7 @@ IMAGES = torch.rand(1, 2, 3, 3, 28, 42, generator=torch.Generator().manual_seed(
 def dual_model(weights: str = "shared", lambdas=(0.0, 0.0, 0.0, 0.0), streams: str = "dual") -> Page4D:
     cfg = preset("tiny")
     cfg.aggregator.dynamic_mask = DynamicMaskConfig(
-        head="seeds", bias="pose_geo", after_block=0, biased_view_blocks=(2, 3), biased_time_blocks=(2, 3),
+        head="fusion", bias="pose_geo", after_block=0, biased_view_blocks=(2, 3), biased_time_blocks=(2, 3),
         streams=streams, dual_from_block=2, dual_weights=weights,
     )
     cfg.validate()

@@ -7,9 +7,9 @@ import dataclasses
 import torch
 from conftest import fused_and_dense, perturbed, twin
 
-from page4d.config import preset
 from page4d.model import Page4D
 from page4d.nn import RotaryEmbedding2D, TimeRotation
+from page4d.presets import preset
 
 
 def temporal_model(scale: float = 0.0) -> Page4D:

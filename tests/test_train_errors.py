@@ -101,8 +101,8 @@ def test_bad_configs_fail_before_the_run_folder_exists(tmp_path, capsys):
 
 
 def test_an_init_checkpoint_checks_the_scene_size_against_its_patch_size(tmp_path):
-    from page4d.config import preset
     from page4d.model import Page4D
+    from page4d.presets import preset
 
     Page4D(preset("tiny-mv")).save_pretrained(tmp_path / "init")
     config = TrainConfig(init=str(tmp_path / "init"), scene=SceneConfig(num_times=2, num_views=2, height=30))

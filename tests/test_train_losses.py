@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from page4d.config import preset
 from page4d.model import Page4D
+from page4d.presets import preset
 from page4d.train.freeze import train_only
 from page4d.train.losses import camera_loss, dense_loss, gradient_loss, mask_loss, weighted_sum
 

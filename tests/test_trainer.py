@@ -185,8 +185,8 @@ def test_the_example_configs_are_valid():
     example loads."""
     from pathlib import Path
 
-    from page4d.config import preset
     from page4d.model import Page4D
+    from page4d.presets import preset
     from page4d.train.freeze import train_only
     from page4d.train.trainer import param_groups
 

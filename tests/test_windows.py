@@ -10,12 +10,14 @@ from conftest import REPO, SHARED
 from page4d.data.layout import load_clip
 from page4d.geometry.rotations import quat_to_mat
 from page4d.geometry.unprojection import unproject_depth
+from page4d.inputs import ForwardInputs
 from page4d.outputs import Predictions
+from page4d.presets import preset
 from page4d.reconstruction.ground_truth import reconstruction_from_clip
 from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.runner import WindowPlan, reconstruct
 from page4d.reconstruction.spool import Spool, StepArray, write_npz
-from page4d.reconstruction.windows import apply_sim3, fit_overlap, pixel_points, plan_windows
+from page4d.reconstruction.windows import apply_sim3_to_outputs, fit_overlap, pixel_points, plan_windows
 
 EXAMPLE = REPO / "examples" / "tabletop4v_mini"
 
@@ -61,7 +63,7 @@ def test_overlap_fit_recovers_a_known_similarity():
     scale, rot, trans = random_sim3(0)
     source = {k: v.copy() for k, v in target.items()}
     moved = {"extrinsic": source["extrinsic"], "depth": source["depth"], "world_points": np.zeros((1, 1, 3))}
-    apply_sim3(moved, 1 / scale, rot.T, -rot.T @ trans / scale)
+    apply_sim3_to_outputs(moved, 1 / scale, rot.T, -rot.T @ trans / scale)
     source.update(extrinsic=moved["extrinsic"], depth=moved["depth"])
     fit = fit_overlap(target, source)
     assert abs(fit[0] - scale) < 1e-5 and np.abs(fit[1] - rot).max() < 1e-5 and np.abs(fit[2] - trans).max() < 1e-4
@@ -75,7 +77,7 @@ def test_moving_a_window_moves_cameras_depth_and_points_consistently():
     gt = reconstruction_from_clip(load_clip(EXAMPLE), size=112)
     arrays = {k: getattr(gt, k).copy() for k in ("extrinsic", "depth", "world_points")}
     scale, rot, trans = random_sim3(1)
-    apply_sim3(arrays, scale, rot, trans)
+    apply_sim3_to_outputs(arrays, scale, rot, trans)
     moved = dense_points(arrays["depth"].reshape(-1, *gt.size), arrays["extrinsic"].reshape(-1, 3, 4),
                          gt.intrinsic.reshape(-1, 3, 3))
     expected = scale * gt.depth_points().reshape(moved.shape).astype(np.float64) @ rot.T + trans
@@ -87,17 +89,23 @@ class WindowedTruth:
     """Stands in for a model: each call returns the ground truth of the next window, expressed in that window's
     own frame (its first camera, at a random scale), as a perfect model that cannot see other windows would."""
 
+    config = preset("tiny")
+
     def __init__(self, gt, windows: list[range]):
         self.gt, self.windows, self.calls = gt, windows, 0
 
-    def infer(self, images: torch.Tensor, external_mask: torch.Tensor | None = None) -> Predictions:
+    def parameters(self):
+        """Where it "runs": the CPU."""
+        return iter([torch.zeros(())])
+
+    def infer(self, images: torch.Tensor, inputs: ForwardInputs | None = None) -> Predictions:
         times = self.windows[self.calls]
         self.calls += 1
         arrays = {k: getattr(self.gt, k)[times.start : times.stop].copy() for k in ("extrinsic", "depth",
                                                                                      "world_points")}
         first = self.gt.extrinsic[times.start, 0].astype(np.float64)
         scale = 1.0 + 0.3 * self.calls
-        apply_sim3(arrays, scale, first[:, :3], scale * first[:, 3])
+        apply_sim3_to_outputs(arrays, scale, first[:, :3], scale * first[:, 3])
         window = slice(times.start, times.stop)
 
         def batch(x: np.ndarray) -> torch.Tensor:
@@ -125,7 +133,7 @@ def test_stitched_windows_equal_one_pass_of_a_perfect_model(window, overlap):
     # One pass over the whole clip: the ground truth in the frame of the first window, camera (t0, v0), scale 1.3.
     reference = {k: getattr(gt, k).copy() for k in ("extrinsic", "depth", "world_points")}
     first = gt.extrinsic[0, 0].astype(np.float64)
-    apply_sim3(reference, 1.3, first[:, :3], 1.3 * first[:, 3])
+    apply_sim3_to_outputs(reference, 1.3, first[:, :3], 1.3 * first[:, 3])
     assert stitched.meta["windows"] == [[w.start, w.stop] for w in windows]
     for name, tol in (("extrinsic", 1e-4), ("depth", 1e-4), ("world_points", 1e-4)):
         error = np.abs(getattr(stitched, name) - reference[name]).max() / np.abs(reference[name]).max()
@@ -173,8 +181,8 @@ def test_spooled_windows_equal_windows_in_memory(tmp_path):
 
 def test_the_automatic_window_fits_half_the_free_memory(monkeypatch):
     import page4d.reconstruction.runner as runner
-    from page4d.config import preset
     from page4d.model import Page4D
+    from page4d.presets import preset
 
     model, clip = Page4D(preset("tiny")), load_clip(SHARED / "data" / "tabletop4v")
     per_step = runner.bytes_per_frame(model, (392, 518)) * clip.num_views

@@ -7,19 +7,20 @@ the attention bias it produces (and through a mask loss, when one is used). Thre
   m; ``suppress = sigmoid(-m / tau)`` and the key value is ``-0.5 · clamp(alpha · suppress, 0, 1)``.
 * ``release`` (PAGE-4D, kaichen-z/PAGE4D): per-channel standardisation, depthwise 3×3, 1×1 to a hidden
   width, 1×1 to one channel; the key value is ``sigmoid(logit + channel-mean) - 0.5``.
-* ``seeds`` (the design documents): depthwise 3×3, 3×3 to C/2, 1×1 to one channel gives M̃, z-scored
+* ``fusion`` (the design documents): depthwise 3×3, 3×3 to C/2, 1×1 to one channel gives M̃, z-scored
   per frame; ``M = sigmoid(alpha·z(M̃) + beta·m_ext)`` with ``m_ext = 2·M_ext - 1`` (the external mask,
   1 = moving, pooled to patches and centred so that static patches push M down as moving ones push
   it up). ``alpha, beta`` are learnable scalars (``scalar`` gate) or per-frame values from a small
   MLP on the frame's mean token (``mlp`` gate). The key value is M.
 
 ``moving`` (1 = moving) is ``suppress`` for fin10, ``0.5 - key`` for the release (keys the pose queries
-are pushed away from count as moving) and M for the seeds head.
+are pushed away from count as moving) and M for the fusion head.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,7 @@ from torch import nn
 
 from page4d.config import DynamicMaskConfig
 
-HEAD_KEYS = {"fin10": "spatial_mask_head", "release": "spatial_mask_head", "seeds": "dynamic_mask_head"}
+HEAD_KEYS = {"fin10": "spatial_mask_head", "release": "spatial_mask_head", "fusion": "dynamic_mask_head"}
 """Module name of each head inside the aggregator (PAGE-4D's heads keep their reference key names)."""
 
 
@@ -40,7 +41,7 @@ class MaskOutput:
     logits: torch.Tensor
     """``[B, T, V, h, w]`` raw output of the conv stack."""
     key: torch.Tensor
-    """``[B, T, V, h, w]`` the head's key value (PAGE-4D's bias value; M for the seeds head)."""
+    """``[B, T, V, h, w]`` the head's key value (PAGE-4D's bias value; M for the fusion head)."""
     moving: torch.Tensor
     """``[B, T, V, h, w]`` probability that each patch is dynamic (1 = moving)."""
 
@@ -88,7 +89,7 @@ class ReleaseMaskHead(nn.Module):
         return logits, key, 0.5 - key
 
 
-class SeedsMaskHead(nn.Module):
+class FusionMaskHead(nn.Module):
     """Keys ``convs.{0,2,4}``, ``alpha`` / ``beta`` (scalar gate) or ``gate.{0,2}`` (MLP gate)."""
 
     def __init__(self, dim: int, gate: str):
@@ -101,13 +102,11 @@ class SeedsMaskHead(nn.Module):
         if gate == "scalar":
             self.alpha = nn.Parameter(torch.tensor(1.0))
             self.beta = nn.Parameter(torch.tensor(1.0))
-        elif gate == "mlp":
+        else:  # "mlp" (the config has checked the name)
             self.gate = nn.Sequential(nn.Linear(dim, dim // 4), nn.GELU(), nn.Linear(dim // 4, 2))
             nn.init.zeros_(self.gate[2].weight)
             with torch.no_grad():
                 self.gate[2].bias.fill_(1.0)
-        else:
-            raise ValueError(f"unknown mask gate {gate!r}; use 'scalar' or 'mlp'")
 
     def forward(self, image: torch.Tensor, external: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """Patch image ``[N, C, h, w]`` (+ external mask ``[N, h, w]`` in [0, 1]) -> (logits, M, M)."""
@@ -126,15 +125,16 @@ class SeedsMaskHead(nn.Module):
         return logits, moving, moving
 
 
+_BUILDERS: dict[str, Callable[[DynamicMaskConfig, int], nn.Module]] = {
+    "fin10": lambda cfg, dim: Fin10MaskHead(dim),
+    "release": lambda cfg, dim: ReleaseMaskHead(dim, cfg.release_hidden),
+    "fusion": lambda cfg, dim: FusionMaskHead(dim, cfg.gate),
+}
+
+
 def build_mask_head(cfg: DynamicMaskConfig, dim: int) -> nn.Module:
-    """The head named by ``cfg.head``."""
-    if cfg.head == "fin10":
-        return Fin10MaskHead(dim)
-    if cfg.head == "release":
-        return ReleaseMaskHead(dim, cfg.release_hidden)
-    if cfg.head == "seeds":
-        return SeedsMaskHead(dim, cfg.gate)
-    raise ValueError(f"unknown dynamic mask head {cfg.head!r}; use 'fin10', 'release' or 'seeds'")
+    """The head named by ``cfg.head`` (the config has checked the name) for tokens of width ``dim``."""
+    return _BUILDERS[cfg.head](cfg, dim)
 
 
 def compute_mask(

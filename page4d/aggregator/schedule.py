@@ -39,40 +39,18 @@ class LayerSchedule:
 
     @classmethod
     def alternating(cls, cfg: AggregatorConfig) -> LayerSchedule:
-        """VGGT's alternating schedule: groups of ``aa_block_size`` blocks of each bank in ``aa_order``,
-        with the dynamic-mask placement of ``cfg.dynamic_mask`` (if any)."""
+        """VGGT's alternating schedule (``cfg.block_order()``) with the dynamic-mask placement of
+        ``cfg.dynamic_mask`` (if any) and each sparse block right after the group that completes its pair.
+        ``cfg.validate`` has checked that every biased block runs after the one that feeds the mask head."""
+        mask, sparse, epi = cfg.dynamic_mask, cfg.sparse_global, cfg.epipolar
         k = cfg.aa_block_size
-        mask = cfg.dynamic_mask
         steps = []
-        for g in range(cfg.depth // k):
-            for bank in cfg.aa_order:
-                for j in range(k):
-                    i = g * k + j
-                    emits = mask is not None and bank == "time" and i == mask.after_block
-                    biased = mask is not None and i in (
-                        mask.biased_view_blocks if bank == "view" else mask.biased_time_blocks
-                    )
-                    epipolar = cfg.epipolar is not None and bank == "view" and i in cfg.epipolar.view_blocks
-                    steps.append(BlockStep(bank, i, cfg.bank_kinds[bank], emits, biased, epipolar))
-            sparse = cfg.sparse_global
-            if sparse is not None:
-                done = range(g * k, (g + 1) * k)  # pairs completed by this group
-                steps += [BlockStep("sparse", j, "global") for j, i in enumerate(sparse.after_pairs) if i in done]
-        schedule = cls(tuple(steps), cfg.depth)
-        schedule.validate()
-        return schedule
-
-    def validate(self) -> None:
-        """Every biased block must run after the block that feeds the mask head."""
-        emits = [n for n, s in enumerate(self.steps) if s.emits_mask]
-        biased = [n for n, s in enumerate(self.steps) if s.biased]
-        if biased and len(emits) != 1:
-            raise ValueError("a schedule with mask-biased blocks needs exactly one block that computes the mask")
-        early = [self.steps[n] for n in biased if n < emits[0]] if biased else []
-        if early:
-            source = self.steps[emits[0]]
-            raise ValueError(
-                f"the dynamic mask is computed after {source.bank} block {source.index}, but "
-                f"{', '.join(f'{s.bank} block {s.index}' for s in early)} run(s) before it and cannot use it; "
-                "move dynamic_mask.after_block earlier or bias later blocks"
-            )
+        for position, (bank, i) in enumerate(cfg.block_order()):
+            emits = mask is not None and bank == "time" and i == mask.after_block
+            biased = mask is not None and i in (mask.biased_view_blocks if bank == "view" else mask.biased_time_blocks)
+            epipolar = epi is not None and bank == "view" and i in epi.view_blocks
+            steps.append(BlockStep(bank, i, cfg.bank_kinds[bank], emits, biased, epipolar))
+            if sparse is not None and (position + 1) % (2 * k) == 0:  # a group of both banks is complete
+                done = range(i - k + 1, i + 1)
+                steps += [BlockStep("sparse", j, "global") for j, pair in enumerate(sparse.after_pairs) if pair in done]
+        return cls(tuple(steps), cfg.depth)

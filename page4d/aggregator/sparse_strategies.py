@@ -1,32 +1,35 @@
-"""Key sets of the sparse global strategies over the global token order ``(t, v, p)``.
+"""The sparse global strategies, one ``SparseGlobalBlock`` subclass each, over the global token order ``(t, v, p)``:
 
-The forward of ``SparseGlobalBlock`` uses the index helpers (anchors, neighbour groups); the boolean
-masks write the same key sets out as ``[.., N, N]`` for the dense reference (tests only).
+    landmark : every token -> the K anchor patches of every frame        O(N·T·V·K)
+    dilated  : frame (t, v) -> frames (t ± l, v), (t, v ± l), itself      O(T·V·n·P²), n ≤ 1 + 4·len(levels)
+    memory   : M learned tokens <- all tokens, then every token -> M      O(N·M)
+
+Each class attends with index helpers (anchors, neighbour groups) and writes the same key set out as a
+boolean ``[.., N, N]`` mask for the dense reference (tests only). ``STRATEGIES`` maps the config's names
+(``page4d.config.SPARSE_STRATEGIES``) to the classes; ``sparse_block`` builds the configured one.
 """
 
 from __future__ import annotations
 
 import torch
 from einops import rearrange
+from torch import nn
 
-STRATEGIES = ("landmark", "dilated", "memory")
+from page4d.aggregator.sparse import SparseCall, SparseGlobalBlock, merge_heads, with_bias
+from page4d.config import AggregatorConfig, SparseGlobalConfig
+from page4d.nn import AttentionExtras, RotaryEmbedding2D, RowKeyBias, attend
 
 
-def landmark_anchors(
-    grid: torch.Tensor,
-    num_special: int,
-    num_landmarks: int,
-    scores: torch.Tensor | None = None,
-    keypoints: torch.Tensor | None = None,
-) -> torch.Tensor:
+def landmark_anchors(call: SparseCall, num_landmarks: int) -> torch.Tensor:
     """Patch indices ``[B, T, V, K]`` (in ``0..h·w-1``) of the K highest-ranked patches of every frame.
 
-    Ranked by ``scores`` ``[B, T, V, h·w]`` (higher = better) if given, else by ``keypoints``, else by
-    the L2 norm of the patch tokens of ``grid`` ``[B, T, V, P, C]``. Ties go to the lower patch index
-    (stable sort), so the choice is deterministic on every device.
+    Ranked by ``call.scores`` (higher = better) if given, else by ``call.keypoints``, else by the L2 norm
+    of the patch tokens. Ties go to the lower patch index (stable sort), so the choice is deterministic on
+    every device.
     """
+    scores = call.scores
     if scores is None:
-        scores = keypoints if keypoints is not None else grid[..., num_special:, :].norm(dim=-1)
+        scores = call.keypoints if call.keypoints is not None else call.grid[..., call.num_special:, :].norm(dim=-1)
     order = torch.sort(scores.detach(), dim=-1, descending=True, stable=True).indices
     return order[..., :num_landmarks]
 
@@ -57,13 +60,6 @@ def dilated_groups(t: int, v: int, levels: tuple[int, ...]) -> list[tuple[torch.
     return [(torch.tensor(frames), torch.tensor(neighbours)) for frames, neighbours in groups.values()]
 
 
-def landmark_mask(index: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """Dense reference: ``[B, N, N]``, every query may attend exactly to the anchors ``index`` ``[B, T·V·K]``."""
-    keys = torch.zeros(index.shape[0], num_tokens, dtype=torch.bool, device=index.device)
-    keys.scatter_(1, index, True)
-    return keys[:, None, :].expand(-1, num_tokens, -1)
-
-
 def dilated_mask(t: int, v: int, tokens_per_frame: int, levels: tuple[int, ...]) -> torch.Tensor:
     """Dense reference: ``[N, N]``, token i may attend to token j when their frames are dilated neighbours."""
     ti = torch.arange(t).repeat_interleave(v * tokens_per_frame)
@@ -71,3 +67,124 @@ def dilated_mask(t: int, v: int, tokens_per_frame: int, levels: tuple[int, ...])
     steps = torch.tensor([0, *levels])
     dt, dv = (ti[:, None] - ti[None, :]).abs(), (vi[:, None] - vi[None, :]).abs()
     return ((dt == 0) & torch.isin(dv, steps)) | ((dv == 0) & torch.isin(dt, steps))
+
+
+class LandmarkBlock(SparseGlobalBlock):
+    """Every token attends to the ``num_landmarks`` anchor patches of every frame."""
+
+    def reads_keypoints(self, call: SparseCall) -> bool:
+        return call.scores is None  # the keypoints rank the anchors
+
+    @classmethod
+    def min_patches(cls, cfg: SparseGlobalConfig) -> int:
+        return cfg.num_landmarks  # each frame gives that many anchors
+
+    def _index(self, call: SparseCall) -> torch.Tensor:
+        """Global token positions of the anchors ``[B, T·V·K]``."""
+        return landmark_token_index(landmark_anchors(call, self.cfg.num_landmarks), call.frames[2], call.num_special)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: SparseCall) -> torch.Tensor:
+        index = self._index(call)
+        heads, dim = q.shape[1], q.shape[3]
+        gather_index = index[:, None, :, None].expand(-1, heads, -1, dim)
+        terms = call.bias_terms()
+        bias = None if terms is None else RowKeyBias(terms[0], terms[1].gather(1, index))
+        return attend(q, k.gather(2, gather_index), v.gather(2, gather_index), AttentionExtras(bias=bias),
+                      backend=self.block.attn.backend)
+
+    def reference(self, x: torch.Tensor, positions: torch.Tensor, call: SparseCall) -> torch.Tensor:
+        index, n = self._index(call), x.shape[1]
+        keys = torch.zeros(index.shape[0], n, dtype=torch.bool, device=index.device)
+        keys.scatter_(1, index, True)
+        allowed = keys[:, None, None, :].expand(-1, 1, n, -1)
+        return self.block(x, positions, AttentionExtras(mask=with_bias(allowed, call.bias_terms())))
+
+
+class DilatedBlock(SparseGlobalBlock):
+    """The tokens of frame (t, v) attend to the frames at time and view offsets ``0, ±l`` (``dilation_levels``)."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: SparseCall) -> torch.Tensor:
+        """One attention call per neighbour count (``dilated_groups``), outputs put back in frame order."""
+        t, views, p = call.frames
+        b = q.shape[0]
+        qf, kf, vf = (rearrange(x, "b h (f p) d -> b h f p d", p=p) for x in (q, k, v))
+        terms = call.bias_terms()
+        rows, keys = (None, None) if terms is None else (rearrange(x, "b (f p) -> b f p", p=p) for x in terms)
+        outs, order = [], []
+        for frames, near in dilated_groups(t, views, self.cfg.dilation_levels):
+            frames, near = frames.to(q.device), near.to(q.device)
+            bias = None
+            if terms is not None:
+                bias = RowKeyBias(
+                    rearrange(rows[:, frames], "b g p -> (b g) p"), rearrange(keys[:, near], "b g n p -> (b g) (n p)")
+                )
+            out = attend(
+                rearrange(qf[:, :, frames], "b h g p d -> (b g) h p d"),
+                rearrange(kf[:, :, near], "b h g n p d -> (b g) h (n p) d"),
+                rearrange(vf[:, :, near], "b h g n p d -> (b g) h (n p) d"),
+                AttentionExtras(bias=bias),
+                backend=self.block.attn.backend,
+            )
+            outs.append(rearrange(out, "(b g) h p d -> b h g p d", b=b))
+            order.append(frames)
+        out = torch.cat(outs, dim=2)[:, :, torch.argsort(torch.cat(order))]
+        return rearrange(out, "b h f p d -> b h (f p) d")
+
+    def reference(self, x: torch.Tensor, positions: torch.Tensor, call: SparseCall) -> torch.Tensor:
+        allowed = dilated_mask(*call.frames, self.cfg.dilation_levels).to(x.device)
+        return self.block(x, positions, AttentionExtras(mask=with_bias(allowed, call.bias_terms())))
+
+
+class MemoryBlock(SparseGlobalBlock):
+    """``num_memory_tokens`` learned tokens (key ``memory_tokens`` ``[1, M, C]``) gather from all tokens, then every
+    token reads them. Patch queries only ever see memory keys, so the keypoint bias applies where patches are
+    keys: on the gather pass (memory rows get the λ weight)."""
+
+    def build_own(self, agg: AggregatorConfig) -> None:
+        self.memory_tokens = nn.Parameter(torch.randn(1, self.cfg.num_memory_tokens, agg.embed_dim) * 0.02)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: SparseCall) -> torch.Tensor:
+        """Memory tokens gather from all tokens (+ residual), then every query reads the M updated memory tokens."""
+        block, backend = self.block, self.block.attn.backend
+        b, m = q.shape[0], self.cfg.num_memory_tokens
+        origin = q.new_zeros(m, 2, dtype=torch.long)  # RoPE position (0, 0): no rotation
+        memory = self.memory_tokens.expand(b, -1, -1)
+        mq, mk, mv = block.attn.heads(block.norm1(memory), origin)
+        terms = call.bias_terms()
+        bias = None
+        if terms is not None:
+            bias = RowKeyBias(call.lam.expand(b, m), torch.cat([terms[1].new_zeros(b, m), terms[1]], dim=1))
+        gathered = attend(mq, torch.cat([mk, k], dim=2), torch.cat([mv, v], dim=2), AttentionExtras(bias=bias),
+                          backend=backend)
+        memory = memory + block.ls1(block.attn.proj(merge_heads(gathered)))
+        _, mk, mv = block.attn.heads(block.norm1(memory), origin)
+        return attend(q, mk, mv, backend=backend)
+
+    def reference(self, x: torch.Tensor, positions: torch.Tensor, call: SparseCall) -> torch.Tensor:
+        """Both memory passes as masked dense attention over ``[memory tokens; tokens]`` ``[B, M + N, C]``."""
+        block = self.block
+        b, n, m = x.shape[0], x.shape[1], self.cfg.num_memory_tokens
+        aug_pos = torch.cat([positions.new_zeros(m, 2), positions])
+        is_memory = torch.arange(m + n, device=x.device) < m
+        own = torch.eye(m + n, dtype=torch.bool, device=x.device)  # rows whose output is discarded see only themselves
+        memory = self.memory_tokens.expand(b, -1, -1)
+        terms = call.bias_terms()
+        gather_terms = None
+        if terms is not None:
+            rows = call.lam * is_memory.to(x.dtype)
+            gather_terms = (rows.expand(b, -1), torch.cat([terms[1].new_zeros(b, m), terms[1]], dim=1))
+        gather = AttentionExtras(mask=with_bias(is_memory[:, None] | own, gather_terms))
+        memory = memory + block.ls1(block.attn(block.norm1(torch.cat([memory, x], dim=1)), aug_pos, gather)[:, :m])
+        broadcast = torch.where(is_memory[:, None], own, is_memory[None, :])
+        return block(torch.cat([memory, x], dim=1), aug_pos, AttentionExtras(mask=broadcast))[:, m:]
+
+
+STRATEGIES: dict[str, type[SparseGlobalBlock]] = {
+    "landmark": LandmarkBlock, "dilated": DilatedBlock, "memory": MemoryBlock,
+}
+"""One class per name of ``config.SPARSE_STRATEGIES`` (a test checks the two agree)."""
+
+
+def sparse_block(cfg: SparseGlobalConfig, agg: AggregatorConfig, rope: RotaryEmbedding2D) -> SparseGlobalBlock:
+    """The sparse block of ``cfg.strategy`` (``cfg`` validated by ``SparseGlobalConfig.validate``)."""
+    return STRATEGIES[cfg.strategy](cfg, agg, rope)

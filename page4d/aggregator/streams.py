@@ -1,113 +1,130 @@
-"""How a dynamic mask biases attention: strategy objects that give the rank-1 bias of each block bank.
+"""Token streams: one shared stream, or a pose and a geometry stream (the design documents' "two streams").
 
-The bias of a block is ``logits[i, j] += row_i · key_j`` with ``row_i`` one value for camera/register
-queries and one for patch queries, and ``key_j`` a per-patch value (0 on camera/register keys).
+A stream strategy lives for one forward pass and tells the aggregator which streams run each block,
+which one the mask head reads, and which output entries go to the camera head (pose) and to the dense
+heads (geometry):
 
-* ``Page4DBias``: PAGE-4D; view blocks only; row = strength on camera/register queries, 0 on patch
-  queries; key = the head's key value.
-* ``PoseGeoBias``: the seeds' λ biases; key = the moving probability M; learnable, clamped to
-  ``[-b, b]``, starting at 0, with separate ``λ_pose_t``, ``λ_geo_t`` in time blocks. With one shared
-  stream (``main``) the camera/register queries act as the pose stream (row ``-λ_pose``: attend less to
-  moving keys) and the patch queries as the geometry stream (row ``+λ_geo``: attend more to them).
-  With dual streams every query of the ``pose`` stream gets ``-λ_pose`` and every query of the ``geo``
-  stream ``+λ_geo``.
-
-A strategy returns no rows when every row weight is exactly 0 and none needs a gradient, and the
-aggregator then runs plain attention: at inference an untrained bias is bit-for-bit the model without
-it. While λ are being trained the bias path always runs (a zero λ still needs its gradient); its
-outputs then equal the plain model's up to float rounding.
+* ``SharedStreams``: one stream; camera/register query rows take the pose bias and patch rows the
+  geometry bias (``mask_bias``). The pose and geometry entries are the same dict.
+* ``DualStreams``: the shared stream until ``dual_from_block``, then a pose stream (every query row takes
+  the pose bias; read by the camera head) and a geometry stream (the geometry bias; read by the dense heads
+  and the mask head). Their blocks share weights, or the pose stream runs its own copies (``branched``,
+  keys ``aggregator.pose_{time,view}_blocks.{i}``). While both would compute the same thing (no active
+  bias, shared weights) the fork is not made, so at λ = 0 the outputs are the shared stream's exactly.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from page4d.aggregator.mask_head import MaskOutput
-from page4d.config import DynamicMaskConfig
+from page4d.aggregator.mask_bias import RowValues, StreamRole
+from page4d.aggregator.schedule import BlockStep
+
+Entries = dict[int, torch.Tensor]
+"""Output entry index -> ``[B, T, V, P, 2C]`` = concat(time block i output, view block i output)."""
 
 
-def mask_alpha(step: float, hold_start: float, hold_end: float) -> float:
-    """The release's cosine hold: 1 before ``hold_start``, 0 from ``hold_end``, a half cosine in between."""
-    if step < hold_start:
-        return 1.0
-    if step >= hold_end:
-        return 0.0
-    return 0.5 * (1.0 + math.cos(math.pi * (step - hold_start) / (hold_end - hold_start)))
+@dataclass
+class Stream:
+    """One token stream during a forward: its tokens in the layout of the last block, and its kept outputs."""
+
+    role: StreamRole
+    x: torch.Tensor
+    layout: str
+    keep: set[int]
+    rows: RowValues
+    """The mask bias's row weights for this stream's queries (empty: no bias, plain attention)."""
+    own_blocks: dict[str, nn.ModuleDict] = field(default_factory=dict)
+    """Bank -> blocks this stream runs instead of the aggregator's (keyed by ``str(index)``)."""
+    halves: dict[str, Entries] = field(default_factory=lambda: {"time": {}, "view": {}})
+    entries: Entries = field(default_factory=dict)
+
+    @property
+    def takes_keypoints(self) -> bool:
+        """The keypoint bias belongs to the geometry queries, so a dual pose stream runs without keypoints."""
+        return self.role != "pose"
+
+    def fork(self, role: StreamRole, keep: set[int], rows: RowValues,
+             own_blocks: dict[str, nn.ModuleDict] | None = None) -> Stream:
+        """A stream that continues from this one's tokens and kept outputs."""
+        halves = {bank: dict(kept) for bank, kept in self.halves.items()}
+        return Stream(role, self.x, self.layout, keep, rows, own_blocks or {}, halves, dict(self.entries))
+
+    def record(self, bank: str, index: int, grid: torch.Tensor) -> None:
+        """Keep block ``index`` of ``bank``'s output ``[B, T, V, P, C]``; an entry is made once both halves exist."""
+        self.halves[bank][index] = grid
+        if index in self.halves["time"] and index in self.halves["view"]:
+            pair = (self.halves["time"].pop(index), self.halves["view"].pop(index))
+            self.entries[index] = torch.cat(pair, dim=-1)
 
 
-def mask_strength(cfg: DynamicMaskConfig, step: float) -> float:
-    """PAGE-4D's weight on camera / register query rows at training step ``step`` (0 at inference)."""
-    if cfg.schedule == "constant":
-        return cfg.scale
-    return cfg.scale * mask_alpha(step, cfg.hold_start, cfg.hold_end)
+class Streams(Protocol):
+    """What the aggregator asks of its streams during one forward."""
+
+    def running(self, step: BlockStep) -> list[Stream]:
+        """The streams that run ``step``."""
+        ...
+
+    def geometry(self) -> Stream:
+        """The stream the dynamic-mask head reads."""
+        ...
+
+    def entries(self) -> tuple[Entries, Entries]:
+        """(pose entries for the camera head, geometry entries for the dense heads)."""
+        ...
 
 
-RowValues = dict[str, tuple[torch.Tensor, torch.Tensor]]
-"""Block bank -> (row weight on camera/register queries, row weight on patch queries), 0-d tensors."""
+RowsFor = Callable[[StreamRole], RowValues]
 
 
-class Page4DBias(nn.Module):
-    """PAGE-4D's bias. Parameter-free."""
+class SharedStreams:
+    """One stream for every query; it keeps the entries both the pose and the geometry readers need."""
 
-    def __init__(self, cfg: DynamicMaskConfig):
-        super().__init__()
-        self.cfg = cfg
+    def __init__(self, tokens: torch.Tensor, layout: str, pose_keep: set[int], geometry_keep: set[int],
+                 rows: RowsFor):
+        self.stream = Stream("shared", tokens, layout, pose_keep | geometry_keep, rows("shared"))
 
-    def row_values(self, step: float, stream: str = "main") -> RowValues:
-        strength = mask_strength(self.cfg, step)
-        if strength == 0.0:
-            return {}
-        return {"view": (torch.tensor(strength), torch.tensor(0.0))}
+    def running(self, step: BlockStep) -> list[Stream]:
+        return [self.stream]
 
-    def key_values(self, mask: MaskOutput) -> torch.Tensor:
-        return mask.key
+    def geometry(self) -> Stream:
+        return self.stream
 
-
-class PoseGeoBias(nn.Module):
-    """The seeds' λ biases. Keys ``lambda_pose``, ``lambda_geo``, ``lambda_pose_t``, ``lambda_geo_t`` (0-d)."""
-
-    def __init__(self, cfg: DynamicMaskConfig):
-        super().__init__()
-        self.bound = cfg.lambda_bound
-        self.lambda_pose = nn.Parameter(torch.tensor(0.0))
-        self.lambda_geo = nn.Parameter(torch.tensor(0.0))
-        self.lambda_pose_t = nn.Parameter(torch.tensor(0.0))
-        self.lambda_geo_t = nn.Parameter(torch.tensor(0.0))
-
-    def row_values(self, step: float, stream: str = "main") -> RowValues:
-        raw = (self.lambda_pose, self.lambda_geo, self.lambda_pose_t, self.lambda_geo_t)
-        pose, geo, pose_t, geo_t = (lam.clamp(-self.bound, self.bound) for lam in raw)
-        trained = torch.is_grad_enabled() and any(lam.requires_grad for lam in raw)
-        if not trained and not any(bool(lam.detach() != 0) for lam in raw):
-            return {}
-        if stream == "pose":
-            return {"view": (-pose, -pose), "time": (-pose_t, -pose_t)}
-        if stream == "geo":
-            return {"view": (geo, geo), "time": (geo_t, geo_t)}
-        return {"view": (-pose, geo), "time": (-pose_t, geo_t)}
-
-    def key_values(self, mask: MaskOutput) -> torch.Tensor:
-        return mask.moving
+    def entries(self) -> tuple[Entries, Entries]:
+        return self.stream.entries, self.stream.entries
 
 
-def build_bias(cfg: DynamicMaskConfig) -> nn.Module:
-    if cfg.bias == "page4d":
-        return Page4DBias(cfg)
-    if cfg.bias == "pose_geo":
-        return PoseGeoBias(cfg)
-    raise ValueError(f"unknown mask bias {cfg.bias!r}; use 'page4d' or 'pose_geo'")
+class DualStreams(SharedStreams):
+    """The shared stream, forked into a pose and a geometry stream at block ``from_block``."""
 
+    def __init__(self, tokens: torch.Tensor, layout: str, pose_keep: set[int], geometry_keep: set[int],
+                 rows: RowsFor, from_block: int, pose_blocks: dict[str, nn.ModuleDict]):
+        super().__init__(tokens, layout, pose_keep, geometry_keep, rows)
+        self.keeps = (pose_keep, geometry_keep)
+        self.rows = (rows("pose"), rows("geometry"))
+        self.pose_blocks = pose_blocks
+        self.fork_at = from_block if self.rows[0] or pose_blocks else None
+        self.split: tuple[Stream, Stream] | None = None
 
-def grid_bias(
-    rows: tuple[torch.Tensor, torch.Tensor], keys: torch.Tensor, num_special: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and key values over the token grid: ``keys`` ``[B, T, V, h, w]`` -> two ``[B, T, V, P]``."""
-    b, t, v = keys.shape[:3]
-    keys = keys.flatten(-2)
-    special_row, patch_row = (r.to(keys) for r in rows)
-    zeros = keys.new_zeros(b, t, v, num_special)
-    row = torch.cat([special_row.expand(b, t, v, num_special), patch_row.expand(b, t, v, keys.shape[-1])], dim=-1)
-    return row, torch.cat([zeros, keys], dim=-1)
+    def running(self, step: BlockStep) -> list[Stream]:
+        # A sparse step's index counts sparse blocks, not pairs: it never triggers the fork.
+        due = self.fork_at is not None and step.bank != "sparse" and step.index >= self.fork_at
+        if self.split is None and due:
+            self.split = (
+                self.stream.fork("pose", self.keeps[0], self.rows[0], self.pose_blocks),
+                self.stream.fork("geometry", self.keeps[1], self.rows[1]),
+            )
+        return [self.stream] if self.split is None else list(self.split)
+
+    def geometry(self) -> Stream:
+        return self.stream if self.split is None else self.split[1]
+
+    def entries(self) -> tuple[Entries, Entries]:
+        if self.split is None:
+            return super().entries()
+        return self.split[0].entries, self.split[1].entries

@@ -19,29 +19,32 @@ and every unused source key with the reason.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from page4d.checkpoints import page4d, pi3, vggt
+from page4d.checkpoints import native, page4d_reference, pi3, vggt
 from page4d.checkpoints.io import detect_family
 from page4d.checkpoints.loading import check_floating
 from page4d.checkpoints.report import LoadReport
 from page4d.checkpoints.source import LazySource
-from page4d.config import ModelConfig, preset
+from page4d.config import ModelConfig
 from page4d.fileio import read_json, read_yaml
 from page4d.model import Page4D
 from page4d.patterns import match_patterns
+from page4d.presets import preset
 
 CONVERTERS: dict[str, Callable] = {
     "vggt": vggt.convert,
-    "page4d": page4d.convert,
+    "page4d-reference": page4d_reference.convert,
     "pi3": pi3.convert,
-    "native": lambda state, source="native": (dict(state), LoadReport(source, "native", {k: k for k in state})),
+    native.CONVERTER: lambda state, source=native.CONVERTER: (
+        dict(state), LoadReport(source, native.CONVERTER, {k: k for k in state})
+    ),
 }
+"""Converter name (= checkpoint family, ``io.detect_family``) -> pure ``convert(state_dict, source)``."""
 @dataclass(frozen=True)
 class Stage:
     """Take the target keys matching ``keys`` from the source named ``source``."""
@@ -56,7 +59,7 @@ class Recipe:
     target: str | dict
     """Preset name, or a full ``ModelConfig`` dict, of the model being built."""
     sources: dict[str, str]
-    """Source label -> converter (``vggt``, ``page4d``, ``pi3``, ``native``), in the order sources are given."""
+    """Source label -> converter (``vggt``, ``page4d-reference``, ``pi3``, ``native``), in the order given."""
     stages: tuple[Stage, ...]
     initialise: dict[str, str] = field(default_factory=dict)
     """Target key pattern -> why those keys keep the model's initialisation."""
@@ -107,7 +110,8 @@ class Recipe:
             raise ValueError(f"recipe {self.name}: precedence must be 'error' or 'first', got {self.precedence!r}")
         for label, converter in self.sources.items():
             if converter not in CONVERTERS:
-                raise ValueError(f"recipe {self.name}: source {label!r} has unknown converter {converter!r}")
+                raise ValueError(f"recipe {self.name}: source {label!r} has unknown converter {converter!r}; use one "
+                                 f"of {', '.join(CONVERTERS)}")
         for stage in self.stages:
             if stage.source not in self.sources:
                 raise ValueError(
@@ -115,10 +119,10 @@ class Recipe:
                 )
 
 
-SEEDS = Recipe(
-    name="seeds",
+PI3_PAGE4D = Recipe(
+    name="pi3-page4d",
     target="page4d-mv",
-    sources={"pi3": "pi3", "page4d": "page4d"},
+    sources={"pi3": "pi3", "page4d": "page4d-reference"},
     stages=(
         Stage("pi3", ("aggregator.time_blocks.{0..17}.*", "aggregator.view_blocks.{0..17}.*",
                       "aggregator.register_token")),
@@ -127,7 +131,7 @@ SEEDS = Recipe(
                          "depth_head.*", "point_head.*", "track_head.*")),
     ),
     initialise={
-        "aggregator.dynamic_mask_head.*": "new seeds mask head (PAGE-4D's head has another architecture)",
+        "aggregator.dynamic_mask_head.*": "new fusion mask head (PAGE-4D's head has another architecture)",
         "aggregator.mask_bias.*": "λ biases start at 0: the model starts as the unbiased one",
         "aggregator.temporal_rope.scale": "time rotation starts at 0: identity",
         "aggregator.sparse_blocks.*": "sparse global block with LayerScale 0: identity",
@@ -136,7 +140,7 @@ SEEDS = Recipe(
 """Seed document 004 §4.1: Pi3's 18 decoder pairs and registers, PAGE-4D's encoder, last 6 pairs, camera
 token and heads; the new modules start as the identity."""
 
-RECIPES = {"seeds": SEEDS}
+RECIPES = {recipe.name: recipe for recipe in (PI3_PAGE4D,)}
 
 
 def _string_map(value: object, name: str) -> dict[str, str]:
@@ -274,30 +278,31 @@ def compose(
     return model.eval(), report
 
 
-_SINGLE = {"vggt": ("vggt", "vggt-1b"), "page4d-ref": ("page4d", None), "pi3": ("pi3", "pi3-large")}
+_FAMILY_PRESETS = {"vggt": "vggt-1b", "pi3": "pi3-large"}
+"""The preset a family's single checkpoint loads into by default (PAGE-4D's: the variant its keys show)."""
 
 
 def single_source_recipe(path: str | Path, target: str | dict | None = None) -> Recipe:
     """The recipe that converts one checkpoint whole: its family's converter, every key it provides, the
-    converter's own initialised keys (e.g. Pi3's missing ``mask_token``); target = the family's preset."""
+    converter's own initialised keys (e.g. Pi3's missing ``mask_token``); target = the family's preset (a native
+    file's: the ``config.json`` beside it)."""
     src = LazySource(path)
     family = detect_family(src.keys())
-    if family == "page4d":
-        config_path = src.path.with_name("config.json")
+    if family not in CONVERTERS:
+        raise ValueError(f"{path}: unrecognised checkpoint family; page4d, VGGT, PAGE-4D, Pi3 and Pi3X are supported")
+    default: str | dict | None = _FAMILY_PRESETS.get(family)
+    if family == native.CONVERTER:
+        config_path = src.path.with_name(native.CONFIG_NAME)
         if target is None and not config_path.is_file():
             raise ValueError(f"{path} is a page4d checkpoint without a config.json beside it; put the config.json "
                              "it was saved with next to it (or pass its folder), or give a target config "
                              "(convert --target)")
-        converter, default = "native", (json.loads(config_path.read_text()) if config_path.is_file() else None)
-    elif family in _SINGLE:
-        converter, default = _SINGLE[family]
-        if family == "page4d-ref":
-            default = f"page4d-{page4d.detect_variant(src.meta_state(), str(path))}"
-    else:
-        raise ValueError(f"{path}: unrecognised checkpoint family; page4d, VGGT, PAGE-4D, Pi3 and Pi3X are supported")
-    state, report = CONVERTERS[converter](src.meta_state(), source=str(path))
+        default = native.read_config(config_path).to_dict() if config_path.is_file() else None
+    elif family == "page4d-reference":
+        default = f"page4d-{page4d_reference.detect_variant(src.meta_state(), str(path))}"
+    state, report = CONVERTERS[family](src.meta_state(), source=str(path))
     return Recipe(
         name=f"{report.converter}-import", target=target if target is not None else default,
-        sources={"source": converter}, stages=(Stage("source", tuple(sorted(state))),),
+        sources={"source": family}, stages=(Stage("source", tuple(sorted(state))),),
         initialise=dict(report.initialised),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass
@@ -37,6 +38,29 @@ KNOWN_CHECKPOINTS = {
 }
 
 
+@dataclass(frozen=True)
+class HubOptions:
+    """How files are fetched from the Hub: the ``huggingface_hub.hf_hub_download`` options page4d passes on."""
+
+    revision: str | None = None
+    """Branch, tag or commit (default: ``main``)."""
+    token: str | bool | None = None
+    cache_dir: str | Path | None = None
+    local_files_only: bool = False
+    """Use the cache only, never the network."""
+    force_download: bool = False
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict, what: str) -> HubOptions:
+        """The options in ``kwargs`` (``from_pretrained``'s); ``TypeError`` naming any that is not one."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"{what}: unknown option(s) {', '.join(unknown)}; the Hub options are "
+                            f"{', '.join(sorted(names))}")
+        return cls(**kwargs)
+
+
 class OfflineError(OSError):
     """The file is not cached and the Hub cannot be reached."""
 
@@ -58,25 +82,30 @@ def _cached(kwargs: dict) -> Path | None:
         return None
 
 
-def fetch(repo_id: str, filename: str, repo_type: str = "model", revision: str | None = None) -> Path:
-    """Local path of ``repo_id/filename``: from the cache, else downloaded.
+def fetch(repo_id: str, filename: str, repo_type: str = "model", options: HubOptions | None = None) -> Path:
+    """Local path of ``repo_id/filename``: from the cache, else downloaded (with ``options``).
 
     Raises ``OfflineError`` within seconds (instead of the Hub client's retry loop) when the file is
-    not cached and the Hub is unreachable or ``HF_HUB_OFFLINE=1``, saying what to fetch and where.
+    not cached and the Hub is unreachable, ``HF_HUB_OFFLINE=1`` or ``local_files_only``, saying what to fetch
+    and where.
     """
-    kwargs = {"repo_id": repo_id, "filename": filename, "repo_type": repo_type, "revision": revision}
-    cached = _cached(kwargs)
+    options = options or HubOptions()
+    kwargs = {"repo_id": repo_id, "filename": filename, "repo_type": repo_type, "revision": options.revision,
+              "token": options.token, "cache_dir": options.cache_dir}
+    cached = None if options.force_download else _cached(kwargs)
     if cached is not None:
         return cached
     offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-    if offline or not _hub_reachable():
+    if offline or options.local_files_only or not _hub_reachable():
         kind = "datasets/" if repo_type == "dataset" else ""
-        url = f"{constants.ENDPOINT}/{kind}{repo_id}/resolve/{revision or 'main'}/{filename}"
-        reason = "HF_HUB_OFFLINE is set" if offline else f"cannot reach {constants.ENDPOINT}"
+        url = f"{constants.ENDPOINT}/{kind}{repo_id}/resolve/{options.revision or 'main'}/{filename}"
+        reason = ("HF_HUB_OFFLINE is set" if offline else "local_files_only is set" if options.local_files_only
+                  else f"cannot reach {constants.ENDPOINT}")
+        cache = options.cache_dir or constants.HF_HUB_CACHE
         raise OfflineError(
             f"{filename} of {repo_id} is not in the local cache and {reason}. Fetch it on a connected machine "
             f"({url}, or `hf download {repo_id} {filename}"
             f"{' --repo-type dataset' if repo_type == 'dataset' else ''}`), then either pass the file's path "
-            f"instead of the repo id, or copy the Hugging Face cache to {constants.HF_HUB_CACHE}."
+            f"instead of the repo id, or copy the Hugging Face cache to {cache}."
         )
-    return Path(hf_hub_download(**kwargs))
+    return Path(hf_hub_download(**kwargs, force_download=options.force_download))

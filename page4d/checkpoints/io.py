@@ -54,12 +54,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def detect_family(keys: set[str] | list[str]) -> str:
-    """Which model family a state dict belongs to: ``page4d`` (native), ``vggt``, ``page4d-ref``, ``pi3``."""
+    """Which model family a state dict belongs to: ``native`` (page4d's own keys), ``vggt``, ``page4d-reference``
+    (the PAGE-4D reference code's checkpoints), ``pi3`` or ``unknown``. Each family but ``unknown`` is the name
+    of its converter in ``page4d.checkpoints.composition.CONVERTERS``."""
     keys = set(keys)
     if any(k.startswith("aggregator.time_blocks.") for k in keys):
-        return "page4d"
+        return "native"
     if any(k.startswith("aggregator.spatial_mask_head.") for k in keys):
-        return "page4d-ref"
+        return "page4d-reference"
     if any(k.startswith("aggregator.frame_blocks.") for k in keys):
         return "vggt"
     if any(k.startswith("decoder.") for k in keys) and any(k.startswith("encoder.") for k in keys):

@@ -82,8 +82,9 @@ PI3X_UNUSED = {
 
 _OTHER_FAMILIES = {
     "vggt": "it is a VGGT checkpoint (aggregator.frame_blocks.*); use page4d.checkpoints.vggt",
-    "page4d-ref": "it is a PAGE-4D checkpoint (aggregator.spatial_mask_head.*); use page4d.checkpoints.page4d",
-    "page4d": "it is already a page4d checkpoint: load it with Page4D.from_pretrained or load_file",
+    "page4d-reference": "it is a PAGE-4D checkpoint (aggregator.spatial_mask_head.*); use "
+    "page4d.checkpoints.page4d_reference",
+    "native": "it is already a page4d checkpoint: load it with Page4D.from_pretrained",
 }
 
 

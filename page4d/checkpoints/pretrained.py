@@ -1,21 +1,27 @@
-"""One entry point for weights: native folders, foreign checkpoint files and known Hub checkpoints."""
+"""The one entry point for weights: ``load_pretrained`` reads a bundled name, a preset (random weights, when
+asked for), a native folder, a checkpoint file of any supported family, a known Hub checkpoint or a native Hub
+repo, and returns the model with a ``LoadReport`` that accounts for every key."""
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
 
+import torch
+
+from page4d.checkpoints import native
 from page4d.checkpoints.composition import compose, single_source_recipe
-from page4d.checkpoints.hub import KNOWN_CHECKPOINTS, fetch
-from page4d.checkpoints.io import read_state_dict
-from page4d.checkpoints.loading import load_strict
+from page4d.checkpoints.hub import KNOWN_CHECKPOINTS, HubOptions, fetch
+from page4d.checkpoints.native import CONFIG_NAME, WEIGHTS_NAME
 from page4d.checkpoints.report import LoadReport
-from page4d.config import PRESETS, ModelConfig, preset
-from page4d.fileio import read_json
-from page4d.model import CONFIG_NAME, WEIGHTS_NAME, Page4D
+from page4d.config import ModelConfig
+from page4d.model import Page4D
+from page4d.presets import PRESETS, preset
 
 BUNDLED_MODELS = {"page4d-small": Path(__file__).resolve().parents[1] / "weights" / "page4d-small"}
 """Trained models shipped inside the package, by name (each folder has a model card, ``README.md``)."""
+DEFAULT_MODEL = "page4d-small"
+"""The model ``page4d reconstruct`` uses unless told otherwise."""
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".json")
 """Names ending so are files, never Hub repo ids."""
@@ -80,37 +86,7 @@ def resolve(name_or_path: str | Path) -> Path | str:
     return name
 
 
-def read_config(path: Path) -> ModelConfig:
-    """The ``ModelConfig`` in a folder's ``config.json``; ``ValueError`` naming the file when it is not one."""
-    hint = "it should be the config.json that Page4D.save_pretrained writes"
-    data = read_json(path, hint)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of model settings, got {type(data).__name__}; {hint}")
-    try:
-        return ModelConfig.from_dict(data)
-    except (ValueError, TypeError) as err:  # unknown fields, impossible or mistyped settings
-        raise ValueError(f"{path}: not a valid page4d model config ({err}); {hint}") from None
-
-
-def load_folder(folder: Path) -> tuple[Page4D, LoadReport]:
-    """A native model folder as ``Page4D.save_pretrained`` writes it (``model.safetensors`` + ``config.json``)."""
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (folder / name).is_file():
-            raise ValueError(f"{folder}: no {name} in the folder; a page4d model folder holds {WEIGHTS_NAME} and "
-                             f"{CONFIG_NAME} (as save_pretrained writes them); for a single checkpoint, pass the file")
-    return load_native(folder / WEIGHTS_NAME, read_config(folder / CONFIG_NAME))
-
-
-def load_native(weights: Path, config: ModelConfig) -> tuple[Page4D, LoadReport]:
-    """A model built from ``config`` with the native ``weights`` file loaded strictly (local folders, Hub repos)."""
-    state = read_state_dict(weights)
-    model = Page4D(config)
-    report = LoadReport(source=str(weights), converter="page4d", mapped={k: k for k in model.state_dict()})
-    load_strict(model, state, report)
-    return model.eval(), report
-
-
-def load_file(path: str | Path, config: ModelConfig | None = None) -> tuple[Page4D, LoadReport]:
+def load_checkpoint_file(path: str | Path, config: ModelConfig | None = None) -> tuple[Page4D, LoadReport]:
     """Build a model for a checkpoint file and load it strictly, one tensor at a time.
 
     Native files use ``config`` or the ``config.json`` beside them; VGGT files use ``config`` or the
@@ -125,16 +101,51 @@ def load_file(path: str | Path, config: ModelConfig | None = None) -> tuple[Page
     return compose(recipe, {"source": path})
 
 
-def load_pretrained(name_or_path: str | Path, config: ModelConfig | None = None) -> tuple[Page4D, LoadReport]:
-    """A model from a bundled name (``page4d-small``), a native folder, a checkpoint file, a known Hub checkpoint
-    or a native Hub repo (see ``resolve`` for how the argument is read)."""
+def load_preset(name: str, seed: int = 0) -> tuple[Page4D, LoadReport]:
+    """A model of preset ``name`` with random weights drawn from ``seed`` (the caller's random state is left
+    alone); the report lists every key as initialised, so ``report.untrained`` is true."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Page4D(preset(name)).eval()
+    why = f"random weights of preset {name} (seed {seed}): untrained"
+    initialised = dict.fromkeys(model.state_dict(), why)
+    return model, LoadReport(source=f"preset {name}", converter="preset", initialised=initialised)
+
+
+def load_pretrained(
+    name_or_path: str | Path,
+    config: ModelConfig | None = None,
+    *,
+    presets: bool = False,
+    seed: int = 0,
+    hub: HubOptions | None = None,
+) -> tuple[Page4D, LoadReport]:
+    """A model, in eval mode, and the report of where every weight came from.
+
+    ``name_or_path``: a bundled name (``page4d-small``), a native folder, a checkpoint file, a known Hub
+    checkpoint (``facebook/VGGT-1B``) or a native Hub repo (see ``resolve``); with ``presets``, also a preset name,
+    built with random weights from ``seed`` (otherwise a preset name is an error: it is not a trained model).
+    ``config``: the model a foreign checkpoint file loads into (default: its family's preset). ``hub``: how Hub
+    files are fetched (revision, token, cache, ...); refused for local paths, where it would mean nothing.
+    """
+    if presets and isinstance(name_or_path, str) and name_or_path in PRESETS:
+        return load_preset(name_or_path, seed)
     where = resolve(name_or_path)
     if isinstance(where, Path):
-        return load_folder(where) if where.is_dir() else load_file(where, config)
+        if hub is not None and hub != HubOptions():
+            raise TypeError(f"{name_or_path}: Hub options ({_set_options(hub)}) apply to Hub repos only; load local "
+                            "folders and files without them")
+        return native.load_folder(where) if where.is_dir() else load_checkpoint_file(where, config)
     if where in KNOWN_CHECKPOINTS:
         known = KNOWN_CHECKPOINTS[where]
-        local = fetch(known.repo_id, known.filename, known.repo_type)
-        return load_file(local, config or preset(known.preset))
-    local = fetch(where, WEIGHTS_NAME)
-    fetch(where, CONFIG_NAME)
-    return load_file(local, config)
+        local = fetch(known.repo_id, known.filename, known.repo_type, hub)
+        return load_checkpoint_file(local, config or preset(known.preset))
+    config_file = fetch(where, CONFIG_NAME, options=hub)  # first: a repo that is not page4d's fails before the weights
+    weights = fetch(where, WEIGHTS_NAME, options=hub)
+    return native.load_weights(weights, config or native.read_config(config_file))
+
+
+def _set_options(hub: HubOptions) -> str:
+    """The options that differ from the defaults, by name."""
+    defaults = HubOptions()
+    return ", ".join(name for name in vars(hub) if getattr(hub, name) != getattr(defaults, name))

@@ -25,6 +25,11 @@ class LoadReport:
     notes: dict[str, str] = field(default_factory=dict)
 
     @property
+    def untrained(self) -> bool:
+        """No weight was loaded: every key keeps its random initialisation (a preset)."""
+        return not self.mapped
+
+    @property
     def renamed(self) -> dict[str, str]:
         """The mapped keys whose name changed (target -> source)."""
         return {t: s for t, s in self.mapped.items() if t != s}

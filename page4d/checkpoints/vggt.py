@@ -1,6 +1,6 @@
 """VGGT checkpoints -> page4d: a pure key converter, and the model config of a reference setup.
 
-The only renames are the seeds' two: ``aggregator.frame_blocks.* -> aggregator.time_blocks.*`` and
+The only renames are the design documents' two: ``aggregator.frame_blocks.* -> aggregator.time_blocks.*`` and
 ``aggregator.global_blocks.* -> aggregator.view_blocks.*``. Everything else keeps its name.
 """
 
@@ -41,8 +41,9 @@ def convert(state_dict: dict[str, torch.Tensor], source: str = "vggt") -> tuple[
     family = detect_family(state_dict)
     if family != "vggt":
         hint = {
-            "page4d": "it is already a page4d checkpoint: load it with Page4D.from_pretrained or load_checkpoint",
-            "page4d-ref": "it is a PAGE-4D checkpoint (has aggregator.spatial_mask_head.*); use the page4d converter",
+            "native": "it is already a page4d checkpoint: load it with Page4D.from_pretrained",
+            "page4d-reference": "it is a PAGE-4D checkpoint (has aggregator.spatial_mask_head.*); use the "
+            "page4d-reference converter",
             "pi3": "it is a Pi3 checkpoint (encoder.* / decoder.*); use the pi3 converter",
         }.get(family, "no aggregator.frame_blocks.* keys found")
         raise ValueError(f"{source} is not a VGGT checkpoint: {hint}")

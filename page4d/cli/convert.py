@@ -12,8 +12,8 @@ from tqdm import tqdm
 from page4d.checkpoints.composition import RECIPES, compose, load_recipe, single_source_recipe
 from page4d.checkpoints.hub import KNOWN_CHECKPOINTS, fetch
 from page4d.checkpoints.report import LoadReport
-from page4d.config import PRESETS
 from page4d.fileio import read_json
+from page4d.presets import PRESETS
 from page4d.transaction import OutputFolder
 
 

@@ -51,7 +51,7 @@ class MultiViewClip:
     mask_paths: list[list[Path]] | None = None
     """T × V ground-truth dynamic-object masks (non-zero grey, palette index or colour = moving), for evaluation."""
     external_mask_paths: list[list[Path]] | None = None
-    """T × V external moving masks fed to the model (the seeds' ``M_ext``, e.g. from SegAnyMo); non-zero = moving."""
+    """T × V external moving masks fed to the model (the design's ``M_ext``, e.g. from SegAnyMo); non-zero = moving."""
     intrinsics: torch.Tensor | None = None
     """``[T, V, 3, 3]`` float32."""
     extrinsics: torch.Tensor | None = None

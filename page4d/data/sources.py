@@ -6,7 +6,7 @@
   a single folder without ``images/`` is one camera.
 
 Time selection (``every``, ``start``, ``frames``) applies to all three, and an optional external-mask tree
-``MASKS/time_XX/viewN.png`` (ids as in the clip) supplies the seeds' ``M_ext``.
+``MASKS/time_XX/viewN.png`` (ids as in the clip) supplies the design documents' ``M_ext``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from page4d.geometry.unprojection import depth_to_camera_points, project_points
 EVAL_EXTRA = 'pip install "page4d[eval]"'
 
 
-def apply_sim3(points: torch.Tensor, scale: float, rot: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+def sim3_points(points: torch.Tensor, scale: float, rot: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
     """``s·R·x + t`` for ``points [..., 3]``, ``rot [3, 3]``, ``trans [3]``; float64 ``[..., 3]``."""
     return scale * points.double() @ rot.double().T + trans.double()
 

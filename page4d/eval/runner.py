@@ -25,7 +25,7 @@ import torch
 
 from page4d.data.clip import MultiViewClip
 from page4d.data.preprocess import ImageTransform, resample_to_model
-from page4d.eval.geometry_metrics import apply_sim3, multiview_consistency, point_cloud_metrics, subsample_indices
+from page4d.eval.geometry_metrics import multiview_consistency, point_cloud_metrics, sim3_points, subsample_indices
 from page4d.eval.metrics import mask_metrics
 from page4d.eval.protocols import CAMERAS, GRID, PROTOCOLS, Protocol, Sim3, camera_report, depth_report
 from page4d.geometry.alignment import umeyama_sim3
@@ -134,7 +134,7 @@ def point_report(
     for name in ("depth", "point_head"):
         per_step[name] = [None] * len(truth.depth)
         for t in steps:
-            pred = apply_sim3(sampled[name][t], sim3.scale, sim3.rotation, sim3.translation)
+            pred = sim3_points(sampled[name][t], sim3.scale, sim3.rotation, sim3.translation)
             per_step[name][t] = point_cloud_metrics(pred, sampled["gt"][t])
         scored = [step for step in per_step[name] if step is not None]
         report[name] = {key: sum(step[key] for step in scored) / len(scored) for key in scored[0]}

@@ -80,7 +80,7 @@ def export(
 
         step_writers.append(lambda step: write_point_cloud(recon, folder, step, conf_percentile=conf_percentile))
     if "png" in formats:
-        from page4d.viz.panels import write_panel
+        from page4d.export.panels import write_panel
 
         step_writers.append(lambda step: [write_panel(recon, folder, step)])
     if step_writers:

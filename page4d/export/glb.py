@@ -15,9 +15,11 @@ import colorsys
 from pathlib import Path
 
 import numpy as np
+import torch
 import trimesh
 
 from page4d.export.points import select_points
+from page4d.geometry.unprojection import pixels_to_camera
 from page4d.reconstruction.record import Reconstruction
 
 OPENCV_TO_GLTF = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -45,10 +47,8 @@ def frustum_vertices(intrinsic: np.ndarray, size: tuple[int, int], depth: float)
     """
     height, width = size
     corners = np.array([[-0.5, -0.5], [width - 0.5, -0.5], [width - 0.5, height - 0.5], [-0.5, height - 0.5]])
-    k = intrinsic.astype(np.float64)
-    x = (corners[:, 0] - k[0, 2]) / k[0, 0] * depth
-    y = (corners[:, 1] - k[1, 2]) / k[1, 1] * depth
-    base = np.stack([x, y, np.full(4, depth)], axis=-1)
+    z = torch.full((4,), float(depth), dtype=torch.float64)
+    base = pixels_to_camera(torch.from_numpy(corners), z, torch.from_numpy(intrinsic)).numpy()
     return np.concatenate([np.zeros((1, 3)), base])
 
 

@@ -5,6 +5,7 @@ from page4d.geometry.rotations import mat_to_quat, quat_to_mat, standardize_quat
 from page4d.geometry.unprojection import (
     closed_form_inverse_se3,
     depth_to_camera_points,
+    pixels_to_camera,
     project_points,
     unproject_depth,
 )
@@ -12,6 +13,7 @@ from page4d.geometry.unprojection import (
 __all__ = [
     "closed_form_inverse_se3",
     "depth_to_camera_points",
+    "pixels_to_camera",
     "extri_intri_to_pose_encoding",
     "mat_to_quat",
     "pose_encoding_to_extri_intri",

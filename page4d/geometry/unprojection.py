@@ -24,21 +24,30 @@ def closed_form_inverse_se3(transform: torch.Tensor) -> torch.Tensor:
     return inverse
 
 
+def pixels_to_camera(uv: torch.Tensor, depth: torch.Tensor, intrinsic: torch.Tensor) -> torch.Tensor:
+    """Camera-frame points ``[..., N, 3]`` (float64) of pixels ``uv [..., N, 2]`` (column, row) at z-depths
+    ``depth [..., N]``, with ``intrinsic [..., 3, 3]`` (no skew): ``x = (u - cx)·z / fx``, ``y = (v - cy)·z / fy``.
+
+    The library's one unprojection formula: dense maps, sparse pixels and frustum corners all go through it.
+    """
+    k = intrinsic.double()[..., None, :, :]
+    z = depth.double()
+    x = (uv[..., 0].double() - k[..., 0, 2]) * z / k[..., 0, 0]
+    y = (uv[..., 1].double() - k[..., 1, 2]) * z / k[..., 1, 1]
+    return torch.stack([x, y, z], dim=-1)
+
+
 def depth_to_camera_points(depth: torch.Tensor, intrinsic: torch.Tensor) -> torch.Tensor:
     """Camera-frame points ``[..., H, W, 3]`` from z-depth ``[..., H, W]`` and ``intrinsic [..., 3, 3]`` (no skew).
 
     Computed in float64 and returned as float32 (the reference's rounding).
     """
     height, width = depth.shape[-2:]
-    k = intrinsic.double()
-    fx, fy = k[..., 0, 0, None, None], k[..., 1, 1, None, None]
-    cx, cy = k[..., 0, 2, None, None], k[..., 1, 2, None, None]
-    rows = torch.arange(height, dtype=torch.float64, device=depth.device)[:, None]
-    cols = torch.arange(width, dtype=torch.float64, device=depth.device)[None, :]
-    d = depth.double()
-    x = (cols - cx) * d / fx
-    y = (rows - cy) * d / fy
-    return torch.stack([x, y, d], dim=-1).float()
+    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64, device=depth.device),
+                                torch.arange(width, dtype=torch.float64, device=depth.device), indexing="ij")
+    uv = torch.stack([cols, rows], dim=-1).reshape(-1, 2)
+    points = pixels_to_camera(uv, depth.flatten(-2), intrinsic)
+    return points.unflatten(-2, (height, width)).float()
 
 
 def unproject_depth(depth: torch.Tensor, extrinsic: torch.Tensor, intrinsic: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,24 @@ class ChunkedBias(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class AttentionExtras:
+    """Everything one attention call may add to plain ``softmax(q kᵀ / √D) v``, as one bundle (all optional).
+
+    ``bias`` and ``chunked_bias`` add to the logits (after q/k-norm and RoPE); ``time_rotation`` rotates q and k
+    after the 2-D RoPE; ``mask`` (boolean, True = may attend, or additive, broadcastable to ``[N, heads, Lq, Lk]``)
+    is for tests and dense reference checks only.
+    """
+
+    bias: RowKeyBias | None = None
+    chunked_bias: ChunkedBias | None = None
+    time_rotation: TimeRotation | None = None
+    mask: torch.Tensor | None = None
+
+
+NO_EXTRAS = AttentionExtras()
+
+
 def _augmented_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: RowKeyBias) -> torch.Tensor:
     """Fused attention with a rank-1 bias via one extra q/k channel; ``[N, heads, L, D]`` in and out."""
     n, heads, length, dim = q.shape
@@ -62,30 +80,18 @@ def _augmented_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
 
 
 def dense_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    bias: RowKeyBias | None = None,
-    chunked_bias: ChunkedBias | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extras: AttentionExtras = NO_EXTRAS
 ) -> torch.Tensor:
-    """Reference attention ``softmax(q kᵀ / √D + biases + mask) v``, every bias written out densely.
-
-    Args:
-        q: ``[N, heads, Lq, D]``; k, v: ``[N, heads, Lk, D]``.
-        attn_mask: optional boolean ``[..., Lq, Lk]`` (True = may attend) or additive float bias.
-        bias: optional rank-1 bias. chunked_bias: optional block-wise bias, taken in one block here.
-    """
+    """Reference attention ``softmax(q kᵀ / √D + biases + mask) v``, every bias written out densely (the chunked
+    bias in one block); q ``[N, heads, Lq, D]``, k, v ``[N, heads, Lk, D]``."""
     logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    if bias is not None:
-        logits = logits + bias.dense().to(logits.dtype)
-    if chunked_bias is not None:
-        logits = logits + chunked_bias.block(0, q.shape[2]).to(logits.dtype)
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            logits = logits.masked_fill(~attn_mask, float("-inf"))
-        else:
-            logits = logits + attn_mask
+    if extras.bias is not None:
+        logits = logits + extras.bias.dense().to(logits.dtype)
+    if extras.chunked_bias is not None:
+        logits = logits + extras.chunked_bias.block(0, q.shape[2]).to(logits.dtype)
+    mask = extras.mask
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
     return logits.softmax(dim=-1) @ v
 
 
@@ -93,22 +99,21 @@ def attend(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    extras: AttentionExtras = NO_EXTRAS,
     *,
     backend: Backend = "fused",
-    attn_mask: torch.Tensor | None = None,
-    bias: RowKeyBias | None = None,
-    chunked_bias: ChunkedBias | None = None,
 ) -> torch.Tensor:
     """Attention of ``q`` ``[N, heads, Lq, D]`` over ``k``, ``v`` ``[N, heads, Lk, D]`` -> ``[N, heads, Lq, D]``.
 
-    Fused path: plain SDPA; a rank-1 ``bias`` by q/k augmentation; a ``chunked_bias`` one block of its
-    ``chunk_size`` query rows at a time (memory ``chunk_size × Lk`` per head group, never ``Lq × Lk``),
-    with the rank-1 bias added to each block. ``attn_mask`` is for tests and reference checks.
+    Fused path: plain SDPA; a rank-1 ``extras.bias`` by q/k augmentation; an ``extras.chunked_bias`` one block
+    of its ``chunk_size`` query rows at a time (memory ``chunk_size × Lk`` per head group, never ``Lq × Lk``),
+    with the rank-1 bias added to each block. ``extras.time_rotation`` is not read here (``Attention.heads``).
     """
     if backend == "dense":
-        return dense_attention(q, k, v, attn_mask, bias, chunked_bias)
+        return dense_attention(q, k, v, extras)
     if backend != "fused":
         raise ValueError(f"unknown attention backend {backend!r}; use 'fused' or 'dense'")
+    bias, chunked_bias, attn_mask = extras.bias, extras.chunked_bias, extras.mask
     if (bias is not None or chunked_bias is not None) and attn_mask is not None:
         raise ValueError("the fused path does not combine an explicit attn_mask with attention biases")
     if chunked_bias is not None:
@@ -172,23 +177,12 @@ class Attention(nn.Module):
         return q, k, v
 
     def forward(
-        self,
-        x: torch.Tensor,
-        pos: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-        bias: RowKeyBias | None = None,
-        time_rotation: TimeRotation | None = None,
-        chunked_bias: ChunkedBias | None = None,
+        self, x: torch.Tensor, pos: torch.Tensor | None = None, extras: AttentionExtras = NO_EXTRAS
     ) -> torch.Tensor:
-        """``x`` ``[N, L, C]``, ``pos`` ``[L, 2]`` or ``[N, L, 2]`` (RoPE positions) -> ``[N, L, C]``.
-
-        ``attn_mask`` (tests and reference checks only): boolean or additive, broadcastable to
-        ``[N, heads, L, L]``. ``bias``: a rank-1 logit bias (applied after q/k-norm and RoPE).
-        ``time_rotation``: a relative time encoding applied to q and k after the 2-D RoPE.
-        ``chunked_bias``: a block-wise additive bias (see ``attend``).
-        """
-        q, k, v = self.heads(x, pos, time_rotation)
-        out = attend(q, k, v, backend=self.backend, attn_mask=attn_mask, bias=bias, chunked_bias=chunked_bias)
+        """``x`` ``[N, L, C]``, ``pos`` ``[L, 2]`` or ``[N, L, 2]`` (RoPE positions) -> ``[N, L, C]``, with the
+        biases, time rotation and (test-only) mask of ``extras``."""
+        q, k, v = self.heads(x, pos, extras.time_rotation)
+        out = attend(q, k, v, extras, backend=self.backend)
         return self.proj(rearrange(out, "n h l d -> n l (h d)"))
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from page4d.nn.attention import Attention, ChunkedBias, RowKeyBias
+from page4d.config import AggregatorConfig
+from page4d.nn.attention import NO_EXTRAS, Attention, AttentionExtras
 from page4d.nn.mlp import Mlp
-from page4d.nn.rope import RotaryEmbedding2D, TimeRotation
+from page4d.nn.rope import RotaryEmbedding2D
 
 
 class LayerScale(nn.Module):
@@ -51,15 +52,21 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)
         self.ls2 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
 
+    @classmethod
+    def from_config(
+        cls, cfg: AggregatorConfig, rope: RotaryEmbedding2D | None, init_values: float | None = None
+    ) -> Block:
+        """An aggregator block of ``cfg``; ``init_values`` overrides ``cfg.init_values`` (0 for added blocks that
+        must start as the identity)."""
+        return cls(
+            cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.proj_bias, cfg.ffn_bias,
+            init_values=cfg.init_values if init_values is None else init_values, qk_norm=cfg.qk_norm,
+            norm_eps=cfg.layernorm_eps, rope=rope, qk_norm_eps=cfg.qk_norm_eps,
+        )
+
     def forward(
-        self,
-        x: torch.Tensor,
-        pos: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-        bias: RowKeyBias | None = None,
-        time_rotation: TimeRotation | None = None,
-        chunked_bias: ChunkedBias | None = None,
+        self, x: torch.Tensor, pos: torch.Tensor | None = None, extras: AttentionExtras = NO_EXTRAS
     ) -> torch.Tensor:
-        """``x`` ``[N, L, C]`` -> ``[N, L, C]``; the other arguments as in ``Attention.forward``."""
-        x = x + self.ls1(self.attn(self.norm1(x), pos, attn_mask, bias, time_rotation, chunked_bias))
+        """``x`` ``[N, L, C]`` -> ``[N, L, C]``; ``pos`` and ``extras`` as in ``Attention.forward``."""
+        x = x + self.ls1(self.attn(self.norm1(x), pos, extras))
         return x + self.ls2(self.mlp(self.norm2(x)))

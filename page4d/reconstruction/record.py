@@ -25,7 +25,7 @@ import torch
 from page4d.data.preprocess import ImageTransform
 from page4d.fileio import read_json
 from page4d.geometry.unprojection import unproject_depth
-from page4d.reconstruction.spool import write_npz
+from page4d.reconstruction.spool import Spool, write_npz
 
 PREDICTIONS = "predictions.npz"
 META = "meta.json"
@@ -70,6 +70,8 @@ class Reconstruction:
     """``[T, V, H, W]`` float32 probability of moving (1 = moving); None for models without a mask head."""
     meta: dict = field(default_factory=dict)
     """Provenance; ``meta["transform"]`` holds the ``ImageTransform`` fields, ``meta["original_size"]`` (H0, W0)."""
+    spool: Spool | None = field(default=None, repr=False, compare=False)
+    """The files the spooled dense fields are read from; removed by ``close`` (or when the record is collected)."""
 
     ARRAYS = (
         "time_ids", "view_ids", "images", "extrinsic", "intrinsic", "intrinsic_original", "depth", "depth_conf",
@@ -128,6 +130,17 @@ class Reconstruction:
             "K": _strict(self.intrinsic_original.astype(np.float64).round(6)),
             "E_w2c": _strict(self.extrinsic.astype(np.float64).round(7)),
         }
+
+    def close(self) -> None:
+        """Remove the spool files (if any); the spooled fields cannot be read afterwards."""
+        if self.spool is not None:
+            self.spool.remove()
+
+    def __enter__(self) -> Reconstruction:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def save(self, folder: Path) -> list[Path]:
         """Write ``predictions.npz``, ``meta.json`` and ``cameras.json`` into ``folder``; returns the paths."""

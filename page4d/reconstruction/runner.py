@@ -6,20 +6,29 @@ import contextlib
 import ctypes
 import os
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from page4d import __version__
+from page4d.aggregator.sparse_strategies import STRATEGIES
+from page4d.checkpoints.pretrained import load_pretrained
+from page4d.checkpoints.report import LoadReport
 from page4d.config import ModelConfig
 from page4d.data.clip import MultiViewClip
 from page4d.data.preprocess import ImageTransform, PreprocessMode, model_input_size
+from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
+from page4d.presets import PRESETS, preset
 from page4d.reconstruction.record import Reconstruction, transform_meta
 from page4d.reconstruction.spool import Spool
-from page4d.reconstruction.windows import apply_sim3, fit_overlap, plan_windows
+from page4d.reconstruction.windows import apply_sim3_to_outputs, fit_overlap, plan_windows
 
 SMALL = ("extrinsic", "intrinsic")
 """Outputs kept in memory even when the dense ones are spooled to disk."""
@@ -32,26 +41,46 @@ MAX_SIZE_FACTOR = 4
 
 @dataclass(frozen=True)
 class WindowPlan:
-    """How a clip is cut in time: ``window`` steps per forward pass, consecutive passes sharing ``overlap``."""
+    """How a clip is cut in time: ``window`` steps per forward pass (``auto``: what fits ``MEMORY_FRACTION`` of the
+    free memory; ``all``: one pass), consecutive passes sharing ``overlap`` steps."""
 
-    window: int
-    overlap: int
+    window: int | Literal["auto", "all"] = "all"
+    overlap: int = 2
+
+    def __post_init__(self) -> None:
+        if self.window not in ("auto", "all") and not (isinstance(self.window, int) and self.window >= 2):
+            raise ValueError(f"window {self.window!r}: give 'auto', 'all' or a number of time steps >= 2")
+        if self.overlap < 1:
+            raise ValueError(f"overlap {self.overlap} must be at least 1: consecutive windows are aligned on shared "
+                             "steps")
+        if isinstance(self.window, int) and self.overlap >= self.window:
+            raise ValueError(f"overlap {self.overlap} must be below window {self.window} (consecutive windows share "
+                             "overlap steps); lower the overlap or raise the window")
+
+
+def require_heads(config: ModelConfig, name: str) -> None:
+    """Raise ``ValueError`` unless the model has the camera, depth and point heads a reconstruction needs."""
+    missing = [head for head in ("camera_head", "depth_head", "point_head") if getattr(config, head) is None]
+    if missing:
+        raise ValueError(
+            f"model {name}: a reconstruction needs the camera, depth and point heads, and this model has no "
+            f"{', '.join(missing)} (a Pi3-initialised backbone has none); use a model with heads"
+        )
 
 
 def min_patches(config: ModelConfig) -> int:
-    """Patches per frame the model needs: a landmark sparse block picks ``num_landmarks`` anchors in each frame."""
+    """Patches per frame the model needs (its sparse strategy may need more than one, e.g. one per landmark)."""
     sparse = config.aggregator.sparse_global
-    return max(1, sparse.num_landmarks if sparse is not None and sparse.strategy == "landmark" else 1)
+    return 1 if sparse is None else STRATEGIES[sparse.strategy].min_patches(sparse)
 
 
-def check_input_size(config: ModelConfig, original_size: tuple[int, int], mode: PreprocessMode, size: int,
-                     name: str = "--size") -> None:
+def check_input_size(config: ModelConfig, original_size: tuple[int, int], mode: PreprocessMode, size: int) -> None:
     """Raise ``ValueError`` unless images of ``original_size`` (H0, W0) pre-processed at ``size`` fit the model:
     at most ``MAX_SIZE_FACTOR`` × its trained width, and enough patches per frame for its mechanisms."""
     limit = MAX_SIZE_FACTOR * config.input_width
     if size > limit:
-        raise ValueError(f"{name} {size} is more than this model takes: at most {limit} ({MAX_SIZE_FACTOR}× the "
-                         f"{config.input_width} px it was trained at, where it is most accurate); lower {name}")
+        raise ValueError(f"size {size} is more than this model takes: at most {limit} ({MAX_SIZE_FACTOR}× the "
+                         f"{config.input_width} px it was trained at, where it is most accurate); lower size")
     p, need = config.patch_size, min_patches(config)
 
     def patches(target: int) -> int:
@@ -61,9 +90,10 @@ def check_input_size(config: ModelConfig, original_size: tuple[int, int], mode: 
     if patches(size) < need:
         smallest = next((s for s in range(size, limit + 1, p) if patches(s) >= need), None)
         height, width = model_input_size(original_size, mode, size)
-        fix = f"use {name} {smallest} or more" if smallest else "crop the images to a less extreme aspect ratio"
-        why = f"its landmark sparse block picks {need} anchors in each" if need > 1 else "at least one"
-        raise ValueError(f"{name} {size} gives {width // p}×{height // p} patches per image, fewer than the {need} "
+        fix = f"use size {smallest} or more" if smallest else "crop the images to a less extreme aspect ratio"
+        sparse = config.aggregator.sparse_global
+        why = f"its {sparse.strategy} sparse block needs them" if need > 1 else "at least one"
+        raise ValueError(f"size {size} gives {width // p}×{height // p} patches per image, fewer than the {need} "
                          f"this model needs ({why}); {fix}")
 
 
@@ -112,10 +142,10 @@ def _predict(
     """One forward pass over ``times``: numpy ``[T', V, ...]`` outputs, uint8 images and the pixel transform."""
     images, transforms = clip.load_images(mode=mode, target_size=size, times=times)
     transform = transforms[0][0]
-    external = None
+    inputs = None
     if clip.external_mask_paths is not None:
-        external = clip.load_external_masks(transform, times)[None]
-    pred = model.infer(images[None], external_mask=external)
+        inputs = ForwardInputs(external_mask=clip.load_external_masks(transform, times)[None])
+    pred = model.infer(images[None], inputs)
     out = {
         "extrinsic": pred.extrinsic[0], "intrinsic": pred.intrinsic[0], "depth": pred.depth[0, ..., 0],
         "depth_conf": pred.depth_conf[0], "world_points": pred.world_points[0],
@@ -141,22 +171,108 @@ def _overlap_fit(
     return fit_overlap(frames(previous, shared), frames(arrays, slice(0, shared.stop - shared.start)))
 
 
+def load_model(
+    name: str | Path, clip: MultiViewClip, mode: PreprocessMode, size: int | None, seed: int = 0
+) -> tuple[Page4D, LoadReport]:
+    """The model ``name`` (anything ``load_pretrained`` reads, or a preset with random weights from ``seed``),
+    checked against the clip; a preset's config is checked before its possibly full-size model is built."""
+    if isinstance(name, str) and name in PRESETS:
+        _check_model(preset(name), clip, mode, size, name)
+    model, report = load_pretrained(name, presets=True, seed=seed)
+    _check_model(model.config, clip, mode, size, str(name))
+    return model, report
+
+
+def _check_model(config: ModelConfig, clip: MultiViewClip, mode: PreprocessMode, size: int | None, name: str) -> None:
+    require_heads(config, name)
+    check_input_size(config, clip.image_size, mode, size or config.input_width)
+    mask = config.aggregator.dynamic_mask
+    if clip.external_mask_paths is not None and (mask is None or mask.head != "fusion"):
+        raise ValueError(f"the clip has external masks, and the model {name} has no fusion mask head to take them; "
+                         "use a model with one (e.g. page4d-small, page4d-mv) or open the clip without masks")
+
+
 def reconstruct(
-    model: Page4D,
+    model: Page4D | str | Path,
     clip: MultiViewClip,
     mode: PreprocessMode = "crop",
-    size: int = 518,
+    size: int | None = None,
     plan: WindowPlan | None = None,
     progress: bool = True,
     spool: Path | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
 ) -> Reconstruction:
-    """Predict every (t, v) of ``clip``; with a ``plan`` shorter than the clip, window by window (module docstring
-    of ``page4d.reconstruction.windows``). The world frame is the predicted camera (t0, v0).
+    """Predict every (t, v) of ``clip``; window by window when ``plan`` cuts the clip (module docstring of
+    ``page4d.reconstruction.windows``). The world frame is the predicted camera (t0, v0).
 
-    With a ``spool`` folder the dense outputs are written there as they are made and the result reads them
-    from disk (:class:`~page4d.reconstruction.spool.StepArray`), so memory stays that of one window.
+    Args:
+        model: a ``Page4D``, or a name for ``load_pretrained`` (bundled model, folder, checkpoint file, Hub id) or
+            a preset (random weights from ``seed``: the result is marked untrained).
+        size: model-input width (crop) or longer side (pad); default: the width the model was trained at.
+        plan: how the clip is cut in time (default: one pass over all of it).
+        spool: a folder on the disk the dense outputs are written to as they are made; the result reads them
+            back from there and removes them when it is closed (``Reconstruction.close``, or ``with``).
+        device: where a named model runs (default: a ``Page4D``'s own device, else the CPU).
+        log: called with one line for each note (the model's source, the window chosen).
+
+    The result's ``meta`` records the provenance: page4d version, model and weights source, ``untrained``, the
+    config, device, pre-processing, windows and seconds.
     """
-    windows = [range(clip.num_times)] if plan is None else plan_windows(clip.num_times, plan.window, plan.overlap)
+    note = log or (lambda _: None)
+    name, report = "Page4D object", None
+    if isinstance(model, (str, Path)):
+        name = str(model)
+        model, report = load_model(model, clip, mode, size, seed)
+        note(f"model: {_describe(report)}")
+    else:
+        _check_model(model.config, clip, mode, size, "given")
+    if device is not None:
+        model.to(device)
+    run_device = next(model.parameters()).device
+    size = size or model.config.input_width
+    plan = plan or WindowPlan()
+    window = plan.window
+    if window == "auto":
+        window = choose_window(model, clip, model_input_size(clip.image_size, mode, size), run_device)
+        if plan.overlap >= window < clip.num_times:
+            note(f"note: the automatic window of {window} steps is not above the overlap {plan.overlap}; windows "
+                 f"share {window - 1} steps")
+    elif window == "all":
+        window = clip.num_times
+    start = time.perf_counter()
+    windows = plan_windows(clip.num_times, window, min(plan.overlap, window - 1))
+    recon = _run_windows(model, clip, mode, size, windows, progress, spool)
+    recon.meta.update({
+        "page4d_version": __version__,
+        "model": name,
+        "weights": None if report is None else _describe(report),
+        "untrained": None if report is None else report.untrained,
+        "config": model.config.to_dict(),
+        "device": str(run_device), "seconds": round(time.perf_counter() - start, 3),
+        "external_masks": None if clip.external_mask_paths is None else True,
+    })
+    return recon
+
+
+def _describe(report: LoadReport) -> str:
+    """One line on where the weights came from."""
+    if report.untrained:
+        return f"{report.source} with random weights: UNTRAINED, outputs are noise"
+    return f"{report.source} ({len(report.mapped)} tensors loaded by the {report.converter} converter)"
+
+
+def _run_windows(
+    model: Page4D,
+    clip: MultiViewClip,
+    mode: PreprocessMode,
+    size: int,
+    windows: list[range],
+    progress: bool,
+    spool: Path | None,
+) -> Reconstruction:
+    """The window loop: predict, align each window to the previous one on their shared steps, keep the new steps."""
     store = Spool(spool) if spool is not None else None
     blocks: dict[str, list[np.ndarray]] = {}
     previous: tuple[int, dict[str, np.ndarray]] | None = None
@@ -167,7 +283,7 @@ def reconstruct(
         arrays["images"] = pixels
         if previous is not None:
             first, aligned = previous
-            apply_sim3(arrays, *_overlap_fit(aligned, arrays, slice(times.start - first, done - first)))
+            apply_sim3_to_outputs(arrays, *_overlap_fit(aligned, arrays, slice(times.start - first, done - first)))
         for key, value in arrays.items():
             block = value[done - times.start :]
             if store is not None and key not in SMALL:
@@ -186,11 +302,10 @@ def reconstruct(
     if store is not None:
         out.update(store.arrays)
     with np.errstate(invalid="ignore"):  # an untrained camera head can predict infinite focal lengths
-        intrinsic_original = np.linalg.inv(transform.pixel_matrix()) @ out["intrinsic"].astype(np.float64)
+        intrinsic_original = transform.restore_intrinsics(out["intrinsic"])
     return Reconstruction(
         time_ids=np.asarray(clip.time_ids), view_ids=np.asarray(clip.view_ids), images=out["images"],
-        extrinsic=out["extrinsic"], intrinsic=out["intrinsic"],
-        intrinsic_original=intrinsic_original.astype(np.float32),
+        extrinsic=out["extrinsic"], intrinsic=out["intrinsic"], intrinsic_original=intrinsic_original,
         depth=out["depth"], depth_conf=out["depth_conf"], world_points=out["world_points"],
         world_points_conf=out["world_points_conf"], dynamic_mask=out.get("dynamic_mask"),
         meta={
@@ -198,4 +313,5 @@ def reconstruct(
             "preprocess": {"mode": mode, "size": size},
             "windows": [[w.start, w.stop] for w in windows],
         },
+        spool=store,
     )

@@ -1,13 +1,17 @@
 """Dense ``[T, ...]`` outputs kept on disk, so that memory does not grow with the length of a clip.
 
 Each array is a raw file appended window by window and read back one time step at a time with plain file
-reads (a memory map would keep every page it touched resident in the process). ``page4d reconstruct``
-spools into its temporary output folder; ``write_npz`` streams spooled and in-memory arrays into one
-``.npz`` step by step.
+reads (a memory map would keep every page it touched resident in the process). A spool owns a fresh
+hidden folder inside the one it is given (``page4d reconstruct`` gives its temporary output folder, so the
+files are on the output's disk) and removes it when closed or collected; ``write_npz`` streams spooled and
+in-memory arrays into one ``.npz`` step by step.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -17,8 +21,10 @@ import numpy as np
 class StepArray:
     """A read-only ``[T, ...]`` array on disk; ``a[t]``, ``a[t, ...]`` and ``a[start:stop]`` read only those steps."""
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype):
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, owner: object = None):
         self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
+        self.owner = owner
+        """The ``Spool`` whose folder holds the file, referenced so the file stays while this array is in use."""
 
     @property
     def ndim(self) -> int:
@@ -33,6 +39,8 @@ class StepArray:
 
     def steps(self, start: int, stop: int) -> np.ndarray:
         """``[stop - start, ...]`` steps read from the file."""
+        if not self.path.is_file():
+            raise ValueError(f"{self.path}: the spooled array is gone; the reconstruction it belongs to was closed")
         count = (stop - start) * int(np.prod(self.shape[1:]))
         values = np.fromfile(self.path, dtype=self.dtype, count=count, offset=start * self.step_bytes)
         return values.reshape(stop - start, *self.shape[1:])
@@ -55,19 +63,25 @@ class StepArray:
 
 
 class Spool:
-    """Appends ``[n, ...]`` blocks of named arrays to raw files in ``folder`` (created)."""
+    """Appends ``[n, ...]`` blocks of named arrays to raw files in a new folder inside ``parent`` (created)."""
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, parent: Path):
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=".page4d-spool-", dir=parent))
         self.arrays: dict[str, StepArray] = {}
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
+
+    def remove(self) -> None:
+        """Delete the folder and its files (idempotent)."""
+        self._finalizer()
 
     def append(self, name: str, block: np.ndarray) -> None:
         """Add the next ``len(block)`` time steps of ``name``."""
         block = np.ascontiguousarray(block)
         array = self.arrays.get(name)
         if array is None:
-            array = self.arrays[name] = StepArray(self.folder / f"{name}.raw", (0, *block.shape[1:]), block.dtype)
+            path = self.folder / f"{name}.raw"
+            array = self.arrays[name] = StepArray(path, (0, *block.shape[1:]), block.dtype, owner=self)
         if block.shape[1:] != array.shape[1:] or block.dtype != array.dtype:
             raise ValueError(f"spool {name}: block {block.shape} {block.dtype} does not extend {array.shape} "
                              f"{array.dtype}")

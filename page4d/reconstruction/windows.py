@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from page4d.geometry.alignment import umeyama_sim3
+from page4d.geometry.unprojection import pixels_to_camera
 
 
 def plan_windows(num_times: int, window: int, overlap: int) -> list[range]:
@@ -32,9 +33,10 @@ def pixel_points(depth: np.ndarray, extrinsic: np.ndarray, intrinsic: np.ndarray
     """World points ``[M, 3]`` float64 of the pixels ``index`` (flat into ``depth [N, H, W]``), unprojected as
     ``geometry.unprojection.unproject_depth`` does but without building the dense ``[N, H, W, 3]`` map."""
     frame, row, col = np.unravel_index(index, depth.shape)
-    k, ext = intrinsic[frame].astype(np.float64), extrinsic[frame].astype(np.float64)
-    z = depth.reshape(-1)[index].astype(np.float64)
-    cam = np.stack([(col - k[:, 0, 2]) / k[:, 0, 0] * z, (row - k[:, 1, 2]) / k[:, 1, 1] * z, z], axis=-1)
+    ext = extrinsic[frame].astype(np.float64)
+    uv = torch.from_numpy(np.stack([col, row], axis=-1)[:, None])
+    z = torch.from_numpy(depth.reshape(-1)[index][:, None])
+    cam = pixels_to_camera(uv, z, torch.from_numpy(intrinsic[frame]))[:, 0].numpy()
     rot, trans = ext[:, :, :3], ext[:, :, 3]
     return np.einsum("mji,mj->mi", rot, cam - trans)
 
@@ -65,7 +67,7 @@ def fit_overlap(
     return scale, rot.numpy(), trans.numpy()
 
 
-def apply_sim3(arrays: dict[str, np.ndarray], scale: float, rot: np.ndarray, trans: np.ndarray) -> None:
+def apply_sim3_to_outputs(arrays: dict[str, np.ndarray], scale: float, rot: np.ndarray, trans: np.ndarray) -> None:
     """Move one window's ``extrinsic [T', V, 3, 4]``, ``depth [T', V, H, W]`` and ``world_points [T', V, H, W, 3]``
     (in place) by ``X' = s·R·X + t``; see the module docstring. Points are moved one time step at a time in
     float64, so the transient memory is one step's, not the window's."""

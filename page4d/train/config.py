@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from page4d.config import PRESETS, preset
 from page4d.data.synthetic import SceneConfig
 from page4d.fileio import read_yaml
+from page4d.presets import PRESETS, preset
 
 
 @dataclass

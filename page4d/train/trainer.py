@@ -23,7 +23,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from page4d.config import preset
 from page4d.data.clip import MultiViewClip
 from page4d.data.layout import load_clip
 from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter, zoom
@@ -31,9 +30,11 @@ from page4d.data.sources import TimeSelection, select_clip
 from page4d.data.synthetic import SceneConfig, generate_clip, write_clip
 from page4d.devices import resolve_device
 from page4d.eval.runner import evaluate, report_value
+from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
 from page4d.outputs import Predictions
 from page4d.patterns import match_patterns
+from page4d.presets import preset
 from page4d.reconstruction.runner import reconstruct
 from page4d.train.config import DataSource, OptimConfig, TrainConfig, check_scene_size
 from page4d.train.freeze import train_only
@@ -130,7 +131,7 @@ def compute_losses(model: nn.Module, batch: dict[str, torch.Tensor], step: int, 
                    ) -> tuple[torch.Tensor, Terms]:
     """Total loss and its named terms for one batch, each the mean over samples of that sample's term (so that
     data-parallel ranks averaging their gradients reproduce the whole batch). Mask terms only with a mask head."""
-    pred = model(batch["images"], mask_step=float(step))
+    pred = model(batch["images"], ForwardInputs(mask_step=float(step)))
     targets = make_targets(batch["extrinsics"], batch["intrinsics"], batch["depth"], batch["dynamic_mask"])
     per_sample = [_sample_terms(pred, targets, i) for i in range(len(batch["images"]))]
     terms = {k: torch.stack([t[k] for t in per_sample]).mean() for k in per_sample[0]}

@@ -1,4 +1,4 @@
-"""The seeds' dynamic mask: head with external-mask fusion (both gates) and the λ pose/geo biases."""
+"""The fusion dynamic mask: head with external-mask fusion (both gates) and the λ pose/geo biases."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ import pytest
 import torch
 from conftest import fused_and_dense, perturbed, twin
 
-from page4d.aggregator.mask_head import SeedsMaskHead
-from page4d.aggregator.streams import PoseGeoBias
-from page4d.config import DynamicMaskConfig, preset
+from page4d.aggregator.mask_bias import PoseGeoBias
+from page4d.aggregator.mask_head import FusionMaskHead
+from page4d.config import DynamicMaskConfig
+from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
+from page4d.presets import preset
 
 
-def seeds_model(gate: str = "scalar", lambdas: tuple[float, ...] | None = None, seed: int = 0) -> Page4D:
+def fusion_model(gate: str = "scalar", lambdas: tuple[float, ...] | None = None, seed: int = 0) -> Page4D:
     """Tiny model, mask head after time block 0, biases in view blocks 1..3 and time blocks 1..3."""
     cfg = preset("tiny")
     cfg.aggregator.dynamic_mask = DynamicMaskConfig(
-        head="seeds", gate=gate, bias="pose_geo", after_block=0, biased_view_blocks=(1, 2, 3),
+        head="fusion", gate=gate, bias="pose_geo", after_block=0, biased_view_blocks=(1, 2, 3),
         biased_time_blocks=(1, 2, 3),
     )
     cfg.validate()
@@ -38,17 +40,17 @@ IMAGES = torch.rand(1, 2, 3, 3, 28, 42, generator=torch.Generator().manual_seed(
 
 @pytest.mark.parametrize("gate", ["scalar", "mlp"])
 def test_zero_lambdas_are_the_plain_model_bit_for_bit(gate):
-    model = seeds_model(gate)
+    model = fusion_model(gate)
     external = (torch.rand(1, 2, 3, 28, 42) > 0.5).float()
     with torch.no_grad():
-        ours, plain = model(IMAGES, external_mask=external), plain_twin(model)(IMAGES)
+        ours, plain = model(IMAGES, ForwardInputs(external_mask=external)), plain_twin(model)(IMAGES)
     for name in ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf"):
         assert torch.equal(getattr(ours, name), getattr(plain, name)), name
     assert ours.dynamic_mask.shape == (1, 2, 3, 28, 42) and plain.dynamic_mask is None
 
 
 def test_lambdas_change_outputs_and_fused_equals_dense():
-    model = seeds_model(lambdas=(2.0, 1.5, -1.0, 3.0))
+    model = fusion_model(lambdas=(2.0, 1.5, -1.0, 3.0))
     fused, dense = fused_and_dense(model, IMAGES)
     with torch.no_grad():
         plain = plain_twin(model)(IMAGES)
@@ -60,7 +62,7 @@ def test_lambdas_change_outputs_and_fused_equals_dense():
 def test_time_lambdas_act_in_time_blocks_only():
     """λ_t bias only time blocks: with T = 1 every time block sees one frame per view, but the bias still
     changes them; with the view λ zero and time λ non-zero the output differs from the plain model."""
-    model = seeds_model(lambdas=(0.0, 0.0, 2.0, 2.0))
+    model = fusion_model(lambdas=(0.0, 0.0, 2.0, 2.0))
     with torch.no_grad():
         assert not torch.allclose(model(IMAGES).pose_enc, plain_twin(model)(IMAGES).pose_enc, atol=1e-4)
 
@@ -79,7 +81,7 @@ def test_row_values_signs_and_clamp():
 
 def new_parameter_grads(model: Page4D, with_mask_loss: bool) -> dict[str, bool]:
     external = (torch.rand(1, 2, 3, 28, 42, generator=torch.Generator().manual_seed(2)) > 0.5).float()
-    pred = model(IMAGES, external_mask=external)
+    pred = model(IMAGES, ForwardInputs(external_mask=external))
     torch.manual_seed(0)
     terms = [*pred.pose_enc_list, pred.depth, pred.world_points] + ([pred.dynamic_mask] if with_mask_loss else [])
     sum((x * torch.randn_like(x)).sum() for x in terms).backward()
@@ -91,21 +93,21 @@ def new_parameter_grads(model: Page4D, with_mask_loss: bool) -> dict[str, bool]:
 def test_zero_lambdas_still_train():
     """At λ = 0 the bias path runs in training, so every λ gets a gradient (the head learns from a mask
     loss until the λ move); the outputs equal the plain model's within rounding."""
-    model = seeds_model().train()
+    model = fusion_model().train()
     with torch.no_grad():
         assert torch.allclose(model(IMAGES).pose_enc, plain_twin(model).train()(IMAGES).pose_enc, atol=1e-5)
     assert all(new_parameter_grads(model, with_mask_loss=True).values())
 
 
 def test_nonzero_lambdas_train_the_head_through_the_bias():
-    grads = new_parameter_grads(seeds_model(lambdas=(1.0, 1.0, 1.0, 1.0)).train(), with_mask_loss=False)
+    grads = new_parameter_grads(fusion_model(lambdas=(1.0, 1.0, 1.0, 1.0)).train(), with_mask_loss=False)
     assert all(grads.values()), [n for n, ok in grads.items() if not ok]
 
 
 @pytest.mark.parametrize("gate", ["scalar", "mlp"])
 def test_head_fuses_the_external_mask_with_the_right_polarity(gate):
     torch.manual_seed(0)
-    head = SeedsMaskHead(16, gate)
+    head = FusionMaskHead(16, gate)
     image = torch.randn(4, 16, 3, 5)
     alone = head(image)
     external = torch.zeros(4, 3, 5)
@@ -119,18 +121,18 @@ def test_head_fuses_the_external_mask_with_the_right_polarity(gate):
 
 
 def test_external_mask_errors():
-    model = seeds_model()
+    model = fusion_model()
     with pytest.raises(ValueError, match=r"external_mask must be \[B, T, V, H, W\] = \[1, 2, 3, 28, 42\]"):
-        model(IMAGES, external_mask=torch.zeros(1, 2, 3, 28, 40))
-    with pytest.raises(ValueError, match="needs a model whose dynamic_mask head is 'seeds'"):
-        Page4D(preset("tiny-page4d-release"))(IMAGES, external_mask=torch.zeros(1, 2, 3, 28, 42))
+        model(IMAGES, ForwardInputs(external_mask=torch.zeros(1, 2, 3, 28, 40)))
+    with pytest.raises(ValueError, match="needs a model whose dynamic_mask head is 'fusion'"):
+        Page4D(preset("tiny-page4d-release"))(IMAGES, ForwardInputs(external_mask=torch.zeros(1, 2, 3, 28, 42)))
 
 
 def test_five_d_images_take_a_four_d_external_mask():
-    model = seeds_model()
+    model = fusion_model()
     with torch.no_grad():
-        five = model(IMAGES[:, 0], external_mask=torch.ones(1, 3, 28, 42))
-        six = model(IMAGES[:, :1], external_mask=torch.ones(1, 1, 3, 28, 42))
+        five = model(IMAGES[:, 0], ForwardInputs(external_mask=torch.ones(1, 3, 28, 42)))
+        six = model(IMAGES[:, :1], ForwardInputs(external_mask=torch.ones(1, 1, 3, 28, 42)))
     assert torch.equal(five.dynamic_mask, six.dynamic_mask)
 
 
@@ -138,7 +140,7 @@ def test_five_d_images_take_a_four_d_external_mask():
 def test_lambda_bound_must_be_positive(bound):
     cfg = preset("tiny")
     cfg.aggregator.dynamic_mask = DynamicMaskConfig(
-        head="seeds", bias="pose_geo", after_block=0, biased_view_blocks=(1,), lambda_bound=bound
+        head="fusion", bias="pose_geo", after_block=0, biased_view_blocks=(1,), lambda_bound=bound
     )
     with pytest.raises(ValueError, match="lambda_bound must be > 0"):
         cfg.validate()
@@ -147,9 +149,9 @@ def test_lambda_bound_must_be_positive(bound):
 def test_pose_rows_lower_and_geo_rows_raise_the_attention_mass_on_moving_keys():
     """Through the real strategy: camera/register queries (pose) attend less to moving keys, patch queries
     (geometry) more; register/camera keys get no bias."""
+    from page4d.aggregator.mask_bias import grid_bias
     from page4d.aggregator.mask_head import MaskOutput
-    from page4d.aggregator.streams import grid_bias
-    from page4d.nn import RowKeyBias
+    from page4d.nn import AttentionExtras, RowKeyBias
     from page4d.nn.attention import dense_attention
 
     bias = PoseGeoBias(DynamicMaskConfig(bias="pose_geo"))
@@ -166,7 +168,7 @@ def test_pose_rows_lower_and_geo_rows_raise_the_attention_mass_on_moving_keys():
     q, k = (torch.randn(1, 2, rows.shape[1], 8, generator=gen, dtype=torch.double) for _ in range(2))
     indicator = (keys > 0).double()[:, None, :, None].expand(1, 2, -1, 8)
     plain = dense_attention(q, k, indicator)[0, :, :, 0]
-    biased = dense_attention(q, k, indicator, bias=RowKeyBias(rows, keys))[0, :, :, 0]
+    biased = dense_attention(q, k, indicator, AttentionExtras(bias=RowKeyBias(rows, keys)))[0, :, :, 0]
     special = torch.zeros(rows.shape[1], dtype=torch.bool)
     special[[0, 1, 2, 3, 4, 17, 18, 19, 20, 21]] = True
     assert (biased[:, special] < plain[:, special]).all()

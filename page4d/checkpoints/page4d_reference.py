@@ -1,4 +1,5 @@
-"""PAGE-4D checkpoints -> page4d: variant detection (fin10 / release), key conversion, model config.
+"""PAGE-4D reference checkpoints (family ``page4d-reference``) -> page4d: variant detection (fin10 / release),
+key conversion, model config.
 
 PAGE-4D keeps every VGGT key and adds ``aggregator.spatial_mask_head.*``; the only renames are
 VGGT's two block banks. The variant is read from the mask head's keys and shapes:
@@ -16,7 +17,8 @@ import torch
 from page4d.checkpoints import vggt
 from page4d.checkpoints.io import detect_family
 from page4d.checkpoints.report import LoadReport
-from page4d.config import ModelConfig, page4d_mask_config
+from page4d.config import ModelConfig
+from page4d.presets import page4d_mask_config
 
 PREFIX = "aggregator.spatial_mask_head."
 
@@ -41,11 +43,11 @@ def detect_variant(state_dict: dict[str, torch.Tensor], source: str = "checkpoin
 
 
 def convert(
-    state_dict: dict[str, torch.Tensor], source: str = "page4d"
+    state_dict: dict[str, torch.Tensor], source: str = "page4d-reference"
 ) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Rename a PAGE-4D state dict (either variant) to page4d keys. Pure; the variant is in the report."""
     family = detect_family(state_dict)
-    if family != "page4d-ref":
+    if family != "page4d-reference":
         raise ValueError(f"{source} is not a PAGE-4D checkpoint (detected family {family!r})")
     variant = detect_variant(state_dict, source)
     return vggt.renamed(state_dict, LoadReport(source=source, converter=f"page4d-{variant}"))

@@ -1,0 +1,67 @@
+"""page4d's own checkpoint format: a folder with ``model.safetensors`` (the state dict) and ``config.json``
+(the full ``ModelConfig``). ``save`` and ``load_folder`` round-trip exactly; loading is strict and checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from page4d.checkpoints.io import read_state_dict
+from page4d.checkpoints.loading import load_strict
+from page4d.checkpoints.report import LoadReport
+from page4d.config import ModelConfig
+from page4d.fileio import read_json
+from page4d.model import Page4D
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CONVERTER = "native"
+"""The converter name a native load reports (no key is renamed)."""
+
+
+def save(model: Page4D, folder: Path) -> None:
+    """Write ``model`` into the existing ``folder``: its state dict on the CPU and its config."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    weights, config = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+    save_file(state, str(weights), metadata={"format": "pt", "library": "page4d"})
+    config.write_text(json.dumps(model.config.to_dict(), indent=2))
+    # safetensors creates its file 0600; give it the mode the umask gives config.json, so others can read it.
+    weights.chmod(config.stat().st_mode & 0o777)
+
+
+def is_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder holding both native files."""
+    return (path / WEIGHTS_NAME).is_file() and (path / CONFIG_NAME).is_file()
+
+
+def read_config(path: Path) -> ModelConfig:
+    """The ``ModelConfig`` in a ``config.json`` (older versions' configs migrated); ``ValueError`` naming the file
+    when it is not one."""
+    hint = "it should be the config.json that Page4D.save_pretrained writes"
+    data = read_json(path, hint)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of model settings, got {type(data).__name__}; {hint}")
+    try:
+        return ModelConfig.from_dict(data)
+    except (ValueError, TypeError) as err:  # unknown fields, impossible or mistyped settings
+        raise ValueError(f"{path}: not a valid page4d model config ({err}); {hint}") from None
+
+
+def load_folder(folder: Path) -> tuple[Page4D, LoadReport]:
+    """The model of a native folder, loaded strictly (every key, shape and dtype checked), in eval mode."""
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (folder / name).is_file():
+            raise ValueError(f"{folder}: no {name} in the folder; a page4d model folder holds {WEIGHTS_NAME} and "
+                             f"{CONFIG_NAME} (as save_pretrained writes them); for a single checkpoint, pass the file")
+    return load_weights(folder / WEIGHTS_NAME, read_config(folder / CONFIG_NAME))
+
+
+def load_weights(weights: Path, config: ModelConfig) -> tuple[Page4D, LoadReport]:
+    """A model built from ``config`` with the native ``weights`` file loaded strictly, in eval mode."""
+    state = read_state_dict(weights)
+    model = Page4D(config)
+    report = LoadReport(source=str(weights), converter=CONVERTER, mapped={k: k for k in model.state_dict()})
+    load_strict(model, state, report)
+    return model.eval(), report
