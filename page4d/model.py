@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,6 +40,31 @@ def as_grid(images: torch.Tensor, patch_size: int) -> torch.Tensor:
             "resize or crop them (page4d.data.preprocess does this)"
         )
     return images
+
+
+@dataclass(frozen=True)
+class _Frames:
+    """The (B, T, V) frame grid and the (H, W) image size of one forward pass."""
+
+    b: int
+    t: int
+    v: int
+    height: int
+    width: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """Head output ``[B, T·V, ...]`` -> ``[B, T, V, ...]``."""
+        return rearrange(x, "b (t v) ... -> b t v ...", t=self.t, v=self.v)
+
+    def upsampled(self, moving: torch.Tensor) -> torch.Tensor:
+        """Patch-grid probabilities ``[B, T, V, h, w]`` -> ``[B, T, V, H, W]`` float32 (bilinear)."""
+        flat = F.interpolate(moving.float().flatten(0, 2)[:, None], size=self.size, mode="bilinear",
+                             align_corners=False)
+        return flat[:, 0].unflatten(0, (self.b, self.t, self.v))
 
 
 class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstruction", "multi-view", "vggt"]):
@@ -92,49 +118,53 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
             ``Predictions`` with ``[B, T, V, ...]`` fields (see its docstring).
         """
         images = as_grid(images, self.config.patch_size)
-        b, t, v, _, height, width = images.shape
         if inputs is not None and not isinstance(inputs, ForwardInputs):
             raise TypeError(f"inputs must be a page4d.ForwardInputs, got {type(inputs).__name__} (query points go "
                             "by keyword: query_points=...)")
         patch_inputs = (inputs or ForwardInputs()).at_patches(images.shape, self.config.patch_size)
         with autocast(images.device):
             aggregated = self.aggregator(images, self.camera_entries(), self.dense_entries(), patch_inputs)
-
-        def per_tv(x: torch.Tensor) -> torch.Tensor:
-            return rearrange(x, "b (t v) ... -> b t v ...", t=t, v=v)
-
-        def taps(indices: tuple[int, ...]) -> list[torch.Tensor]:
-            """Patch tokens of the geometry entries ``indices``, as ``[B, T·V, h·w, 2C]`` float32."""
-            entries = aggregated.geometry_entries
-            psi = self.aggregator.patch_start_idx
-            return [rearrange(entries[i][:, :, :, psi:], "b t v p c -> b (t v) p c").float() for i in indices]
-
+        frames = _Frames(*images.shape[:3], *images.shape[-2:])
         out = Predictions()
         if aggregated.mask is not None:
-            moving = aggregated.mask.moving.float().flatten(0, 2)[:, None]
-            moving = F.interpolate(moving, size=(height, width), mode="bilinear", align_corners=False)
-            out.dynamic_mask = moving[:, 0].unflatten(0, (b, t, v))
+            out.dynamic_mask = frames.upsampled(aggregated.mask.moving)
         with full_precision(images.device):
             if self.camera_head is not None:
-                camera_tokens = aggregated.pose_entries[self.config.aggregator.depth - 1][:, :, :, 0].float()
-                poses = self.camera_head(rearrange(camera_tokens, "b t v c -> b (t v) c"))
-                out.pose_enc_list = [per_tv(p_) for p_ in poses]
-                out.pose_enc = out.pose_enc_list[-1]
-                out.extrinsic, out.intrinsic = pose_encoding_to_extri_intri(out.pose_enc, (height, width))
+                self._predict_cameras(out, aggregated.pose_entries, frames)
+            geometry = aggregated.geometry_entries
             for head, key in ((self.depth_head, "depth"), (self.point_head, "world_points")):
                 if head is not None:
-                    pred, conf = head(taps(head.cfg.intermediate_layer_idx), (height, width))
-                    setattr(out, key, per_tv(pred))
-                    setattr(out, f"{key}_conf", per_tv(conf))
+                    pred, conf = head(self._taps(geometry, head.cfg.intermediate_layer_idx), frames.size)
+                    setattr(out, key, frames.split(pred))
+                    setattr(out, f"{key}_conf", frames.split(conf))
             if self.track_head is not None and query_points is not None:
-                tracks = self.track_head(taps(self.track_head.cfg.intermediate_layer_idx), (height, width),
-                                         query_points.float())
-                out.track_list = [per_tv(x) for x in tracks.tracks]
-                out.track = out.track_list[-1]
-                out.track_vis = per_tv(tracks.vis)
-                if tracks.conf is not None:
-                    out.track_conf = per_tv(tracks.conf)
+                self._predict_tracks(out, geometry, frames, query_points)
         return out
+
+    def _taps(self, entries: dict[int, torch.Tensor], indices: tuple[int, ...]) -> list[torch.Tensor]:
+        """Patch tokens of the aggregator ``entries`` ``indices``, as ``[B, T·V, h·w, 2C]`` float32."""
+        psi = self.aggregator.patch_start_idx
+        return [rearrange(entries[i][:, :, :, psi:], "b t v p c -> b (t v) p c").float() for i in indices]
+
+    def _predict_cameras(self, out: Predictions, entries: dict[int, torch.Tensor], frames: _Frames) -> None:
+        """Camera head on the camera token of the last pose-stream entry: pose encodings, extrinsics, intrinsics."""
+        camera_tokens = entries[self.config.aggregator.depth - 1][:, :, :, 0].float()
+        poses = self.camera_head(rearrange(camera_tokens, "b t v c -> b (t v) c"))
+        out.pose_enc_list = [frames.split(p) for p in poses]
+        out.pose_enc = out.pose_enc_list[-1]
+        out.extrinsic, out.intrinsic = pose_encoding_to_extri_intri(out.pose_enc, frames.size)
+
+    def _predict_tracks(
+        self, out: Predictions, entries: dict[int, torch.Tensor], frames: _Frames, query_points: torch.Tensor
+    ) -> None:
+        """Track head: every query point of frame (0, 0) followed through all (t, v)."""
+        tracks = self.track_head(self._taps(entries, self.track_head.cfg.intermediate_layer_idx), frames.size,
+                                 query_points.float())
+        out.track_list = [frames.split(x) for x in tracks.tracks]
+        out.track = out.track_list[-1]
+        out.track_vis = frames.split(tracks.vis)
+        if tracks.conf is not None:
+            out.track_conf = frames.split(tracks.conf)
 
     @torch.inference_mode()
     def infer(

@@ -1,17 +1,88 @@
-"""Shared test helpers: where ``../shared`` lives and how fixture outputs are compared."""
+"""Shared test helpers: where ``../shared`` and the example clip live, the prerequisite marks, how fixture
+outputs are compared, and ``--fail-on-skip``."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+if TYPE_CHECKING:
+    from page4d.reconstruction.record import Reconstruction
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures"
+EXAMPLE = REPO / "examples" / "tabletop4v_mini"
+"""The bundled example clip the README runs."""
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's Chromium, which the headless viewer test drives through Playwright."""
+
+needs_shared = pytest.mark.skipif(
+    not SHARED.is_dir(), reason=f"prerequisite missing: {SHARED} (fixtures and data, checked out beside the repository)"
+)
+"""For a test that reads ``../shared``: without it the test skips naming the folder (``--fail-on-skip``: fails)."""
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(),
+    reason=f"prerequisite missing: {CHROMIUM} (headless browser for the viewer test: apt-get install chromium)",
+)
+"""For a test that drives a real browser: without Chromium it skips naming it (``--fail-on-skip``: fails)."""
+
+
+@functools.cache
+def _example_truth(size: int) -> Reconstruction:
+    from page4d.data.layout import load_clip
+    from page4d.reconstruction.ground_truth import reconstruction_from_clip
+
+    return reconstruction_from_clip(load_clip(EXAMPLE), size=size)
+
+
+def example_truth(size: int = 518) -> Reconstruction:
+    """The ground-truth reconstruction of :data:`EXAMPLE` at model width ``size``: built once per size, handed
+    out as a fresh deep copy each call, so a test may change it freely."""
+    return copy.deepcopy(_example_truth(size))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fail-on-skip", action="store_true", default=False,
+        help="a skipped test counts as a failure: a missing prerequisite must not pass as green",
+    )
+
+
+def _skip_reason(longrepr) -> str:
+    """The reason of a skipped report (its longrepr is ``(path, line, "Skipped: reason")``)."""
+    message = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return message.removeprefix("Skipped: ")
+
+
+def _fail_skipped(report: pytest.CollectReport | pytest.TestReport, config: pytest.Config) -> None:
+    if report.skipped and not hasattr(report, "wasxfail") and config.getoption("--fail-on-skip"):
+        report.outcome = "failed"
+        report.longrepr = (f"skipped: {_skip_reason(report.longrepr)}\n"
+                           "--fail-on-skip makes a skipped test a failure (a missing prerequisite must not pass as "
+                           "green)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """``--fail-on-skip``: a skipped test (not an xfail, whose report is a skip too) is reported as failed."""
+    outcome = yield
+    _fail_skipped(outcome.get_result(), item.config)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """``--fail-on-skip``: a module that skips as a whole (``pytest.skip(allow_module_level=True)``,
+    ``pytest.importorskip``) is a collection error."""
+    outcome = yield
+    _fail_skipped(outcome.get_result(), collector.config)
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import FIXTURES, load_fixture
+from conftest import FIXTURES, load_fixture, needs_shared
 from safetensors.torch import save_file
 
 from page4d.checkpoints import hub, vggt
@@ -27,6 +27,7 @@ def fresh_model(fx: dict) -> Page4D:
     return Page4D(vggt.model_config_from_reference(fx["config"])).eval()
 
 
+@needs_shared
 def test_converter_is_pure_and_renames_only_the_block_banks(conv_fixture):
     source = dict(conv_fixture["model"])
     converted, report = vggt.convert(source)
@@ -39,6 +40,7 @@ def test_converter_is_pure_and_renames_only_the_block_banks(conv_fixture):
     assert not report.unused and not report.initialised
 
 
+@needs_shared
 def test_vggt_1b_preset_has_exactly_the_reference_keys_and_shapes():
     listing = json.loads((FIXTURES / "vggt_keys_fullsize.json").read_text())
     with torch.device("meta"):
@@ -56,6 +58,7 @@ def test_vggt_1b_preset_has_exactly_the_reference_keys_and_shapes():
     )
 
 
+@needs_shared
 @pytest.mark.parametrize("wrapper", ["raw", "model", "module"])
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_file_formats_and_wrappers(conv_fixture, tmp_path, wrapper, suffix):
@@ -77,6 +80,7 @@ def test_file_formats_and_wrappers(conv_fixture, tmp_path, wrapper, suffix):
         assert torch.equal(model.state_dict()[k], v)
 
 
+@needs_shared
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_checkpoints_load_into_fp32(conv_fixture, tmp_path, dtype):
     path = tmp_path / "half.safetensors"
@@ -87,6 +91,7 @@ def test_half_precision_checkpoints_load_into_fp32(conv_fixture, tmp_path, dtype
     assert torch.equal(weight, conv_fixture["model"]["aggregator.frame_blocks.0.attn.qkv.weight"].to(dtype).float())
 
 
+@needs_shared
 def test_missing_unexpected_and_misshaped_keys_are_named(conv_fixture):
     model = fresh_model(conv_fixture)
     state, report = vggt.convert(conv_fixture["model"])
@@ -106,6 +111,7 @@ def test_missing_unexpected_and_misshaped_keys_are_named(conv_fixture):
         load_strict(model, nan, report)
 
 
+@needs_shared
 def test_a_failed_load_leaves_the_model_untouched(conv_fixture):
     model = fresh_model(conv_fixture)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -116,6 +122,7 @@ def test_a_failed_load_leaves_the_model_untouched(conv_fixture):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@needs_shared
 @pytest.mark.parametrize(("fixture", "family"), [("pi3_tiny", "Pi3"), ("page4d_tiny", "PAGE-4D")])
 def test_wrong_family_is_rejected(fixture, family):
     state = load_fixture(fixture)["model"]
@@ -123,6 +130,7 @@ def test_wrong_family_is_rejected(fixture, family):
         vggt.convert(state)
 
 
+@needs_shared
 def test_truncated_and_non_checkpoint_files_raise(conv_fixture, tmp_path):
     good = tmp_path / "good.safetensors"
     save_file(conv_fixture["model"], str(good))
@@ -142,6 +150,7 @@ def test_truncated_and_non_checkpoint_files_raise(conv_fixture, tmp_path):
         read_state_dict(tmp_path / "meta.pt")
 
 
+@needs_shared
 def test_save_pretrained_round_trip_is_exact(conv_fixture, tmp_path):
     model = fresh_model(conv_fixture)
     load_strict(model, *vggt.convert(conv_fixture["model"]))

@@ -11,15 +11,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import EXAMPLE
 from PIL import Image
 
 from page4d.cli.main import main
 from page4d.data.layout import load_clip
 from page4d.model import Page4D
 from page4d.presets import preset
-
-EXAMPLE = REPO / "examples" / "tabletop4v_mini"
 
 
 def test_reconstruct_bundled_example(tmp_path, capsys):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import FIXTURES, load_fixture
+from conftest import FIXTURES, load_fixture, needs_shared
 from safetensors.torch import load_file, save_file
 
 from page4d.checkpoints import page4d_reference
@@ -19,7 +19,7 @@ PAGE4D = FIXTURES / "page4d_tiny" / "model.safetensors"
 
 
 def tiny_mv_target() -> dict:
-    """page4d_tiny's dims with the seeds' mechanisms (what page4d-mv is at full size)."""
+    """page4d_tiny's dims with the design documents' mechanisms (what page4d-mv is at full size)."""
     cfg = page4d_reference.model_config_from_reference(load_fixture("page4d_tiny")["config"])
     cfg.aggregator.dynamic_mask = DynamicMaskConfig(
         head="fusion", bias="pose_geo", after_block=7, biased_view_blocks=tuple(range(8, 24)),
@@ -69,6 +69,7 @@ def pi3_page4d_tiny(tmp_path) -> tuple[Recipe, dict]:
     return recipe, {"pi3": pi3_path, "page4d": PAGE4D, "pi3_state": synthetic_pi3(pi3_path)}
 
 
+@needs_shared
 def test_pi3_page4d_recipe_takes_every_key_from_the_expected_source(pi3_page4d_tiny):
     recipe, files = pi3_page4d_tiny
     model, report = compose(recipe, {"pi3": files["pi3"], "page4d": files["page4d"]})
@@ -103,6 +104,7 @@ def test_pi3_page4d_recipe_takes_every_key_from_the_expected_source(pi3_page4d_t
     assert torch.isfinite(pred.depth).all() and pred.dynamic_mask.shape == (1, 2, 2, 56, 84)
 
 
+@needs_shared
 def test_validation_errors_are_raised_before_any_tensor_is_read(pi3_page4d_tiny, monkeypatch):
     recipe, files = pi3_page4d_tiny
     paths = {"pi3": files["pi3"], "page4d": files["page4d"]}
@@ -124,6 +126,7 @@ def test_validation_errors_are_raised_before_any_tensor_is_read(pi3_page4d_tiny,
         compose(absent, paths)
 
 
+@needs_shared
 def test_precedence_first_lets_the_earlier_stage_win(pi3_page4d_tiny):
     recipe, files = pi3_page4d_tiny
     both = dataclasses.replace(
@@ -135,6 +138,7 @@ def test_precedence_first_lets_the_earlier_stage_win(pi3_page4d_tiny):
     assert report.mapped["aggregator.time_blocks.2.ls1.gamma"] == "pi3:decoder.4.ls1.gamma"
 
 
+@needs_shared
 def test_a_source_key_feeding_two_stages_needs_permission(pi3_page4d_tiny):
     recipe, files = pi3_page4d_tiny
     split = dataclasses.replace(recipe, stages=(
@@ -174,6 +178,8 @@ def test_expand_ranges():
     assert expand("x.{1..2}.{3..4}") == ["x.1.3", "x.1.4", "x.2.3", "x.2.4"]
 
 
+@pytest.mark.slow
+@needs_shared
 def test_composed_model_round_trips(pi3_page4d_tiny, tmp_path):
     from page4d.model import Page4D
 
@@ -222,6 +228,7 @@ def test_pickled_source_releases_only_file_mapped_pages_and_stays_readable(tmp_p
     assert torch.equal(heap, copy)
 
 
+@needs_shared
 def test_pi3_tiny_and_page4d_tiny_cannot_share_one_model_and_the_recipe_says_why(pi3_page4d_tiny):
     """The two tiny fixtures do not fit one model (Pi3: 2 decoder pairs of width 64; PAGE-4D: 24 pairs of
     width 32): the recipe is rejected before any tensor is read, naming the keys Pi3 cannot provide (the

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import FIXTURES, load_fixture
+from conftest import FIXTURES, load_fixture, needs_shared
 from test_composition import synthetic_pi3, tiny_mv_target
 
 from page4d.checkpoints import vggt
@@ -23,6 +23,7 @@ def target_file(tmp_path, config: dict) -> str:
     return str(path)
 
 
+@needs_shared
 def test_convert_a_vggt_checkpoint_and_load_it_strictly(tmp_path, capsys):
     fx = load_fixture("vggt_conv_tiny")
     cfg = vggt.model_config_from_reference(fx["config"])
@@ -45,6 +46,7 @@ def test_convert_a_vggt_checkpoint_and_load_it_strictly(tmp_path, capsys):
     assert torch.equal(a.pose_enc, b.pose_enc) and torch.equal(a.depth, b.depth)
 
 
+@needs_shared
 def test_convert_with_the_pi3_page4d_recipe(tmp_path, capsys):
     pi3 = tmp_path / "pi3.safetensors"
     synthetic_pi3(pi3)
@@ -76,9 +78,9 @@ def test_convert_with_the_pi3_page4d_recipe(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--recipe", "pi3-page4d"], "recipe pi3-page4d takes 2 sources"),
-        (["--recipe", "no-such-recipe"], "not a recipe name"),
-        (["--target", "no-such-preset"], "not a preset"),
+        pytest.param(["--recipe", "pi3-page4d"], "recipe pi3-page4d takes 2 sources", marks=needs_shared),
+        pytest.param(["--recipe", "no-such-recipe"], "not a recipe name", marks=needs_shared),
+        (["--target", "no-such-preset"], "not a preset"),  # refused before the source file is read
     ],
 )
 def test_bad_convert_arguments_fail_in_one_line(tmp_path, capsys, extra, message):
@@ -88,6 +90,7 @@ def test_bad_convert_arguments_fail_in_one_line(tmp_path, capsys, extra, message
     assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()
 
 
+@needs_shared
 def test_a_mismatched_target_names_the_keys_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["convert", str(CONV / "model.safetensors"), "--target", "tiny-conv", "-o", str(out)]) == 2
@@ -101,6 +104,7 @@ def test_offline_hub_source_fails_fast(tmp_path, capsys, monkeypatch):
     assert "model.pt" in capsys.readouterr().err
 
 
+@needs_shared
 def test_convert_a_wrapped_half_precision_pt_file(tmp_path):
     fx = load_fixture("vggt_conv_tiny")
     cfg = vggt.model_config_from_reference(fx["config"])
@@ -114,6 +118,7 @@ def test_convert_a_wrapped_half_precision_pt_file(tmp_path):
     assert torch.equal(weight, fx["model"]["aggregator.global_blocks.1.attn.qkv.weight"].half().float())
 
 
+@needs_shared
 def test_a_known_hub_checkpoint_converts_into_its_own_preset(monkeypatch):
     """checkpoint_mask.pt must become the mask-on release (page4d-release-mask), not the detected default."""
     from page4d.checkpoints.composition import single_source_recipe

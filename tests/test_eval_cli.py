@@ -10,13 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EXAMPLE, example_truth
 from PIL import Image
 
 from page4d.cli.main import main
-from page4d.data.layout import load_clip
-from page4d.reconstruction.ground_truth import reconstruction_from_clip
 
-CLIP = Path(__file__).resolve().parents[1] / "examples" / "tabletop4v_mini"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SIZE = 84  # model grid 56 x 84 keeps the run fast; the protocol is the same at any size
 
@@ -24,7 +22,7 @@ SIZE = 84  # model grid 56 x 84 keeps the run fast; the protocol is the same at 
 @pytest.fixture(scope="module")
 def saved_truth(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("truth")
-    reconstruction_from_clip(load_clip(CLIP), size=SIZE).save(folder)
+    example_truth(SIZE).save(folder)
     return folder
 
 
@@ -44,7 +42,7 @@ def _rewrite(folder: Path, **changes) -> None:
 
 
 def test_eval_writes_metrics_plot_and_table(prediction, capsys) -> None:
-    assert main(["eval", str(CLIP), str(prediction)]) == 0
+    assert main(["eval", str(EXAMPLE), str(prediction)]) == 0
     out = prediction / "eval"
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_step.png"]
     assert not [p for p in prediction.iterdir() if p.name.startswith(".")]  # no temporary folder left
@@ -52,7 +50,7 @@ def test_eval_writes_metrics_plot_and_table(prediction, capsys) -> None:
     report = json.loads((out / "metrics.json").read_text())
     assert report["format"] == "page4d eval v1"
     assert report["prediction"] == {
-        "model": "ground truth", "weights": f"ground truth of {CLIP}", "untrained": False, "folder": str(prediction),
+        "model": "ground truth", "weights": f"ground truth of {EXAMPLE}", "untrained": False, "folder": str(prediction),
     }
     assert report["protocol"]["name"] == "video-depth" and report["protocol"]["max_depth"] is None
     assert report["protocol"]["grid"].startswith("model-input grid")
@@ -84,7 +82,7 @@ def test_eval_writes_metrics_plot_and_table(prediction, capsys) -> None:
 def test_options_and_untrained_flag(prediction, tmp_path, capsys) -> None:
     _rewrite(prediction, dynamic_mask=None, meta={"model": "tiny-mv", "untrained": True})
     out = tmp_path / "report"
-    args = ["eval", str(CLIP), str(prediction), "-o", str(out), "--protocol", "per-frame", "--max-depth", "15"]
+    args = ["eval", str(EXAMPLE), str(prediction), "-o", str(out), "--protocol", "per-frame", "--max-depth", "15"]
     assert main(args) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["protocol"]["name"] == "per-frame" and report["protocol"]["max_depth"] == 15.0
@@ -108,12 +106,12 @@ def test_errors_exit_2_and_write_nothing(prediction, tmp_path, capsys, monkeypat
     before = sorted(p.name for p in prediction.iterdir())
 
     _rewrite(prediction, time_ids=np.array([0, 1, 2]))
-    _assert_fails(["eval", str(CLIP), str(prediction)], "have no (time, view) in common", capsys)
-    shutil.copytree(CLIP, tmp_path / "no_depths", ignore=shutil.ignore_patterns("depths"))
+    _assert_fails(["eval", str(EXAMPLE), str(prediction)], "have no (time, view) in common", capsys)
+    shutil.copytree(EXAMPLE, tmp_path / "no_depths", ignore=shutil.ignore_patterns("depths"))
     _assert_fails(["eval", str(tmp_path / "no_depths"), str(prediction)], "the clip has no depths/", capsys)
-    _assert_fails(["eval", str(CLIP), str(tmp_path / "missing")], "no predictions.npz", capsys)
+    _assert_fails(["eval", str(EXAMPLE), str(tmp_path / "missing")], "no predictions.npz", capsys)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
-    _assert_fails(["eval", str(CLIP), str(prediction)], 'pip install "page4d[eval]"', capsys)
+    _assert_fails(["eval", str(EXAMPLE), str(prediction)], 'pip install "page4d[eval]"', capsys)
     monkeypatch.undo()
     assert sorted(p.name for p in prediction.iterdir()) == before
 
@@ -121,9 +119,9 @@ def test_errors_exit_2_and_write_nothing(prediction, tmp_path, capsys, monkeypat
     out = tmp_path / "report"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    _assert_fails(["eval", str(CLIP), str(prediction), "-o", str(out)], "pass --overwrite", capsys)
+    _assert_fails(["eval", str(EXAMPLE), str(prediction), "-o", str(out)], "pass --overwrite", capsys)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert main(["eval", str(CLIP), str(prediction), "-o", str(out), "--overwrite"]) == 0
+    assert main(["eval", str(EXAMPLE), str(prediction), "-o", str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_step.png"]
 
 

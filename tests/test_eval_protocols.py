@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLE, example_truth
 
 from page4d.data.layout import load_clip
 from page4d.eval import multiview_consistency, point_cloud_metrics, relative_pose_error
@@ -19,9 +19,7 @@ from page4d.eval.protocols import camera_report
 from page4d.eval.runner import evaluate
 from page4d.geometry import quat_to_mat
 from page4d.reconstruction import Reconstruction
-from page4d.reconstruction.ground_truth import reconstruction_from_clip
 
-CLIP = Path(__file__).resolve().parents[1] / "examples" / "tabletop4v_mini"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SIZE = 84  # model grid 56 x 84: the protocol is the same as at 518, the test 40x cheaper
 EXACT = 1e-9
@@ -29,14 +27,14 @@ EXACT = 1e-9
 
 @pytest.fixture(scope="module")
 def clip():
-    return load_clip(CLIP)
+    return load_clip(EXAMPLE)
 
 
 @pytest.fixture(scope="module")
-def truth(clip, tmp_path_factory) -> Reconstruction:
+def truth(tmp_path_factory) -> Reconstruction:
     """The clip's ground truth as a prediction, through a save / load round trip like a real prediction."""
     folder = tmp_path_factory.mktemp("gt_prediction")
-    reconstruction_from_clip(clip, size=SIZE).save(folder)
+    example_truth(SIZE).save(folder)
     return Reconstruction.load(folder)
 
 
@@ -175,7 +173,7 @@ def test_single_static_camera_aligns_points_on_depth(clip, truth) -> None:
 
 
 def test_clip_without_masks_has_no_static_dynamic_split(clip, truth, tmp_path) -> None:
-    shutil.copytree(CLIP, tmp_path / "clip", ignore=shutil.ignore_patterns("masks"))
+    shutil.copytree(EXAMPLE, tmp_path / "clip", ignore=shutil.ignore_patterns("masks"))
     report = evaluate(load_clip(tmp_path / "clip"), truth)
     assert report["depth"]["median"]["static"] is None and report["depth"]["median"]["dynamic"] is None
     assert report["depth"]["median"]["all"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)

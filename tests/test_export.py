@@ -11,18 +11,16 @@ import numpy as np
 import pycolmap
 import pytest
 import trimesh
-from conftest import REPO
+from conftest import example_truth
 from matplotlib import colormaps
 from PIL import Image
 
-from page4d.data.layout import load_clip
 from page4d.data.preprocess import ImageTransform
 from page4d.export import FORMATS, export, select_points
 from page4d.export.colmap import write_colmap
 from page4d.export.glb import FRUSTUM_SCALE, write_scene
 from page4d.export.panels import DEPTH_COLORMAP, LABEL_HEIGHT, write_panels
 from page4d.export.ply import write_point_cloud, write_point_clouds
-from page4d.reconstruction.ground_truth import reconstruction_from_clip
 from page4d.reconstruction.record import Reconstruction, transform_meta
 
 H, W = 28, 42
@@ -76,7 +74,7 @@ def make_recon(transform: ImageTransform = CROP) -> Reconstruction:
 
 @pytest.fixture(scope="module")
 def tabletop() -> Reconstruction:
-    return reconstruction_from_clip(load_clip(REPO / "examples" / "tabletop4v_mini"))
+    return example_truth()
 
 
 def test_select_points_keeps_valid_pixels_with_their_values():

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_fixture, rel_err, tolerance
+from conftest import load_fixture, needs_shared, rel_err, tolerance
 from torch import nn
 
 from page4d.config import CameraHeadConfig, DPTHeadConfig, TrackHeadConfig
 from page4d.heads import CameraHead, DPTHead, TrackHead
 
+pytestmark = needs_shared  # every test reads a fixture of ../shared
 FIXTURES = ["vggt_conv_tiny", "vggt_dinov2_tiny"]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_fixture
+from conftest import load_fixture, needs_shared
 from safetensors.torch import load_file as read_safetensors
 from safetensors.torch import save_file
 
@@ -57,6 +57,7 @@ def test_integer_weights_in_a_native_checkpoint_are_refused(folder, how):
         load()
 
 
+@needs_shared
 def test_integer_weights_in_a_foreign_safetensors_file_are_refused(tmp_path):
     fx = load_fixture("vggt_conv_tiny")
     path = tmp_path / "vggt.safetensors"

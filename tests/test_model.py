@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import load_fixture
+from conftest import load_fixture, needs_shared
 
 from page4d.aggregator import LayerSchedule
 from page4d.aggregator.tokens import special_tokens
@@ -27,6 +27,7 @@ def track_model() -> Page4D:
     return model.eval()
 
 
+@needs_shared
 def test_prediction_shapes_and_finiteness(track_model):
     b, t, v, h, w = 1, 2, 3, 70, 98
     images = torch.rand(b, t, v, 3, h, w)
@@ -46,6 +47,7 @@ def test_prediction_shapes_and_finiteness(track_model):
     assert len(pred.pose_enc_list) == 4 and torch.equal(pred.pose_enc_list[-1], pred.pose_enc)
 
 
+@needs_shared
 def test_every_parameter_gets_a_gradient(track_model):
     model = Page4D(track_model.config).train()
     model.load_state_dict(track_model.state_dict())
@@ -62,6 +64,7 @@ def test_every_parameter_gets_a_gradient(track_model):
     assert no_grad == ["aggregator.patch_embed.mask_token"]
 
 
+@needs_shared
 def test_six_d_with_one_time_step_equals_five_d_bit_for_bit(track_model):
     images = torch.rand(2, 3, 3, 70, 98)
     query = torch.rand(2, 4, 2) * 60
@@ -77,6 +80,7 @@ def test_six_d_with_one_time_step_equals_five_d_bit_for_bit(track_model):
             assert torch.equal(x, y), field.name
 
 
+@needs_shared
 def test_vggt_global_schedule_equals_ours_at_one_time_step_only(track_model):
     """Banks run as frame / global attention (VGGT on all T·V frames) == time / view attention iff T = 1."""
     cfg = dataclasses.replace(track_model.config)

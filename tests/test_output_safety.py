@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO
+from conftest import EXAMPLE, FIXTURES, REPO, needs_shared
 
 import page4d.transaction as transaction
 from page4d.checkpoints import vggt
@@ -24,7 +24,6 @@ from page4d.model import Page4D
 from page4d.presets import preset
 from page4d.transaction import OutputFolder, OutputLock, clean_stale, swap_into_place
 
-EXAMPLE = REPO / "examples" / "tabletop4v_mini"
 FAST = ["--size", "56", "--export", "none", "--quiet"]
 
 
@@ -98,6 +97,7 @@ def test_eval_never_replaces_the_reconstruction_it_scores(tmp_path, capsys):
     assert (pred / "eval" / "metrics.json").is_file()
 
 
+@needs_shared
 def test_convert_never_replaces_its_source(tmp_path, capsys):
     source = tmp_path / "ckpts" / "model.safetensors"
     source.parent.mkdir()
@@ -243,6 +243,7 @@ def unblock(fifo: Path) -> None:
         pipe.write("\n".join(str(p) for p in frames) + "\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_a_second_run_into_the_same_output_fails_fast(tmp_path, overwrite):
     out = tmp_path / "out"
@@ -279,6 +280,7 @@ def test_signals_clean_up_and_exit_with_the_signal_code(tmp_path, signum, code, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["camera.txt", "out"]
 
 
+@pytest.mark.slow
 def test_the_next_run_removes_what_a_killed_run_left(tmp_path):
     out = tmp_path / "out"
     proc, _ = blocked_run(tmp_path, out)
@@ -305,7 +307,7 @@ def test_temporaries_of_live_runs_are_kept(tmp_path):
     assert live.is_dir() and not stale.exists() and len(notes) == 1 and str(dead.pid) in notes[0]
 
 
-@pytest.mark.parametrize("command", ["convert", "view"])
+@pytest.mark.parametrize("command", [pytest.param("convert", marks=needs_shared), "view"])
 def test_ctrl_c_in_other_commands_prints_one_line(tmp_path, capsys, monkeypatch, command):
     import page4d.cli.convert
     import page4d.cli.view
@@ -343,6 +345,7 @@ def test_a_full_disk_is_named_and_leaves_nothing(tmp_path, capsys, monkeypatch, 
     assert list(tmp_path.iterdir()) == []  # not even the parent folder it created
 
 
+@needs_shared
 def test_every_output_file_gets_the_umask_mode(tmp_path):
     source = FIXTURES / "vggt_conv_tiny"
     target = tmp_path / "target.json"
@@ -470,6 +473,7 @@ def test_outputs_that_cannot_be_made_say_why(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+@needs_shared
 def test_full_disks_reported_without_an_errno_are_recognised(tmp_path, capsys, monkeypatch):
     source = FIXTURES / "vggt_conv_tiny"
     target = tmp_path / "target.json"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import FIXTURES, fused_and_dense, load_fixture, perturbed
+from conftest import FIXTURES, fused_and_dense, load_fixture, needs_shared, perturbed
 from safetensors.torch import save_file
 
 from page4d.aggregator.mask_bias import mask_alpha
@@ -36,6 +36,7 @@ def loaded(fx: dict, **mask_changes) -> Page4D:
     return model
 
 
+@needs_shared
 @pytest.mark.parametrize("variant", ["fin10", "release"])
 def test_full_size_presets_have_exactly_the_reference_keys(variant):
     listing = json.loads((FIXTURES / "page4d_keys_fullsize.json").read_text())[f"page4d_{variant}"]
@@ -49,6 +50,7 @@ def test_full_size_presets_have_exactly_the_reference_keys(variant):
     assert len(ours) == {"fin10": 1805, "release": 1803}[variant]
 
 
+@needs_shared
 def test_variant_is_detected_from_keys_and_shapes(fixture):
     assert page4d_reference.detect_variant(fixture["model"]) == VARIANTS[fixture["name"]]
     with pytest.raises(ValueError, match="not a PAGE-4D checkpoint"):
@@ -59,6 +61,7 @@ def test_variant_is_detected_from_keys_and_shapes(fixture):
         page4d_reference.convert(broken)
 
 
+@needs_shared
 def test_wrong_variant_config_names_the_keys():
     fin10 = load_fixture("page4d_tiny")
     release_cfg = page4d_reference.model_config_from_reference(load_fixture("page4d_release_tiny")["config"])
@@ -66,6 +69,7 @@ def test_wrong_variant_config_names_the_keys():
         load_strict(Page4D(release_cfg), *page4d_reference.convert(fin10["model"]))
 
 
+@needs_shared
 def test_page4d_file_loads_with_its_config_and_rejects_the_full_size_preset(tmp_path):
     fx = load_fixture("page4d_release_tiny")
     path = tmp_path / "checkpoint.pt"
@@ -77,6 +81,7 @@ def test_page4d_file_loads_with_its_config_and_rejects_the_full_size_preset(tmp_
         load_checkpoint_file(tmp_path / "c.safetensors")
 
 
+@needs_shared
 @pytest.mark.parametrize("changes", [{"scale": 0.0}, {"schedule": "cosine_hold", "hold_start": 0.0, "hold_end": 0.0}])
 def test_zero_strength_is_plain_vggt_bit_for_bit(fixture, changes):
     """With strength 0 the mask path changes nothing: identical to a VGGT model on the same weights."""
@@ -124,6 +129,7 @@ def test_rank_one_bias_fused_equals_dense_and_moves_mass_on_rows_it_weights(head
     assert torch.allclose(_augmented_attention(q, k, v, bias)[..., 0], biased, atol=1e-12)
 
 
+@needs_shared
 def test_every_parameter_including_the_mask_head_gets_a_gradient(fixture):
     model = loaded(fixture).train()
     pred = model(fixture["inputs"]["images"])
@@ -141,6 +147,7 @@ def test_mask_strength_schedule():
     assert mask_alpha(2.0, 1.0, 2.0) == 0.0
 
 
+@needs_shared
 def test_mask_step_is_an_input_not_a_counter(fixture):
     model = loaded(fixture, schedule="cosine_hold", scale=64.0, hold_start=10.0, hold_end=20.0).train()
     images = fixture["inputs"]["images"]
@@ -178,6 +185,7 @@ def test_reversed_order_moves_the_view_block_before_the_mask():
         cfg.validate()
 
 
+@needs_shared
 def test_vggt_converter_refuses_page4d_and_page4d_refuses_vggt(fixture):
     with pytest.raises(ValueError, match="PAGE-4D checkpoint"):
         vggt.convert(fixture["model"])

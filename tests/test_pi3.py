@@ -14,7 +14,7 @@ import re
 
 import pytest
 import torch
-from conftest import FIXTURES, PI3_THRESHOLD, load_fixture, pi3_intermediates, rel_err
+from conftest import FIXTURES, PI3_THRESHOLD, load_fixture, needs_shared, pi3_intermediates, rel_err
 from safetensors.torch import save_file
 
 from page4d.checkpoints import hub, page4d_reference, pi3, vggt
@@ -62,12 +62,14 @@ def listing(name: str) -> dict[str, torch.Tensor]:
 # test_parity.py, over every Pi3 fixture folder.
 
 
+@needs_shared
 @pytest.mark.parametrize("changes", [{"layernorm_eps": 1e-5}, {"qk_norm_eps": 1e-6}])
 def test_wrong_layernorm_eps_is_caught_by_the_threshold(fx, changes):
     got = pi3_intermediates(loaded(fx, **changes), fx["inputs"]["imgs"])
     assert rel_err(got["inter.decoder_out"], fx["outputs"]["inter.decoder_out"]) > 2 * PI3_THRESHOLD
 
 
+@needs_shared
 def test_equal_slots_keep_pi3_permutation_equivariance_over_views(fx):
     model = loaded(fx)
     imgs, perm = fx["inputs"]["imgs"], fx["inputs"]["perm"]
@@ -76,6 +78,7 @@ def test_equal_slots_keep_pi3_permutation_equivariance_over_views(fx):
     assert rel_err(b, a[:, perm]) < PI3_THRESHOLD
 
 
+@needs_shared
 def test_block_and_qk_norm_eps_reach_every_block(fx):
     cfg = pi3.model_config_from_reference(fx["config"])
     assert (cfg.aggregator.layernorm_eps, cfg.aggregator.qk_norm_eps, cfg.encoder.layernorm_eps) == (1e-6, 1e-5, 1e-6)
@@ -86,6 +89,7 @@ def test_block_and_qk_norm_eps_reach_every_block(fx):
     assert cfg.camera_head is cfg.depth_head is cfg.point_head is cfg.track_head is None
 
 
+@needs_shared
 def test_unsupported_reference_setups_raise(fx):
     for path, value, message in [
         (("decoder", "depth"), 3, "an even decoder.depth"),
@@ -104,6 +108,7 @@ def test_unsupported_reference_setups_raise(fx):
 # --- key accounting -----------------------------------------------------------------------------------
 
 
+@needs_shared
 def test_tiny_report_accounts_for_every_key(fx):
     source = dict(fx["model"])
     converted, report = pi3.convert(source)
@@ -123,6 +128,7 @@ def test_tiny_report_accounts_for_every_key(fx):
     assert "derived aggregator.camera_token <- register_token" in report.summary()
 
 
+@needs_shared
 def test_decoder_pairs_go_to_time_then_view_blocks(fx):
     _, report = pi3.convert(fx["model"])
     for k in range(2):
@@ -132,6 +138,7 @@ def test_decoder_pairs_go_to_time_then_view_blocks(fx):
         assert report.mapped[f"aggregator.patch_embed.{name}"] == f"encoder.{name}"
 
 
+@needs_shared
 def test_register_token_becomes_camera_and_registers_in_both_slots(fx):
     tokens = fx["model"]["register_token"]
     assert tokens.shape == (1, 1, 5, C)
@@ -143,6 +150,7 @@ def test_register_token_becomes_camera_and_registers_in_both_slots(fx):
     assert camera.data_ptr() != registers.data_ptr() and camera.is_contiguous() and registers.is_contiguous()
 
 
+@needs_shared
 def test_full_size_pi3_keys_map_onto_pi3_large_without_mismatches():
     source = listing("pi3_keys_fullsize.json")
     with torch.device("meta"):
@@ -162,6 +170,7 @@ def test_full_size_pi3_keys_map_onto_pi3_large_without_mismatches():
     )  # the 5 special tokens, stored twice (two slots)
 
 
+@needs_shared
 def test_pi3x_key_list_is_recognised_and_maps_like_pi3():
     pi3_converted, _ = pi3.convert(listing("pi3_keys_fullsize.json"))
     source = listing("pi3x_keys_fullsize.json")
@@ -176,6 +185,7 @@ def test_pi3x_key_list_is_recognised_and_maps_like_pi3():
     assert set(pi3.convert(without_priors)[0]) == set(converted)
 
 
+@needs_shared
 def test_pi3x_only_keys_in_a_pi3_file_are_unrecognised(fx):
     state = dict(fx["model"], **{"ray_embed.proj.bias": torch.zeros(C)})
     with pytest.raises(ValueError, match=r"unrecognised keys for a pi3 checkpoint: ray_embed\.proj\.bias"):
@@ -185,6 +195,7 @@ def test_pi3x_only_keys_in_a_pi3_file_are_unrecognised(fx):
 # --- the prototype's loading defects (page4d_reference §2.8 #16-24) --------------------------------------
 
 
+@needs_shared
 def test_16_no_module_aliases_and_safetensors_saving_works(fx, tmp_path):
     model = loaded(fx)
     state = model.state_dict()
@@ -207,12 +218,14 @@ def test_17_a_conversion_never_loads_zero_keys(state, message):
         pi3.convert(state)
 
 
+@needs_shared
 def test_17_wrong_prefix_is_named(fx):
     prefixed = {f"aggregator.{k}": v for k, v in fx["model"].items()}
     with pytest.raises(ValueError, match=r"not a Pi3 checkpoint: .*found: aggregator\."):
         pi3.convert(prefixed)
 
 
+@needs_shared
 def test_18_every_decoder_block_is_used_with_pi3_eps():
     source = listing("pi3_keys_fullsize.json")
     _, report = pi3.convert(source)
@@ -220,12 +233,14 @@ def test_18_every_decoder_block_is_used_with_pi3_eps():
     assert used == {k for k in source if k.startswith("decoder.")} and len(used) == 36 * 18
 
 
+@needs_shared
 def test_19_encoder_embeddings_and_norm_are_mapped_with_their_values(fx):
     converted, _ = pi3.convert(fx["model"])
     for name in ("cls_token", "pos_embed", "register_tokens", "norm.weight", "norm.bias", "patch_embed.proj.weight"):
         assert torch.equal(converted[f"aggregator.patch_embed.{name}"], fx["model"][f"encoder.{name}"])
 
 
+@needs_shared
 def test_20_23_every_target_has_one_source_and_missing_keys_raise(fx):
     model = Page4D(pi3.model_config_from_reference(fx["config"]))
     state, report = pi3.convert(fx["model"])
@@ -239,6 +254,7 @@ def test_20_23_every_target_has_one_source_and_missing_keys_raise(fx):
         load_strict(model, state, report, allow_missing={"aggregator.nothing": "test"})
 
 
+@needs_shared
 @pytest.mark.parametrize(
     ("key", "shape", "target"),
     [
@@ -257,6 +273,7 @@ def test_21_mis_shaped_keys_raise_with_both_shapes(fx, key, shape, target):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@needs_shared
 @pytest.mark.parametrize("count", [4, 6])
 def test_21_register_token_is_never_truncated_or_padded(fx, count):
     state = dict(fx["model"], register_token=torch.zeros(1, 1, count, C))
@@ -264,12 +281,14 @@ def test_21_register_token_is_never_truncated_or_padded(fx, count):
         pi3.convert(state)
 
 
+@needs_shared
 def test_22_odd_decoder_depth_raises(fx):
     state = {k: v for k, v in fx["model"].items() if not k.startswith("decoder.3.")}
     with pytest.raises(ValueError, match=r"3 decoder blocks \(decoder\.0 \.\. decoder\.2\); an odd count"):
         pi3.convert(state)
 
 
+@needs_shared
 def test_23_incomplete_and_unrecognised_sources_raise_naming_the_keys(fx):
     no_norm = {k: v for k, v in fx["model"].items() if k != "encoder.norm.weight"}
     with pytest.raises(ValueError, match=r"1 missing keys: encoder\.norm\.weight"):
@@ -285,6 +304,7 @@ def test_23_incomplete_and_unrecognised_sources_raise_naming_the_keys(fx):
         pi3.convert(extra)
 
 
+@needs_shared
 def test_24_pos_embed_keeps_its_trained_size(fx):
     model = loaded(fx)
     pos = model.aggregator.patch_embed.pos_embed
@@ -300,6 +320,7 @@ def test_24_pos_embed_keeps_its_trained_size(fx):
 # --- families, files, round trip, the Hub -------------------------------------------------------------
 
 
+@needs_shared
 @pytest.mark.parametrize(
     ("fixture", "hint"),
     [("vggt_conv_tiny", "page4d.checkpoints.vggt"), ("page4d_tiny", "page4d.checkpoints.page4d_reference")],
@@ -309,6 +330,7 @@ def test_wrong_family_names_the_right_converter(fixture, hint):
         pi3.convert(load_fixture(fixture)["model"])
 
 
+@needs_shared
 def test_native_checkpoint_and_other_converters_refuse_or_redirect(fx):
     native = loaded(fx).state_dict()
     with pytest.raises(ValueError, match="already a page4d checkpoint"):
@@ -319,6 +341,7 @@ def test_native_checkpoint_and_other_converters_refuse_or_redirect(fx):
         page4d_reference.convert(fx["model"])
 
 
+@needs_shared
 def test_pi3_file_loads_through_load_checkpoint_file_and_rejects_the_full_size_preset(fx, tmp_path):
     path = tmp_path / "model.safetensors"
     save_file(fx["model"], str(path))
@@ -331,6 +354,7 @@ def test_pi3_file_loads_through_load_checkpoint_file_and_rejects_the_full_size_p
         load_checkpoint_file(path)  # defaults to pi3-large, whose width is 1024
 
 
+@needs_shared
 def test_truncated_and_incomplete_pi3_files_raise(fx, tmp_path):
     good = tmp_path / "good.safetensors"
     save_file(fx["model"], str(good))
@@ -344,6 +368,7 @@ def test_truncated_and_incomplete_pi3_files_raise(fx, tmp_path):
         load_checkpoint_file(partial, pi3.model_config_from_reference(fx["config"]))
 
 
+@needs_shared
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_pi3_files_load_into_fp32(fx, tmp_path, dtype):
     path = tmp_path / "half.safetensors"
@@ -354,6 +379,7 @@ def test_half_precision_pi3_files_load_into_fp32(fx, tmp_path, dtype):
     assert torch.equal(camera[0, 1, 0], fx["model"]["register_token"][0, 0, 0].to(dtype).float())
 
 
+@needs_shared
 def test_converted_model_round_trips_through_save_pretrained(fx, tmp_path):
     model = loaded(fx)
     model.save_pretrained(tmp_path / "native")

@@ -1,4 +1,4 @@
-"""The seeds' multi-view preset: full-size keys = PAGE-4D's minus its mask head plus an explicit list of new
+"""The design documents' multi-view preset: full-size keys = PAGE-4D's minus its mask head plus an explicit list of new
 keys; at initialisation it is the plain model bit-for-bit; it runs with every optional input."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import FIXTURES
+from conftest import FIXTURES, needs_shared
 
 from page4d.checkpoints import page4d_reference
 from page4d.inputs import ForwardInputs
@@ -31,6 +31,7 @@ NEW_KEYS = {
 }
 
 
+@needs_shared
 def test_page4d_mv_keys_are_page4d_minus_its_mask_head_plus_the_listed_new_keys():
     listing = json.loads((FIXTURES / "page4d_keys_fullsize.json").read_text())["page4d_fin10"]
     with torch.device("meta"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import EXAMPLE
 from PIL import Image, ImageOps
 from test_sources import frames_for, write_video
 
@@ -17,7 +17,6 @@ from page4d.data.preprocess import resample_to_model
 from page4d.data.rasters import oriented_size, read_depth, read_mask
 from page4d.data.sources import open_input
 
-EXAMPLE = REPO / "examples" / "tabletop4v_mini"
 RED = (255, 0, 0)
 
 

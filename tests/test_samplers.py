@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import EXAMPLE
 
 from page4d.data.layout import load_clip
 from page4d.data.preprocess import resample_to_model
@@ -14,7 +14,6 @@ from page4d.data.synthetic import SceneConfig
 from page4d.train.config import DataSource, TrainConfig
 from page4d.train.trainer import Batches, Trainer
 
-EXAMPLE = REPO / "examples" / "tabletop4v_mini"
 SCENE = SceneConfig(num_times=2, num_views=3, height=98, width=126)
 
 

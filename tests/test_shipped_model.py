@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from conftest import REPO, SHARED
+from conftest import EXAMPLE, SHARED, needs_shared
 
 from page4d.checkpoints.pretrained import BUNDLED_MODELS
 from page4d.config import ModelConfig
@@ -24,7 +24,6 @@ from page4d.presets import preset
 from page4d.reconstruction.runner import reconstruct
 
 FOLDER = BUNDLED_MODELS["page4d-small"]
-EXAMPLE = REPO / "examples" / "tabletop4v_mini"
 TABLETOP = SHARED / "data" / "tabletop4v"
 # Measured (model card): seen steps 08-10 AbsRel 0.106, AUC@30 0.69, mask IoU 0.55; held-out steps 12-15 AbsRel
 # 0.154, AUC@30 0.64, mask IoU 0.52; random weights 0.46 / 0.0 / 0.09.
@@ -52,6 +51,7 @@ def test_the_shipped_files():
     assert all(section in card for section in ("## Training", "## Metrics", "## Limitations"))
 
 
+@pytest.mark.slow
 def test_bundled_example_is_reconstructed(shipped):
     ours = scores(shipped, load_clip(EXAMPLE))
     torch.manual_seed(0)
@@ -61,6 +61,7 @@ def test_bundled_example_is_reconstructed(shipped):
     assert ours["auc30"] > AUC30_SEEN >= random["auc30"]
 
 
+@needs_shared
 def test_held_out_steps_are_reconstructed(shipped):
     clip = select_clip(load_clip(TABLETOP), TimeSelection(start=12))
     assert clip.time_ids == [12, 13, 14, 15]

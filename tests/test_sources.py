@@ -8,7 +8,7 @@ import shutil
 import av
 import numpy as np
 import pytest
-from conftest import REPO, SHARED
+from conftest import EXAMPLE, SHARED, needs_shared
 from PIL import Image
 
 from page4d.data.layout import load_clip
@@ -16,7 +16,6 @@ from page4d.data.preprocess import resample_to_model
 from page4d.data.sources import TimeSelection, open_input
 from page4d.data.video import frame_step
 
-EXAMPLE = REPO / "examples" / "tabletop4v_mini"
 TABLETOP = SHARED / "data" / "tabletop4v"
 
 
@@ -121,6 +120,7 @@ def test_bad_inputs_say_what_to_do(tmp_path, make, message):
         open_input(make(tmp_path))
 
 
+@needs_shared
 def test_clip_time_selection_keeps_cameras_and_companions_aligned():
     full = load_clip(TABLETOP)
     clip, _ = open_input([TABLETOP], TimeSelection(every=3, start=1, frames=3))

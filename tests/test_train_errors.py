@@ -150,6 +150,7 @@ class KilledError(Exception):
     """Stands in for the process being killed."""
 
 
+@pytest.mark.slow
 def test_a_run_resumed_from_an_older_checkpoint_logs_each_step_once(tmp_path):
     config = tiny_config(steps=9, log_every=1, checkpoint_every=5, eval_every=3, eval_scenes=1)
     Trainer(config, tmp_path / "straight").run(progress=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -19,6 +20,7 @@ from page4d.data.synthetic import SceneConfig
 from page4d.train.config import TrainConfig
 from page4d.train.trainer import Trainer
 
+pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 CONFIG = TrainConfig(model="tiny-mv", scene=SceneConfig(num_times=2, num_views=2, height=28, width=42),
                      batch_size=2, steps=1)
 

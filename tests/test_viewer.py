@@ -7,13 +7,12 @@ import math
 import socket
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import viser
 import viser.transforms as vtf
-from conftest import REPO
+from conftest import CHROMIUM, EXAMPLE, needs_chromium
 from PIL import Image
 
 from page4d.cli.main import main
@@ -34,7 +33,6 @@ H, W = 28, 42
 K = np.array([[40.0, 0.0, 20.5], [0.0, 40.0, 13.5], [0.0, 0.0, 1.0]], np.float32)
 BOX = (slice(5, 12), slice(8, 20))
 """Moving region (rows, columns) of every view at time index 0; at time index 1 it is shifted 10 columns."""
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
@@ -233,9 +231,10 @@ def _canvas_region(png: bytes) -> np.ndarray:
     return pixels[int(0.3 * height):int(0.9 * height), int(0.1 * width):int(0.55 * width)]
 
 
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
 def test_headless_browser_draws_the_scene():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium) for this test")
     from playwright.sync_api import sync_playwright
 
     server = serve(make_recon(untrained=True), port=_free_port())
@@ -304,6 +303,6 @@ def test_cli_needs_viser(tmp_path, capsys, monkeypatch):
 def test_cli_loads_a_clip_ground_truth():
     from page4d.cli.view import load_input
 
-    recon = load_input(REPO / "examples" / "tabletop4v_mini")
+    recon = load_input(EXAMPLE)
     assert recon.meta["model"] == "ground truth" and recon.depth.shape[:2] == (3, 4)
     assert recon.dynamic_mask is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SHARED
+from conftest import EXAMPLE, SHARED, example_truth, needs_shared
 
 from page4d.data.layout import load_clip
 from page4d.geometry.rotations import quat_to_mat
@@ -13,13 +13,10 @@ from page4d.geometry.unprojection import unproject_depth
 from page4d.inputs import ForwardInputs
 from page4d.outputs import Predictions
 from page4d.presets import preset
-from page4d.reconstruction.ground_truth import reconstruction_from_clip
 from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.runner import WindowPlan, reconstruct
 from page4d.reconstruction.spool import Spool, StepArray, write_npz
 from page4d.reconstruction.windows import apply_sim3_to_outputs, fit_overlap, pixel_points, plan_windows
-
-EXAMPLE = REPO / "examples" / "tabletop4v_mini"
 
 
 def dense_points(depth: np.ndarray, extrinsic: np.ndarray, intrinsic: np.ndarray) -> np.ndarray:
@@ -56,7 +53,7 @@ def test_bad_overlap_is_refused():
 
 
 def test_overlap_fit_recovers_a_known_similarity():
-    gt = reconstruction_from_clip(load_clip(EXAMPLE), size=112)
+    gt = example_truth(112)
     target = {"depth": gt.depth[:2].reshape(-1, *gt.size), "depth_conf": gt.depth_conf[:2].reshape(-1, *gt.size),
               "extrinsic": gt.extrinsic[:2].reshape(-1, 3, 4), "intrinsic": gt.intrinsic[:2].reshape(-1, 3, 3)}
     # The same frames seen from a window whose world is the ground truth's moved by the inverse of (s, R, t).
@@ -74,7 +71,7 @@ def test_overlap_fit_recovers_a_known_similarity():
 
 
 def test_moving_a_window_moves_cameras_depth_and_points_consistently():
-    gt = reconstruction_from_clip(load_clip(EXAMPLE), size=112)
+    gt = example_truth(112)
     arrays = {k: getattr(gt, k).copy() for k in ("extrinsic", "depth", "world_points")}
     scale, rot, trans = random_sim3(1)
     apply_sim3_to_outputs(arrays, scale, rot, trans)
@@ -124,7 +121,7 @@ class WindowedTruth:
 def test_stitched_windows_equal_one_pass_of_a_perfect_model(window, overlap):
     clip = load_clip(EXAMPLE)
     clip.time_ids, clip.frames = clip.time_ids * 3, clip.frames * 3  # 9 steps: the 3 real ones, three times
-    gt = reconstruction_from_clip(load_clip(EXAMPLE), size=112)
+    gt = example_truth(112)
     for name in ("extrinsic", "intrinsic", "depth", "depth_conf", "world_points", "world_points_conf", "dynamic_mask"):
         setattr(gt, name, np.concatenate([getattr(gt, name)] * 3))
     windows = plan_windows(9, window, overlap)
@@ -165,7 +162,7 @@ def test_step_arrays_index_like_numpy_and_stream_into_npz(tmp_path):
 
 def test_spooled_windows_equal_windows_in_memory(tmp_path):
     clip = load_clip(EXAMPLE)
-    gt = reconstruction_from_clip(clip, size=112)
+    gt = example_truth(112)
     windows = plan_windows(3, 2, 1)
     memory = reconstruct(WindowedTruth(gt, windows), clip, size=112, plan=WindowPlan(2, 1), progress=False)
     spooled = reconstruct(WindowedTruth(gt, windows), clip, size=112, plan=WindowPlan(2, 1), progress=False,
@@ -179,6 +176,7 @@ def test_spooled_windows_equal_windows_in_memory(tmp_path):
     assert all(np.array_equal(getattr(loaded, n), getattr(memory, n)) for n in Reconstruction.ARRAYS)
 
 
+@needs_shared
 def test_the_automatic_window_fits_half_the_free_memory(monkeypatch):
     import page4d.reconstruction.runner as runner
     from page4d.model import Page4D

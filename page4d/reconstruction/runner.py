@@ -233,14 +233,7 @@ def reconstruct(
     run_device = next(model.parameters()).device
     size = size or model.config.input_width
     plan = plan or WindowPlan()
-    window = plan.window
-    if window == "auto":
-        window = choose_window(model, clip, model_input_size(clip.image_size, mode, size), run_device)
-        if plan.overlap >= window < clip.num_times:
-            note(f"note: the automatic window of {window} steps is not above the overlap {plan.overlap}; windows "
-                 f"share {window - 1} steps")
-    elif window == "all":
-        window = clip.num_times
+    window = _window_steps(plan, model, clip, model_input_size(clip.image_size, mode, size), run_device, note)
     start = time.perf_counter()
     windows = plan_windows(clip.num_times, window, min(plan.overlap, window - 1))
     recon = _run_windows(model, clip, mode, size, windows, progress, spool)
@@ -254,6 +247,20 @@ def reconstruct(
         "external_masks": None if clip.external_mask_paths is None else True,
     })
     return recon
+
+
+def _window_steps(plan: WindowPlan, model: Page4D, clip: MultiViewClip, image_size: tuple[int, int],
+                  device: torch.device, note: Callable[[str], None]) -> int:
+    """Time steps per forward pass: the plan's number, the whole clip (``all``) or what fits (``auto``)."""
+    if plan.window == "all":
+        return clip.num_times
+    if plan.window != "auto":
+        return plan.window
+    window = choose_window(model, clip, image_size, device)
+    if plan.overlap >= window < clip.num_times:
+        note(f"note: the automatic window of {window} steps is not above the overlap {plan.overlap}; windows "
+             f"share {window - 1} steps")
+    return window
 
 
 def _describe(report: LoadReport) -> str:

@@ -1,0 +1,117 @@
+"""The library's own entry points: old configs migrate, Hub options reach the Hub client, and ``reconstruct``
+owns its defaults (trained width, provenance) and the lifetime of its spool."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import EXAMPLE, REPO
+from huggingface_hub.errors import LocalEntryNotFoundError
+
+import page4d
+from page4d.checkpoints import hub, native
+from page4d.config import DynamicMaskConfig, ModelConfig, migrate
+from page4d.data.layout import load_clip
+from page4d.inputs import ForwardInputs
+from page4d.model import Page4D
+from page4d.presets import preset
+
+SHIPPED = REPO / "page4d" / "weights" / "page4d-small"
+
+
+def old_config(config: ModelConfig) -> dict:
+    """``config`` as an earlier version wrote it: the fusion mask head was called ``seeds``."""
+    data = config.to_dict()
+    data["aggregator"]["dynamic_mask"]["head"] = "seeds"
+    return data
+
+
+def test_old_mask_head_name_migrates_once_and_is_no_alias():
+    data = old_config(preset("tiny-mv"))
+    assert ModelConfig.from_dict(data) == preset("tiny-mv")
+    assert data["aggregator"]["dynamic_mask"]["head"] == "seeds"  # migrate leaves its input alone
+    assert migrate(data)["aggregator"]["dynamic_mask"]["head"] == "fusion"
+    assert migrate(preset("tiny").to_dict()) == preset("tiny").to_dict()  # no mask head: nothing to do
+    with pytest.raises(ValueError, match="unknown dynamic_mask.head 'seeds'; use one of fin10, release, fusion"):
+        ModelConfig(aggregator=preset("tiny-mv").aggregator.__class__(
+            embed_dim=32, num_heads=2, depth=4, num_register_tokens=2, dynamic_mask=DynamicMaskConfig(head="seeds")))
+    shipped = json.loads((SHIPPED / native.CONFIG_NAME).read_text())
+    assert shipped["aggregator"]["dynamic_mask"]["head"] == "fusion"  # migrated in the repository, once
+
+
+def test_a_folder_saved_by_an_earlier_version_loads_with_the_same_outputs(tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(SHIPPED, old)
+    (old / native.CONFIG_NAME).write_text(json.dumps(old_config(native.read_config(SHIPPED / native.CONFIG_NAME))))
+    images = torch.rand(1, 2, 2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    moving = torch.rand(1, 2, 2, 56, 56, generator=torch.Generator().manual_seed(1)) > 0.5
+    masks = ForwardInputs(external_mask=moving.float())
+    a, b = Page4D.from_pretrained(old).infer(images, masks), Page4D.from_pretrained(SHIPPED).infer(images, masks)
+    assert torch.equal(a.depth, b.depth) and torch.equal(a.dynamic_mask, b.dynamic_mask)
+
+
+def test_hub_options_reach_every_hub_download(tmp_path, monkeypatch):
+    """``from_pretrained("owner/repo", revision=..., ...)`` passes each option to ``hf_hub_download`` (config and
+    weights alike), and the files it returns are what loads."""
+    calls = []
+
+    def download(**kwargs):
+        calls.append(kwargs)
+        if kwargs.get("local_files_only"):
+            raise LocalEntryNotFoundError("not in the cache")
+        return str(SHIPPED / kwargs["filename"])
+
+    monkeypatch.setattr(hub, "hf_hub_download", download)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    options = {"revision": "v1.2", "token": "hf_secret", "cache_dir": str(tmp_path)}
+    model = Page4D.from_pretrained("someone/page4d-model", force_download=True, **options)
+    assert [c["filename"] for c in calls] == [native.CONFIG_NAME, native.WEIGHTS_NAME]
+    assert all({k: c[k] for k in options} == options and c["force_download"] is True for c in calls)
+    assert all(c["repo_id"] == "someone/page4d-model" for c in calls)
+    assert torch.equal(model.state_dict()["aggregator.camera_token"],
+                       Page4D.from_pretrained(SHIPPED).state_dict()["aggregator.camera_token"])
+    calls.clear()
+    with pytest.raises(hub.OfflineError, match="local_files_only is set"):
+        Page4D.from_pretrained("someone/page4d-model", local_files_only=True, revision="v1.2")
+    assert all(c["local_files_only"] is True and c["revision"] == "v1.2" for c in calls)  # only the cache looked up
+
+
+def test_library_reconstruct_defaults_to_the_trained_width_and_records_provenance():
+    clip = page4d.open_input([EXAMPLE])[0]
+    with page4d.reconstruct("page4d-small", clip, progress=False) as recon:
+        width = native.read_config(SHIPPED / native.CONFIG_NAME).input_width
+        assert recon.meta["preprocess"] == {"mode": "crop", "size": width} and recon.size[1] == width
+        meta = recon.meta
+        assert meta["model"] == "page4d-small" and meta["untrained"] is False
+        assert str(SHIPPED) in meta["weights"] and meta["page4d_version"] == page4d.__version__
+        assert meta["config"]["input_width"] == width and meta["device"] == "cpu"
+    with page4d.reconstruct("tiny", clip, progress=False) as untrained:
+        assert untrained.meta["untrained"] is True and "UNTRAINED" in untrained.meta["weights"]
+        assert untrained.size[1] == preset("tiny").input_width
+
+
+def test_library_reconstruct_owns_its_spool(tmp_path):
+    clip = load_clip(EXAMPLE)
+    model = Page4D(preset("tiny")).eval()
+    with page4d.reconstruct(model, clip, size=56, spool=tmp_path, progress=False) as recon:
+        folders = list(tmp_path.iterdir())
+        assert len(folders) == 1 and folders[0].name.startswith(".page4d-spool-")
+        depth = np.asarray(recon.depth)
+        assert depth.shape == (3, 4, 42, 56) and np.isfinite(depth).all()
+        assert recon.meta["model"] == "Page4D object" and recon.meta["untrained"] is None
+    assert list(tmp_path.iterdir()) == []  # closed: the spool is gone, the caller's folder is left as it was
+    with pytest.raises(ValueError, match="the spooled array is gone; the reconstruction it belongs to was closed"):
+        recon.depth[0]
+
+
+def test_the_library_pipeline_is_exported_at_the_top_level():
+    names = ("ForwardInputs", "ModelConfig", "Page4D", "Predictions", "Reconstruction", "WindowPlan",
+             "load_pretrained", "open_input", "preset", "reconstruct")
+    assert all(callable(getattr(page4d, name)) for name in names)
+    assert page4d.reconstruct.__module__ == "page4d.reconstruction.runner" and page4d.ForwardInputs is ForwardInputs
