@@ -183,8 +183,9 @@ class EpipolarConfig:
     def validate(self, depth: int) -> None:
         """Raise ``ValueError`` for settings that cannot be built in an aggregator of ``depth`` blocks per bank."""
         _check_blocks("epipolar", "view_blocks", self.view_blocks, depth)
-        if self.band_px < 0 or self.penalty < 0 or self.chunk_size < 1:
-            raise ValueError("epipolar needs band_px >= 0, penalty >= 0 and chunk_size >= 1")
+        if not self.band_px >= 0 or not 0 <= self.penalty < float("inf") or self.chunk_size < 1:
+            raise ValueError(f"epipolar needs band_px >= 0, a finite penalty >= 0 and chunk_size >= 1, got "
+                             f"band_px={self.band_px}, penalty={self.penalty}, chunk_size={self.chunk_size}")
 
 
 @dataclass

@@ -34,6 +34,20 @@ class ForwardInputs:
     pooled: bool = field(default=False, repr=False)
     """Set by ``at_patches``: the maps are ``[B, T, V, h, w]`` patch means and the priors ``[B, T, V, ...]``."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.mask_step, bool) or not isinstance(self.mask_step, (int, float)):
+            raise TypeError(f"mask_step must be a number (the training step), got {type(self.mask_step).__name__}")
+        for name in ("external_mask", "keypoints"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor [B, T, V, H, W], got {type(value).__name__}")
+        priors = self.camera_priors
+        if priors is not None and not (
+            isinstance(priors, tuple) and len(priors) == 2 and all(isinstance(x, torch.Tensor) for x in priors)
+        ):
+            raise TypeError("camera_priors must be a tuple (intrinsics [B, T, V, 3, 3], world-to-camera extrinsics "
+                            f"[B, T, V, 3, 4]) of torch.Tensors, got {type(priors).__name__}")
+
     def to(self, device: torch.device) -> ForwardInputs:
         """The same inputs with every tensor on ``device``."""
         priors = None if self.camera_priors is None else tuple(x.to(device) for x in self.camera_priors)

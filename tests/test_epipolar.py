@@ -219,6 +219,17 @@ def test_degenerate_lines_get_no_penalty():
     assert (bias[SPECIAL + 2 * W + 3] != 0).any()
 
 
+@pytest.mark.parametrize(
+    "fields", [{"band_px": -1.0}, {"penalty": float("inf")}, {"penalty": float("nan")}, {"chunk_size": 0},
+               {"view_blocks": (4,)}],
+)
+def test_bad_epipolar_settings_are_refused_once_by_the_config(fields):
+    """The config refuses them when the model config is built (the bias module does not check them again)."""
+    cfg = preset("tiny")
+    with pytest.raises(ValueError, match=r"epipolar needs band_px >= 0|epipolar.view_blocks \(4,\) outside 0..3"):
+        dataclasses.replace(cfg, aggregator=dataclasses.replace(cfg.aggregator, epipolar=EpipolarConfig(**fields)))
+
+
 def test_bad_inputs_raise():
     intr, ext = _rig()
     cfg = EpipolarConfig()
@@ -244,8 +255,6 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="token grid"):
         make(intr, ext, tokens_shape=(1, 2, 3, P + 1, 8))
     make(intr, ext, tokens_shape=(1, 2, 3, P, 8))
-    with pytest.raises(ValueError, match="EpipolarConfig"):
-        make(intr, ext, cfg=EpipolarConfig(band_px=-1.0))
     with pytest.raises(ValueError, match="outside"):
         make(intr, ext).block(0, 3 * P + 1)
 

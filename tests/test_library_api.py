@@ -115,3 +115,30 @@ def test_the_library_pipeline_is_exported_at_the_top_level():
              "load_pretrained", "open_input", "preset", "reconstruct")
     assert all(callable(getattr(page4d, name)) for name in names)
     assert page4d.reconstruct.__module__ == "page4d.reconstruction.runner" and page4d.ForwardInputs is ForwardInputs
+
+
+def test_library_reconstruct_refuses_bad_arguments_before_the_model_is_built(monkeypatch):
+    import page4d.reconstruction.runner as runner
+
+    clip = load_clip(EXAMPLE)
+    monkeypatch.setattr(runner, "load_pretrained", lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(ValueError, match=r"size 100 must be a positive multiple of 14 \(e.g. 518\)"):
+        page4d.reconstruct("tiny", clip, size=100)
+    with pytest.raises(TypeError, match=r"plan must be a page4d.WindowPlan \(e.g. WindowPlan\(window=16"):
+        page4d.reconstruct("tiny", clip, plan="all")
+    with pytest.raises(TypeError, match=r"model must be a Page4D \(or a stand-in .*\) or a model name .* got dict"):
+        page4d.reconstruct({"name": "tiny"}, clip)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"external_mask": np.zeros((1, 2, 2, 28, 28))}, "external_mask must be a torch.Tensor .* got ndarray"),
+        ({"keypoints": [[0.5]]}, "keypoints must be a torch.Tensor .* got list"),
+        ({"camera_priors": torch.zeros(3)}, r"camera_priors must be a tuple \(intrinsics"),
+        ({"mask_step": "10"}, "mask_step must be a number"),
+    ],
+)
+def test_forward_inputs_name_the_field_of_the_wrong_type(fields, match):
+    with pytest.raises(TypeError, match=match):
+        ForwardInputs(**fields)

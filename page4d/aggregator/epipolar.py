@@ -126,8 +126,6 @@ class EpipolarBias:
         if min(h, w, patch_size) < 1 or num_special < 0:
             raise ValueError(f"need a non-empty grid, patch_size >= 1 and num_special >= 0, got {grid}, "
                              f"{patch_size}, {num_special}")
-        if cfg.chunk_size < 1 or not cfg.band_px >= 0 or not abs(cfg.penalty) < float("inf"):
-            raise ValueError(f"EpipolarConfig needs chunk_size >= 1, band_px >= 0 and a finite penalty, got {cfg}")
         fundamental = fundamental_matrices(intrinsics.double(), extrinsics.double())
         b, t, v = intrinsics.shape[:3]
         if tokens_shape is not None and tuple(tokens_shape[:4]) != (b, t, v, num_special + h * w):

@@ -77,6 +77,8 @@ def min_patches(config: ModelConfig) -> int:
 def check_input_size(config: ModelConfig, original_size: tuple[int, int], mode: PreprocessMode, size: int) -> None:
     """Raise ``ValueError`` unless images of ``original_size`` (H0, W0) pre-processed at ``size`` fit the model:
     at most ``MAX_SIZE_FACTOR`` × its trained width, and enough patches per frame for its mechanisms."""
+    if size <= 0 or size % config.patch_size:
+        raise ValueError(f"size {size} must be a positive multiple of {config.patch_size} (e.g. {config.input_width})")
     limit = MAX_SIZE_FACTOR * config.input_width
     if size > limit:
         raise ValueError(f"size {size} is more than this model takes: at most {limit} ({MAX_SIZE_FACTOR}× the "
@@ -220,6 +222,11 @@ def reconstruct(
     The result's ``meta`` records the provenance: page4d version, model and weights source, ``untrained``, the
     config, device, pre-processing, windows and seconds.
     """
+    if plan is not None and not isinstance(plan, WindowPlan):
+        raise TypeError(f"plan must be a page4d.WindowPlan (e.g. WindowPlan(window=16, overlap=2)), got {plan!r}")
+    if not isinstance(model, (str, Path)) and not (hasattr(model, "infer") and hasattr(model, "config")):
+        raise TypeError(f"model must be a Page4D (or a stand-in with its config and infer) or a model name or path, "
+                        f"got {type(model).__name__}")
     note = log or (lambda _: None)
     name, report = "Page4D object", None
     if isinstance(model, (str, Path)):
