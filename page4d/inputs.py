@@ -7,6 +7,7 @@ before they reach the aggregator; every consumer below reads the patch-level bun
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -18,8 +19,9 @@ CameraPriors = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class ForwardInputs:
-    """What a forward pass may take besides the images. Every field is optional; each feeds one mechanism,
-    and a model without that mechanism refuses it (a silently ignored input would mislead)."""
+    """What a forward pass may take besides the images. Every field is optional; each map or prior feeds one
+    mechanism, and a model without that mechanism refuses it (a silently ignored input would mislead). The mask
+    step is the exception: the training loop passes it to every model, and only PAGE-4D's schedule reads it."""
 
     mask_step: float = 0.0
     """Training step for PAGE-4D's mask-strength schedule (0 at inference)."""
@@ -35,7 +37,7 @@ class ForwardInputs:
     """Set by ``at_patches``: the maps are ``[B, T, V, h, w]`` patch means and the priors ``[B, T, V, ...]``."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.mask_step, bool) or not isinstance(self.mask_step, (int, float)):
+        if isinstance(self.mask_step, bool) or not isinstance(self.mask_step, numbers.Real):
             raise TypeError(f"mask_step must be a number (the training step), got {type(self.mask_step).__name__}")
         for name in ("external_mask", "keypoints"):
             value = getattr(self, name)

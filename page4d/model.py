@@ -42,6 +42,12 @@ def as_grid(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return images
 
 
+def _check_inputs_type(inputs: object) -> None:
+    if inputs is not None and not isinstance(inputs, ForwardInputs):
+        raise TypeError(f"inputs must be a page4d.ForwardInputs, got {type(inputs).__name__} (query points go by "
+                        "keyword: query_points=...)")
+
+
 @dataclass(frozen=True)
 class _Frames:
     """The (B, T, V) frame grid and the (H, W) image size of one forward pass."""
@@ -118,9 +124,7 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
             ``Predictions`` with ``[B, T, V, ...]`` fields (see its docstring).
         """
         images = as_grid(images, self.config.patch_size)
-        if inputs is not None and not isinstance(inputs, ForwardInputs):
-            raise TypeError(f"inputs must be a page4d.ForwardInputs, got {type(inputs).__name__} (query points go "
-                            "by keyword: query_points=...)")
+        _check_inputs_type(inputs)
         patch_inputs = (inputs or ForwardInputs()).at_patches(images.shape, self.config.patch_size)
         with autocast(images.device):
             aggregated = self.aggregator(images, self.camera_entries(), self.dense_entries(), patch_inputs)
@@ -200,6 +204,7 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
                 hints.append("[-1, 1] images: pass (x + 1) / 2")
             raise ValueError(f"images must be in [0, 1], found values in [{low:g}, {high:g}]; {'; '.join(hints)}")
         images = images.to(weight.dtype)  # float64 or half images would meet float32 weights in the first layer
+        _check_inputs_type(inputs)
         inputs = None if inputs is None else inputs.to(device)
         return self(images, inputs, None if query_points is None else query_points.to(device))
 

@@ -26,7 +26,8 @@ MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
 def imported(path: Path, module_level: bool) -> set[str]:
-    """page4d modules imported by ``path``: at module level only (``module_level``) or inside functions only."""
+    """page4d modules (and the packages they are in) imported by ``path``: at module level only (``module_level``)
+    or inside functions only."""
     tree = ast.parse(path.read_text())
     top = set(tree.body)
     names = set()
@@ -39,7 +40,9 @@ def imported(path: Path, module_level: bool) -> set[str]:
             targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
         else:
             targets = []
-        names |= {t for t in targets if t in MODULES}
+        for target in targets:  # importing a.b.c runs a.b's __init__ first: a dependency too
+            parts = target.split(".")
+            names |= {".".join(parts[:i]) for i in range(2, len(parts) + 1)} & MODULES.keys()
     own = module_name(path)
     return {t for t in names if t != own and not own.startswith(t + ".")}  # a package's own __init__ runs first
 

@@ -3,6 +3,7 @@ owns its defaults (trained width, provenance) and the lifetime of its spool."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -82,6 +83,7 @@ def test_hub_options_reach_every_hub_download(tmp_path, monkeypatch):
     assert all(c["local_files_only"] is True and c["revision"] == "v1.2" for c in calls)  # only the cache looked up
 
 
+@pytest.mark.slow
 def test_library_reconstruct_defaults_to_the_trained_width_and_records_provenance():
     clip = page4d.open_input([EXAMPLE])[0]
     with page4d.reconstruct("page4d-small", clip, progress=False) as recon:
@@ -122,8 +124,11 @@ def test_library_reconstruct_refuses_bad_arguments_before_the_model_is_built(mon
 
     clip = load_clip(EXAMPLE)
     monkeypatch.setattr(runner, "load_pretrained", lambda *a, **k: pytest.fail("the model was built"))
-    with pytest.raises(ValueError, match=r"size 100 must be a positive multiple of 14 \(e.g. 518\)"):
-        page4d.reconstruct("tiny", clip, size=100)
+    for size in (100, 0):
+        with pytest.raises(ValueError, match=rf"size {size} must be a positive multiple of 14 \(e.g. 518\)"):
+            page4d.reconstruct("tiny", clip, size=size)
+    with pytest.raises(TypeError, match=r"clip must be a MultiViewClip \(page4d.open_input\(paths\)\[0\]"):
+        page4d.reconstruct("tiny", str(EXAMPLE))
     with pytest.raises(TypeError, match=r"plan must be a page4d.WindowPlan \(e.g. WindowPlan\(window=16"):
         page4d.reconstruct("tiny", clip, plan="all")
     with pytest.raises(TypeError, match=r"model must be a Page4D \(or a stand-in .*\) or a model name .* got dict"):
@@ -142,3 +147,47 @@ def test_library_reconstruct_refuses_bad_arguments_before_the_model_is_built(mon
 def test_forward_inputs_name_the_field_of_the_wrong_type(fields, match):
     with pytest.raises(TypeError, match=match):
         ForwardInputs(**fields)
+
+
+def test_a_failed_run_removes_its_spool(tmp_path):
+    """No record reaches the caller when a window fails, so the library removes the spool itself."""
+    model = Page4D(preset("tiny")).eval()
+    calls = []
+
+    def failing(images, inputs=None):
+        calls.append(images.shape[1])
+        if len(calls) == 2:
+            raise RuntimeError("device lost")
+        return Page4D.infer(model, images, inputs)
+
+    model.infer = failing
+    with pytest.raises(RuntimeError, match="device lost") as err:  # err keeps the failed frames (and a spool) alive
+        page4d.reconstruct(model, load_clip(EXAMPLE), size=56, plan=page4d.WindowPlan(2, 1), spool=tmp_path,
+                           progress=False)
+    assert calls == [2, 2] and err.traceback and list(tmp_path.iterdir()) == []
+
+
+def test_one_path_opens_like_a_list_of_one():
+    one, _ = page4d.open_input(EXAMPLE)
+    listed, _ = page4d.open_input([str(EXAMPLE)])
+    assert one.time_ids == listed.time_ids and one.view_ids == listed.view_ids and one.num_times == 3
+
+
+def test_arguments_that_would_mean_nothing_are_refused(tmp_path):
+    model = Page4D(preset("tiny")).eval()
+    with pytest.raises(TypeError, match="inputs must be a page4d.ForwardInputs, got dict"):
+        model.infer(torch.rand(1, 1, 2, 3, 28, 28), {"external_mask": None})
+    with pytest.raises(TypeError, match="tiny is a preset built here with random weights: Hub options"):
+        page4d.load_pretrained("tiny", presets=True, hub=hub.HubOptions(revision="v2"))
+    with pytest.raises(TypeError, match="tiny is a preset built here with random weights: a config"):
+        page4d.load_pretrained("tiny", preset("tiny"), presets=True)
+
+
+def test_a_given_config_replaces_a_native_folders_own(tmp_path):
+    """``load_pretrained(folder, config)`` builds ``config`` (settings that leave the keys alone may differ)."""
+    shipped = native.read_config(SHIPPED / native.CONFIG_NAME)
+    wider = dataclasses.replace(shipped, input_width=shipped.input_width * 2)
+    model, report = page4d.load_pretrained(SHIPPED, wider)
+    assert model.config.input_width == 2 * shipped.input_width and report.converter == native.CONVERTER
+    assert torch.equal(model.state_dict()["aggregator.camera_token"],
+                       page4d.load_pretrained(SHIPPED)[0].state_dict()["aggregator.camera_token"])

@@ -49,13 +49,14 @@ def read_config(path: Path) -> ModelConfig:
         raise ValueError(f"{path}: not a valid page4d model config ({err}); {hint}") from None
 
 
-def load_folder(folder: Path) -> tuple[Page4D, LoadReport]:
-    """The model of a native folder, loaded strictly (every key, shape and dtype checked), in eval mode."""
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
+def load_folder(folder: Path, config: ModelConfig | None = None) -> tuple[Page4D, LoadReport]:
+    """The model of a native folder (built from ``config`` instead of its ``config.json`` if given), loaded strictly
+    (every key, shape and dtype checked), in eval mode."""
+    for name in (WEIGHTS_NAME,) if config is not None else (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
             raise ValueError(f"{folder}: no {name} in the folder; a page4d model folder holds {WEIGHTS_NAME} and "
                              f"{CONFIG_NAME} (as save_pretrained writes them); for a single checkpoint, pass the file")
-    return load_weights(folder / WEIGHTS_NAME, read_config(folder / CONFIG_NAME))
+    return load_weights(folder / WEIGHTS_NAME, config or read_config(folder / CONFIG_NAME))
 
 
 def load_weights(weights: Path, config: ModelConfig) -> tuple[Page4D, LoadReport]:

@@ -125,17 +125,22 @@ def load_pretrained(
     ``name_or_path``: a bundled name (``page4d-small``), a native folder, a checkpoint file, a known Hub
     checkpoint (``facebook/VGGT-1B``) or a native Hub repo (see ``resolve``); with ``presets``, also a preset name,
     built with random weights from ``seed`` (otherwise a preset name is an error: it is not a trained model).
-    ``config``: the model a foreign checkpoint file loads into (default: its family's preset). ``hub``: how Hub
-    files are fetched (revision, token, cache, ...); refused for local paths, where it would mean nothing.
+    ``config``: the model the weights load into (default: a native folder's or repo's ``config.json``, a foreign
+    file's family preset). ``hub``: how Hub files are fetched (revision, token, cache, ...); refused for local paths
+    and presets, where it would mean nothing.
     """
+    hub_set = hub is not None and hub != HubOptions()
     if presets and isinstance(name_or_path, str) and name_or_path in PRESETS:
+        if hub_set or config is not None:
+            raise TypeError(f"{name_or_path} is a preset built here with random weights: "
+                            f"{'Hub options' if hub_set else 'a config'} would mean nothing; pass neither")
         return load_preset(name_or_path, seed)
     where = resolve(name_or_path)
     if isinstance(where, Path):
-        if hub is not None and hub != HubOptions():
+        if hub_set:
             raise TypeError(f"{name_or_path}: Hub options ({_set_options(hub)}) apply to Hub repos only; load local "
                             "folders and files without them")
-        return native.load_folder(where) if where.is_dir() else load_checkpoint_file(where, config)
+        return native.load_folder(where, config) if where.is_dir() else load_checkpoint_file(where, config)
     if where in KNOWN_CHECKPOINTS:
         known = KNOWN_CHECKPOINTS[where]
         local = fetch(known.repo_id, known.filename, known.repo_type, hub)

@@ -55,10 +55,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int,
                    help="target width (crop) or longer side (pad), multiple of 14 (default: the width the model was "
                    "trained at: 168 for page4d-small, 518 for VGGT-size models)")
-    p.add_argument("--window", default="auto",
-                   help="time steps per forward pass; 'auto' fits half the free memory (default), 'all' = one pass")
-    p.add_argument("--overlap", type=int, default=2,
-                   help="time steps shared by consecutive windows, at least 1 and below --window (default: 2)")
+    p.add_argument("--window", default=str(WindowPlan.window),
+                   help="time steps per forward pass; 'auto' fits half the free memory, 'all' = one pass (default: "
+                   f"{WindowPlan.window})")
+    p.add_argument("--overlap", type=int, default=WindowPlan.overlap,
+                   help=f"time steps shared by consecutive windows, at least 1 and below --window (default: "
+                   f"{WindowPlan.overlap})")
     p.add_argument("--export", default=DEFAULT_EXPORTS,
                    help=f"comma-separated subset of ply, glb, colmap, png, or 'none' (default: {DEFAULT_EXPORTS})")
     p.add_argument("--export-time", type=int,

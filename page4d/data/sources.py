@@ -182,10 +182,11 @@ def _refuse_repeats(paths: Sequence[Path]) -> None:
 
 
 def open_input(
-    inputs: Sequence[str | Path], select: TimeSelection | None = None, masks: str | Path | None = None
+    inputs: str | Path | Sequence[str | Path], select: TimeSelection | None = None, masks: str | Path | None = None
 ) -> tuple[MultiViewClip, list[str]]:
-    """The clip described by ``inputs`` and notes for the user (e.g. videos of different lengths)."""
-    paths = [Path(p) for p in inputs]
+    """The clip described by ``inputs`` (one path, or several) and notes for the user (e.g. videos of different
+    lengths)."""
+    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
     select = select or TimeSelection()
     if not paths:
         raise ValueError(f"no input given; {INPUT_HINT}")

@@ -44,7 +44,7 @@ class WindowPlan:
     """How a clip is cut in time: ``window`` steps per forward pass (``auto``: what fits ``MEMORY_FRACTION`` of the
     free memory; ``all``: one pass), consecutive passes sharing ``overlap`` steps."""
 
-    window: int | Literal["auto", "all"] = "all"
+    window: int | Literal["auto", "all"] = "auto"
     overlap: int = 2
 
     def __post_init__(self) -> None:
@@ -187,11 +187,12 @@ def load_model(
 
 def _check_model(config: ModelConfig, clip: MultiViewClip, mode: PreprocessMode, size: int | None, name: str) -> None:
     require_heads(config, name)
-    check_input_size(config, clip.image_size, mode, size or config.input_width)
+    check_input_size(config, clip.image_size, mode, config.input_width if size is None else size)
     mask = config.aggregator.dynamic_mask
     if clip.external_mask_paths is not None and (mask is None or mask.head != "fusion"):
         raise ValueError(f"the clip has external masks, and the model {name} has no fusion mask head to take them; "
-                         "use a model with one (e.g. page4d-small, page4d-mv) or open the clip without masks")
+                         "use a model with one (e.g. page4d-small, page4d-mv) or open the clip without masks (CLI: "
+                         "drop --masks)")
 
 
 def reconstruct(
@@ -222,11 +223,7 @@ def reconstruct(
     The result's ``meta`` records the provenance: page4d version, model and weights source, ``untrained``, the
     config, device, pre-processing, windows and seconds.
     """
-    if plan is not None and not isinstance(plan, WindowPlan):
-        raise TypeError(f"plan must be a page4d.WindowPlan (e.g. WindowPlan(window=16, overlap=2)), got {plan!r}")
-    if not isinstance(model, (str, Path)) and not (hasattr(model, "infer") and hasattr(model, "config")):
-        raise TypeError(f"model must be a Page4D (or a stand-in with its config and infer) or a model name or path, "
-                        f"got {type(model).__name__}")
+    _check_types(model, clip, plan)
     note = log or (lambda _: None)
     name, report = "Page4D object", None
     if isinstance(model, (str, Path)):
@@ -238,7 +235,7 @@ def reconstruct(
     if device is not None:
         model.to(device)
     run_device = next(model.parameters()).device
-    size = size or model.config.input_width
+    size = model.config.input_width if size is None else size
     plan = plan or WindowPlan()
     window = _window_steps(plan, model, clip, model_input_size(clip.image_size, mode, size), run_device, note)
     start = time.perf_counter()
@@ -254,6 +251,18 @@ def reconstruct(
         "external_masks": None if clip.external_mask_paths is None else True,
     })
     return recon
+
+
+def _check_types(model: object, clip: object, plan: object) -> None:
+    """``TypeError`` for a ``model``, ``clip`` or ``plan`` of the wrong kind, before anything is loaded."""
+    if not isinstance(clip, MultiViewClip):
+        raise TypeError(f"clip must be a MultiViewClip (page4d.open_input(paths)[0] opens one), got "
+                        f"{type(clip).__name__}")
+    if plan is not None and not isinstance(plan, WindowPlan):
+        raise TypeError(f"plan must be a page4d.WindowPlan (e.g. WindowPlan(window=16, overlap=2)), got {plan!r}")
+    if not isinstance(model, (str, Path)) and not (hasattr(model, "infer") and hasattr(model, "config")):
+        raise TypeError(f"model must be a Page4D (or a stand-in with its config and infer) or a model name or path, "
+                        f"got {type(model).__name__}")
 
 
 def _window_steps(plan: WindowPlan, model: Page4D, clip: MultiViewClip, image_size: tuple[int, int],
@@ -286,8 +295,26 @@ def _run_windows(
     progress: bool,
     spool: Path | None,
 ) -> Reconstruction:
-    """The window loop: predict, align each window to the previous one on their shared steps, keep the new steps."""
+    """``_stitch`` with a spool in ``spool`` (if given), removed again when the run fails."""
     store = Spool(spool) if spool is not None else None
+    try:
+        return _stitch(model, clip, mode, size, windows, progress, store)
+    except BaseException:
+        if store is not None:
+            store.remove()  # no record reaches the caller to close it
+        raise
+
+
+def _stitch(
+    model: Page4D,
+    clip: MultiViewClip,
+    mode: PreprocessMode,
+    size: int,
+    windows: list[range],
+    progress: bool,
+    store: Spool | None,
+) -> Reconstruction:
+    """The window loop: predict, align each window to the previous one on their shared steps, keep the new steps."""
     blocks: dict[str, list[np.ndarray]] = {}
     previous: tuple[int, dict[str, np.ndarray]] | None = None
     done = 0
