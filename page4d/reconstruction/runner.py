@@ -240,7 +240,9 @@ def reconstruct(
     window = _window_steps(plan, model, clip, model_input_size(clip.image_size, mode, size), run_device, note)
     start = time.perf_counter()
     windows = plan_windows(clip.num_times, window, min(plan.overlap, window - 1))
-    recon = _run_windows(model, clip, mode, size, windows, progress, spool)
+    store = Spool(spool) if spool is not None else None
+    with store.removed_on_error() if store is not None else contextlib.nullcontext():
+        recon = _stitch(model, clip, mode, size, windows, progress, store)
     recon.meta.update({
         "page4d_version": __version__,
         "model": name,
@@ -284,25 +286,6 @@ def _describe(report: LoadReport) -> str:
     if report.untrained:
         return f"{report.source} with random weights: UNTRAINED, outputs are noise"
     return f"{report.source} ({len(report.mapped)} tensors loaded by the {report.converter} converter)"
-
-
-def _run_windows(
-    model: Page4D,
-    clip: MultiViewClip,
-    mode: PreprocessMode,
-    size: int,
-    windows: list[range],
-    progress: bool,
-    spool: Path | None,
-) -> Reconstruction:
-    """``_stitch`` with a spool in ``spool`` (if given), removed again when the run fails."""
-    store = Spool(spool) if spool is not None else None
-    try:
-        return _stitch(model, clip, mode, size, windows, progress, store)
-    except BaseException:
-        if store is not None:
-            store.remove()  # no record reaches the caller to close it
-        raise
 
 
 def _stitch(

@@ -9,10 +9,12 @@ in-memory arrays into one ``.npz`` step by step.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import weakref
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +76,15 @@ class Spool:
     def remove(self) -> None:
         """Delete the folder and its files (idempotent)."""
         self._finalizer()
+
+    @contextlib.contextmanager
+    def removed_on_error(self) -> Iterator[Spool]:
+        """Remove the folder if the block raises (no record will own it to close it); keep it otherwise."""
+        try:
+            yield self
+        except BaseException:
+            self.remove()
+            raise
 
     def append(self, name: str, block: np.ndarray) -> None:
         """Add the next ``len(block)`` time steps of ``name``."""
