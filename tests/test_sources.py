@@ -48,6 +48,26 @@ def test_videos_are_synchronised_by_frame_index_and_decoded_exactly(tmp_path):
             assert np.array_equal(np.asarray(clip.frames[t][v]), sources[v][t])
 
 
+def test_a_folder_of_videos_is_one_camera_per_video_in_natural_order(tmp_path):
+    """A rig's recordings as they come off the cameras: one file each, a calibration file beside them."""
+    rig = tmp_path / "rig"
+    rig.mkdir()
+    sources = {name: frames_for(v, 5) for v, name in enumerate(("cam1", "cam2", "cam10"))}
+    for name, frames in sources.items():
+        write_video(rig / f"{name}.mkv", frames)
+    (rig / "calibration.toml").write_text("[cam_0]\n")
+    clip, notes = open_input(rig)
+    assert notes == [f"3 videos in {rig}, one camera each, in this order: cam1.mkv, cam2.mkv, cam10.mkv"]
+    assert (clip.num_times, clip.num_views) == (5, 3)
+    for t in range(5):
+        for v, frames in enumerate(sources.values()):
+            assert np.array_equal(np.asarray(clip.frames[t][v]), frames[t])
+    listed, _ = open_input([rig / "cam1.mkv", rig / "cam2.mkv", rig / "cam10.mkv"])
+    assert all(np.array_equal(np.asarray(a), np.asarray(b))
+               for row_a, row_b in zip(clip.frames, listed.frames, strict=True)
+               for a, b in zip(row_a, row_b, strict=True))
+
+
 def test_video_time_selection(tmp_path):
     sources = [frames_for(v, 12) for v in range(2)]
     paths = [tmp_path / f"cam{v}.mkv" for v in range(2)]

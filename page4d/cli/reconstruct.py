@@ -32,8 +32,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "input", type=Path, nargs="+",
-        help="a clip folder (images/time_XX/viewN.png), one video per camera, or one image folder / .txt list "
-        "per camera",
+        help="a clip folder (images/time_XX/viewN.png), one video per camera (or a folder of them), or one image "
+        "folder / .txt list per camera",
     )
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output folder (created; must be empty; never an input, inside one or above one)")

@@ -1,7 +1,8 @@
 """Every input ``page4d reconstruct`` accepts, turned into one :class:`MultiViewClip`.
 
 * a clip folder in the layout ``images/time_XX/viewN.png`` (``page4d.data.layout``);
-* one video file per camera (PyAV), synchronised by frame index;
+* one video file per camera (PyAV), synchronised by frame index, or a folder holding just those videos (natural
+  order of their names);
 * one image folder or ``.txt`` list (one path per line) per camera, synchronised by (natural) sorted position;
   a single folder without ``images/`` is one camera.
 
@@ -27,7 +28,8 @@ from page4d.data.video import VIDEO_SUFFIXES, decode_video, frame_step
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 INPUT_HINT = (
-    "pass a clip folder (images/time_XX/viewN.png), one video per camera, or one image folder / .txt list per camera"
+    "pass a clip folder (images/time_XX/viewN.png), one video per camera (or a folder of them), or one image "
+    "folder / .txt list per camera"
 )
 
 
@@ -181,6 +183,17 @@ def _refuse_repeats(paths: Sequence[Path]) -> None:
         seen[key] = path
 
 
+def _folder_videos(path: Path) -> list[Path]:
+    """The videos of a folder that holds videos and no images (a rig's recordings, one file per camera), in
+    natural order; empty for anything else."""
+    if not path.is_dir() or (path / "images").is_dir():
+        return []
+    files = [p for p in path.iterdir() if p.is_file()]
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+        return []
+    return sorted((p for p in files if p.suffix.lower() in VIDEO_SUFFIXES), key=_natural_key)
+
+
 def open_input(
     inputs: str | Path | Sequence[str | Path], select: TimeSelection | None = None, masks: str | Path | None = None
 ) -> tuple[MultiViewClip, list[str]]:
@@ -195,10 +208,15 @@ def open_input(
         raise ValueError(f"{', '.join(missing)}: not found; {INPUT_HINT}")
     _refuse_repeats(paths)
     notes: list[str] = []
+    if len(paths) == 1 and (videos := _folder_videos(paths[0])):
+        paths = videos
+        notes.append(f"{len(videos)} videos in {paths[0].parent}, one camera each, in this order: "
+                     f"{', '.join(p.name for p in videos)}")
     if len(paths) == 1 and paths[0].is_dir() and (paths[0] / "images").is_dir():
         clip = select_clip(load_clip(paths[0]), select)
     elif all(p.suffix.lower() in VIDEO_SUFFIXES for p in paths):
-        clip, notes = _from_videos(paths, select)
+        clip, video_notes = _from_videos(paths, select)
+        notes += video_notes
     elif all(p.is_dir() or p.suffix.lower() == ".txt" for p in paths):
         clip = _from_lists(paths, select)
     else:
