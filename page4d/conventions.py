@@ -26,6 +26,9 @@ NUM_CAMERA_TOKENS = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+COLMAP_PIXEL_OFFSET = 0.5
+"""COLMAP's pixel coordinate of the centre of pixel (0, 0) (page4d's, VGGT's and OpenCV's is 0)."""
+
 POSE_ENCODING_DIM = 9
 """Channels of VGGT's ``absT_quaR_FoV`` pose encoding: t (3) + quaternion xyzw (4) + fov_h + fov_w."""
 

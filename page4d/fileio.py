@@ -1,9 +1,10 @@
 """Reading the small text files page4d owns (``config.json``, ``meta.json``, ``cameras.json``, YAML configs and
-recipes) with one-line errors that name the file."""
+recipes) with one-line errors that name the file, and the natural order of file names."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +42,8 @@ def read_json(path: str | Path, hint: str) -> Any:
     except json.JSONDecodeError as err:
         where = f"line {err.lineno}, column {err.colno}"
         raise ValueError(f"{path}: not valid JSON ({err.msg} at {where}); {hint}") from None
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts ``cam2`` before ``cam10`` (digit runs compare as numbers)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

@@ -13,7 +13,6 @@ Time selection (``every``, ``start``, ``frames``) applies to all three, and an o
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from page4d.data.clip import MultiViewClip
 from page4d.data.layout import load_clip
 from page4d.data.rasters import check_pixel_count, oriented_size
 from page4d.data.video import VIDEO_SUFFIXES, decode_video, frame_step
+from page4d.fileio import natural_key
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 INPUT_HINT = (
@@ -60,15 +60,11 @@ class TimeSelection:
         return kept
 
 
-def _natural_key(path: Path) -> list:
-    """Sort ``frame2`` before ``frame10``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-
-
 def _view_images(source: Path) -> list[Path]:
     """The images of one camera: a folder's images in natural order, or a ``.txt`` list (relative to the list)."""
     if source.is_dir():
-        images = sorted((p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+        images = sorted((p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                        key=lambda p: natural_key(p.name))
         if not images:
             raise ValueError(f"{source}: no .png/.jpg images in this folder; {INPUT_HINT}")
         return images
@@ -191,7 +187,7 @@ def _folder_videos(path: Path) -> list[Path]:
     files = [p for p in path.iterdir() if p.is_file()]
     if any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
         return []
-    return sorted((p for p in files if p.suffix.lower() in VIDEO_SUFFIXES), key=_natural_key)
+    return sorted((p for p in files if p.suffix.lower() in VIDEO_SUFFIXES), key=lambda p: natural_key(p.name))
 
 
 def open_input(

@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
+from page4d.conventions import COLMAP_PIXEL_OFFSET
 from page4d.export.points import DEFAULT_CONF_PERCENTILE, PointSource, select_points
 from page4d.reconstruction.record import Reconstruction
 
 DEFAULT_MAX_POINTS = 50_000
 """Enough to initialise Gaussian splatting or inspect the geometry while keeping points3D small (~2 MB)."""
-COLMAP_PIXEL_OFFSET = 0.5
-"""COLMAP pixel coordinate of the centre of pixel (0, 0)."""
 
 
 def image_name(view_id: int) -> str:
