@@ -11,7 +11,7 @@ import pytest
 from conftest import EXAMPLE, example_truth
 from scipy.spatial.transform import Rotation
 
-from page4d.data.calibration import read_calibration, read_colmap, rodrigues
+from page4d.data.calibration import match_cameras, read_calibration, read_colmap, rodrigues
 from page4d.export.colmap import write_colmap
 
 CAMERAS = json.loads((EXAMPLE / "cameras.json").read_text())
@@ -122,3 +122,29 @@ def test_unreadable_or_foreign_calibrations_say_what_page4d_reads(tmp_path):
     fisheye.write_text(str(tmp_path / "fisheye"))
     with pytest.raises(ValueError, match="COLMAP camera model OPENCV_FISHEYE is not supported"):
         read_calibration(tmp_path / "fisheye")
+
+
+def test_cameras_match_views_by_name_else_by_order(tmp_path):
+    write_toml(tmp_path / "calibration.toml", example_cameras())
+    cameras = read_calibration(tmp_path / "calibration.toml")
+    shuffled = ["view2", "view0", "view3", "view1"]
+    matched, note = match_cameras(cameras, shuffled)
+    assert [c.name for c in matched] == shuffled
+    assert note == "cameras matched by name: view2 -> view2, view0 -> view0, view3 -> view3, view1 -> view1"
+    matched, note = match_cameras(cameras, ["left", "right", "top", "back"])
+    assert [c.name for c in matched] == ["view0", "view1", "view2", "view3"]
+    assert note.startswith("cameras matched by order (no camera is named like a view): view0 -> left, ")
+
+
+@pytest.mark.parametrize(
+    ("views", "match"),
+    [
+        (["view0", "view1", "view2"], r"has 4 camera\(s\) \(view0, view1, view2, view3\) for 3 view\(s\)"),
+        (["view0", "view1", "view2", "view3", "view4"], r"for 5 view\(s\)"),
+        (["view0", "view1", "side", "view3"], r"camera\(s\) view2 match no view \(view0, view1, side, view3\)"),
+    ],
+)
+def test_camera_and_view_mismatches_are_refused(tmp_path, views, match):
+    write_toml(tmp_path / "calibration.toml", example_cameras())
+    with pytest.raises(ValueError, match=match):
+        match_cameras(read_calibration(tmp_path / "calibration.toml"), views, "calibration.toml")

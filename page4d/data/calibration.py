@@ -9,7 +9,8 @@ Formats:
   image, named by the image's file stem; COLMAP puts the centre of pixel (0, 0) at (0.5, 0.5), page4d at (0, 0).
 
 Every camera is checked (finite numbers, a pinhole K with positive focal lengths, a proper rotation), and an
-error names the file and the camera.
+error names the file and the camera. ``match_cameras`` pairs the cameras with a clip's views (by name, else by
+order) and says how.
 """
 
 from __future__ import annotations
@@ -64,6 +65,34 @@ def read_calibration(path: str | Path) -> list[CameraCalibration]:
         return read_colmap(path)
     raise ValueError(f"{path}: not a calibration page4d reads; give an anipose / Pose2Sim .toml file or a COLMAP "
                      "model folder (cameras.txt / cameras.bin, images.txt / images.bin)")
+
+
+def match_cameras(
+    cameras: list[CameraCalibration], view_names: list[str], source: str = "the calibration"
+) -> tuple[list[CameraCalibration], str]:
+    """The calibration of each view, in view order, and a line saying how they were matched: by name when every
+    camera's name is a view's name (file or folder stem), else by order when no name is; ``ValueError`` when the
+    counts differ or only some names match (the unknown ones named)."""
+    if len(cameras) != len(view_names):
+        raise ValueError(f"{source} has {len(cameras)} camera(s) ({', '.join(c.name for c in cameras)}) for "
+                         f"{len(view_names)} view(s) ({', '.join(view_names)}); give one camera per view")
+    by_name = {c.name: c for c in cameras}
+    if len(by_name) != len(cameras):
+        raise ValueError(f"{source} names a camera twice: {', '.join(c.name for c in cameras)}")
+    known = [name for name in view_names if name in by_name]
+    if len(known) == len(view_names):
+        pairs = [(name, name) for name in view_names]
+        return [by_name[name] for name in view_names], "cameras matched by name: " + _pairs(pairs)
+    if known:
+        unknown = sorted(set(by_name) - set(view_names))
+        raise ValueError(f"{source}: camera(s) {', '.join(unknown)} match no view ({', '.join(view_names)}); "
+                         "name the cameras like the views, or name none of them to match by order")
+    pairs = [(c.name, name) for c, name in zip(cameras, view_names, strict=True)]
+    return list(cameras), "cameras matched by order (no camera is named like a view): " + _pairs(pairs)
+
+
+def _pairs(pairs: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{camera} -> {view}" for camera, view in pairs)
 
 
 def rodrigues(vector: np.ndarray) -> np.ndarray:
