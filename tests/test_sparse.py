@@ -273,3 +273,5 @@ def test_every_configurable_strategy_has_its_own_class():
     classes = {type(make_block(name, gamma=None)) for name in SPARSE_STRATEGIES}
     assert len(classes) == len(SPARSE_STRATEGIES)
     assert all(issubclass(c, SparseGlobalBlock) and c is not SparseGlobalBlock for c in classes)
+    with pytest.raises(TypeError, match="abstract methods attend, reference"):  # the shared block alone is no strategy
+        SparseGlobalBlock(SparseGlobalConfig(), AggregatorConfig(embed_dim=C, num_heads=4), RotaryEmbedding2D())

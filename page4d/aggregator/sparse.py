@@ -9,6 +9,7 @@ exactly the identity until trained. ``dense_reference`` computes the same result
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +64,7 @@ def merge_heads(heads: torch.Tensor) -> torch.Tensor:
     return rearrange(heads, "n h l d -> n l (h d)")
 
 
-class SparseGlobalBlock(nn.Module):
+class SparseGlobalBlock(nn.Module, ABC):
     """A pre-norm residual block over the token grid ``[B, T, V, P, C]`` with sparse global attention; the
     subclasses in ``sparse_strategies`` say which keys each query sees (``attend``, ``reference``).
 
@@ -85,13 +86,13 @@ class SparseGlobalBlock(nn.Module):
     def build_own(self, agg: AggregatorConfig) -> None:
         """Register the strategy's own parameters (before ``lambda_kpt``, keeping the parameter order)."""
 
+    @abstractmethod
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: SparseCall) -> torch.Tensor:
         """Queries ``[B, heads, N, D]`` over this strategy's keys among ``k``, ``v`` -> ``[B, heads, N, D]``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def reference(self, x: torch.Tensor, positions: torch.Tensor, call: SparseCall) -> torch.Tensor:
         """Dense oracle of the block on ``x`` ``[B, N, C]``: ``self.block`` with an explicit ``[.., N, N]`` mask."""
-        raise NotImplementedError
 
     def reads_keypoints(self, call: SparseCall) -> bool:
         """Whether the strategy itself reads ``call.keypoints`` (besides the keypoint bias)."""

@@ -60,6 +60,11 @@ class HubOptions:
                             f"{', '.join(sorted(names))}")
         return cls(**kwargs)
 
+    def given(self) -> list[str]:
+        """The names of the options set to something other than their defaults."""
+        defaults = HubOptions()
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(defaults, f.name)]
+
 
 class OfflineError(OSError):
     """The file is not cached and the Hub cannot be reached."""

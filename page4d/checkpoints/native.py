@@ -31,11 +31,6 @@ def save(model: Page4D, folder: Path) -> None:
     weights.chmod(config.stat().st_mode & 0o777)
 
 
-def is_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder holding both native files."""
-    return (path / WEIGHTS_NAME).is_file() and (path / CONFIG_NAME).is_file()
-
-
 def read_config(path: Path) -> ModelConfig:
     """The ``ModelConfig`` in a ``config.json`` (older versions' configs migrated); ``ValueError`` naming the file
     when it is not one."""

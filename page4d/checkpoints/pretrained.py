@@ -129,7 +129,7 @@ def load_pretrained(
     file's family preset). ``hub``: how Hub files are fetched (revision, token, cache, ...); refused for local paths
     and presets, where it would mean nothing.
     """
-    hub_set = hub is not None and hub != HubOptions()
+    hub_set = hub is not None and bool(hub.given())
     if presets and isinstance(name_or_path, str) and name_or_path in PRESETS:
         if hub_set or config is not None:
             raise TypeError(f"{name_or_path} is a preset built here with random weights: "
@@ -138,8 +138,8 @@ def load_pretrained(
     where = resolve(name_or_path)
     if isinstance(where, Path):
         if hub_set:
-            raise TypeError(f"{name_or_path}: Hub options ({_set_options(hub)}) apply to Hub repos only; load local "
-                            "folders and files without them")
+            raise TypeError(f"{name_or_path}: Hub options ({', '.join(hub.given())}) apply to Hub repos only; load "
+                            "local folders and files without them")
         return native.load_folder(where, config) if where.is_dir() else load_checkpoint_file(where, config)
     if where in KNOWN_CHECKPOINTS:
         known = KNOWN_CHECKPOINTS[where]
@@ -148,9 +148,3 @@ def load_pretrained(
     config_file = fetch(where, CONFIG_NAME, options=hub)  # first: a repo that is not page4d's fails before the weights
     weights = fetch(where, WEIGHTS_NAME, options=hub)
     return native.load_weights(weights, config or native.read_config(config_file))
-
-
-def _set_options(hub: HubOptions) -> str:
-    """The options that differ from the defaults, by name."""
-    defaults = HubOptions()
-    return ", ".join(name for name in vars(hub) if getattr(hub, name) != getattr(defaults, name))
