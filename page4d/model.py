@@ -12,6 +12,8 @@ from huggingface_hub import ModelHubMixin
 from torch import nn
 
 from page4d.aggregator import Aggregator
+from page4d.checkpoints import native
+from page4d.checkpoints.hub import HubOptions
 from page4d.config import ModelConfig
 from page4d.geometry import pose_encoding_to_extri_intri
 from page4d.heads import CameraHead, DPTHead, TrackHead
@@ -212,8 +214,6 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """Called by the Hub mixin's ``save_pretrained`` / ``push_to_hub``: the native format."""
-        from page4d.checkpoints import native
-
         native.save(self, Path(save_directory))
 
     @classmethod
@@ -223,8 +223,7 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         where needed. ``hub_options`` (``revision``, ``token``, ``cache_dir``, ``local_files_only``,
         ``force_download``) go to the Hub client. See ``page4d.checkpoints.pretrained.load_pretrained``, which
         also returns the load report."""
-        from page4d.checkpoints.hub import HubOptions
-        from page4d.checkpoints.pretrained import load_pretrained
+        from page4d.checkpoints.pretrained import load_pretrained  # the loader builds Page4D models: import late
 
         hub = HubOptions.from_kwargs(hub_options, str(pretrained_model_name_or_path)) if hub_options else None
         return load_pretrained(pretrained_model_name_or_path, hub=hub)[0]

@@ -11,10 +11,9 @@ from conftest import REPO
 PACKAGE = REPO / "page4d"
 MAX_LINES = 500
 
-DEFERRED_DELEGATES = {("page4d.model", "page4d.checkpoints.hub"), ("page4d.model", "page4d.checkpoints.native"),
-                      ("page4d.model", "page4d.checkpoints.pretrained")}
-"""Function-level imports allowed to point back up the layering: ``Page4D``'s thin delegates into the weights
-loader (the Hub mixin's ``save_pretrained`` / ``from_pretrained`` live on the model class)."""
+DEFERRED_DELEGATES = {("page4d.model", "page4d.checkpoints.pretrained")}
+"""The one function-level import allowed to point back up the layering: ``Page4D.from_pretrained``'s thin delegate
+into the weights loader, which builds ``Page4D`` models (the Hub mixin puts ``from_pretrained`` on the class)."""
 
 
 def module_name(path: Path) -> str:

@@ -1,5 +1,8 @@
 """page4d's own checkpoint format: a folder with ``model.safetensors`` (the state dict) and ``config.json``
-(the full ``ModelConfig``). ``save`` and ``load_folder`` round-trip exactly; loading is strict and checked."""
+(the full ``ModelConfig``). ``save`` and ``load_into`` round-trip exactly; loading is strict and checked.
+
+The module knows the files, not the model class (``save`` and ``load_into`` take any module with a ``config``), so
+``page4d.model`` can delegate to it without an import circle; ``checkpoints.pretrained`` builds the models."""
 
 from __future__ import annotations
 
@@ -7,13 +10,13 @@ import json
 from pathlib import Path
 
 from safetensors.torch import save_file
+from torch import nn
 
 from page4d.checkpoints.io import read_state_dict
 from page4d.checkpoints.loading import load_strict
 from page4d.checkpoints.report import LoadReport
 from page4d.config import ModelConfig
 from page4d.fileio import read_json
-from page4d.model import Page4D
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -21,8 +24,8 @@ CONVERTER = "native"
 """The converter name a native load reports (no key is renamed)."""
 
 
-def save(model: Page4D, folder: Path) -> None:
-    """Write ``model`` into the existing ``folder``: its state dict on the CPU and its config."""
+def save(model: nn.Module, folder: Path) -> None:
+    """Write ``model`` (a ``Page4D``) into the existing ``folder``: its state dict on the CPU and its config."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     weights, config = folder / WEIGHTS_NAME, folder / CONFIG_NAME
     save_file(state, str(weights), metadata={"format": "pt", "library": "page4d"})
@@ -44,20 +47,18 @@ def read_config(path: Path) -> ModelConfig:
         raise ValueError(f"{path}: not a valid page4d model config ({err}); {hint}") from None
 
 
-def load_folder(folder: Path, config: ModelConfig | None = None) -> tuple[Page4D, LoadReport]:
-    """The model of a native folder (built from ``config`` instead of its ``config.json`` if given), loaded strictly
-    (every key, shape and dtype checked), in eval mode."""
+def read_folder(folder: Path, config: ModelConfig | None = None) -> tuple[Path, ModelConfig]:
+    """The weights file of a native folder and the config to build (``config`` instead of its ``config.json`` if
+    given); ``ValueError`` naming a missing file."""
     for name in (WEIGHTS_NAME,) if config is not None else (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
             raise ValueError(f"{folder}: no {name} in the folder; a page4d model folder holds {WEIGHTS_NAME} and "
                              f"{CONFIG_NAME} (as save_pretrained writes them); for a single checkpoint, pass the file")
-    return load_weights(folder / WEIGHTS_NAME, config or read_config(folder / CONFIG_NAME))
+    return folder / WEIGHTS_NAME, config or read_config(folder / CONFIG_NAME)
 
 
-def load_weights(weights: Path, config: ModelConfig) -> tuple[Page4D, LoadReport]:
-    """A model built from ``config`` with the native ``weights`` file loaded strictly, in eval mode."""
-    state = read_state_dict(weights)
-    model = Page4D(config)
+def load_into(model: nn.Module, weights: Path) -> LoadReport:
+    """Load the native ``weights`` file into ``model`` strictly (every key, shape and dtype checked)."""
     report = LoadReport(source=str(weights), converter=CONVERTER, mapped={k: k for k in model.state_dict()})
-    load_strict(model, state, report)
-    return model.eval(), report
+    load_strict(model, read_state_dict(weights), report)
+    return report

@@ -140,11 +140,20 @@ def load_pretrained(
         if hub_set:
             raise TypeError(f"{name_or_path}: Hub options ({', '.join(hub.given())}) apply to Hub repos only; load "
                             "local folders and files without them")
-        return native.load_folder(where, config) if where.is_dir() else load_checkpoint_file(where, config)
+        if where.is_dir():
+            return _load_native(*native.read_folder(where, config))
+        return load_checkpoint_file(where, config)
     if where in KNOWN_CHECKPOINTS:
         known = KNOWN_CHECKPOINTS[where]
         local = fetch(known.repo_id, known.filename, known.repo_type, hub)
         return load_checkpoint_file(local, config or preset(known.preset))
     config_file = fetch(where, CONFIG_NAME, options=hub)  # first: a repo that is not page4d's fails before the weights
     weights = fetch(where, WEIGHTS_NAME, options=hub)
-    return native.load_weights(weights, config or native.read_config(config_file))
+    return _load_native(weights, config or native.read_config(config_file))
+
+
+def _load_native(weights: Path, config: ModelConfig) -> tuple[Page4D, LoadReport]:
+    """A model built from ``config`` with the native ``weights`` loaded strictly, in eval mode."""
+    model = Page4D(config)
+    report = native.load_into(model, weights)
+    return model.eval(), report
