@@ -77,7 +77,7 @@ def test_page4d_s_own_colmap_export_reads_back_as_its_cameras(tmp_path):
     read = read_colmap(tmp_path)
     assert [c.name for c in read] == [f"view{v}" for v in recon.view_ids]
     for v, camera in enumerate(read):
-        assert camera.size == (recon.original_size[1], recon.original_size[0])
+        assert camera.size == (recon.original_sizes[v][1], recon.original_sizes[v][0])
         assert np.allclose(camera.intrinsic, recon.intrinsic_original[1, v], atol=1e-4)
         assert np.allclose(camera.extrinsic, recon.extrinsic[1, v], atol=1e-5)
         assert np.array_equal(camera.distortion, np.zeros(4))

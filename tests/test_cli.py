@@ -29,8 +29,8 @@ def test_reconstruct_bundled_example(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["cameras.json", "meta.json", "predictions.npz"]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["model"] == "page4d-small" and meta["untrained"] is False
-    assert meta["transform"]["output_size"] == [126, 168]
-    assert meta["original_size"] == [480, 640] and meta["windows"] == [[0, 3]]
+    assert [t["output_size"] for t in meta["transforms"]] == [[126, 168]] * 4
+    assert [t["original_size"] for t in meta["transforms"]] == [[480, 640]] * 4 and meta["windows"] == [[0, 3]]
     pred = np.load(out / "predictions.npz")
     t, v, h, w = 3, 4, 126, 168
     assert pred["time_ids"].tolist() == [8, 9, 10] and pred["view_ids"].tolist() == [0, 1, 2, 3]
@@ -43,7 +43,7 @@ def test_reconstruct_bundled_example(tmp_path, capsys):
     images, transforms = clip.load_images(target_size=168)
     assert np.array_equal(pred["images"], (images.permute(0, 1, 3, 4, 2) * 255).round().to(torch.uint8).numpy())
     # intrinsic_original maps the model-resolution K back to the 640x480 originals.
-    restored = transforms[1][2].restore_intrinsics(torch.from_numpy(pred["intrinsic"][1, 2]).double()).numpy()
+    restored = transforms[2].restore_intrinsics(torch.from_numpy(pred["intrinsic"][1, 2]).double()).numpy()
     np.testing.assert_allclose(pred["intrinsic_original"][1, 2], restored, rtol=1e-6)
 
 
@@ -52,7 +52,7 @@ def test_a_preset_runs_with_random_weights_and_says_so(tmp_path, capsys):
     assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--model", "tiny-mv", "--export", "none"]) == 0
     assert "UNTRAINED" in capsys.readouterr().out
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["untrained"] is True and meta["transform"]["output_size"] == [392, 518]  # presets default to 518
+    assert meta["untrained"] is True and meta["transforms"][0]["output_size"] == [392, 518]  # presets default to 518
 
 
 def test_cameras_json_reads_back_as_a_clip(tmp_path):
@@ -284,7 +284,7 @@ def test_a_missing_or_empty_meta_json_is_named(tmp_path, capsys, meta):
         (pred / "meta.json").write_text(meta)
     assert main(["eval", str(EXAMPLE), str(pred)]) == 2
     err = capsys.readouterr().err
-    assert str(pred / "meta.json") in err and ("not found" if meta is None else "'original_size'") in err
+    assert str(pred / "meta.json") in err and ("not found" if meta is None else "'transforms'") in err
     assert len(err.strip().splitlines()) == 1
 
 

@@ -55,7 +55,7 @@ def test_eval_writes_metrics_plot_and_table(prediction, capsys) -> None:
     assert report["protocol"]["name"] == "video-depth" and report["protocol"]["max_depth"] is None
     assert report["protocol"]["grid"].startswith("model-input grid")
     assert report["evaluated"] == {
-        "time_ids": [8, 9, 10], "view_ids": [0, 1, 2, 3], "model_size": [56, 84], "original_size": [480, 640],
+        "time_ids": [8, 9, 10], "view_ids": [0, 1, 2, 3], "model_size": [56, 84], "original_sizes": [[480, 640]] * 4,
     }
     assert report["depth"]["median"]["dynamic"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)
     assert report["cameras"]["ate_rmse"] == pytest.approx(0.0, abs=1e-6)

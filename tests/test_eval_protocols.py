@@ -138,8 +138,9 @@ def _subset(recon: Reconstruction, times: list[int], views: list[int], **changes
     """``recon`` at positions ``times`` x ``views`` (as a prediction of part of the clip would be)."""
     rows = np.ix_(times, views)
     arrays = {name: getattr(recon, name)[rows] for name in recon.ARRAYS[2:] if getattr(recon, name) is not None}
+    meta = {**recon.meta, "transforms": [recon.meta["transforms"][v] for v in views]}
     return dataclasses.replace(
-        recon, time_ids=recon.time_ids[times], view_ids=recon.view_ids[views], **(arrays | changes)
+        recon, time_ids=recon.time_ids[times], view_ids=recon.view_ids[views], meta=meta, **(arrays | changes)
     )
 
 
@@ -184,8 +185,10 @@ def test_input_errors(clip, truth) -> None:
     shifted = dataclasses.replace(truth, time_ids=truth.time_ids + 100)
     with pytest.raises(ValueError, match=r"no \(time, view\) in common"):
         evaluate(clip, shifted)
-    resized = dataclasses.replace(truth, meta={**truth.meta, "original_size": [240, 320]})
-    with pytest.raises(ValueError, match=r"320x240 images \(meta original_size\) but the clip's images are 640x480"):
+    smaller = [{**t, "original_size": [240, 320]} for t in truth.meta["transforms"]]
+    resized = dataclasses.replace(truth, meta={**truth.meta, "transforms": smaller})
+    with pytest.raises(ValueError, match=r"view0 were made from 320x240 images \(meta transforms\) but the clip's "
+                       "images are 640x480"):
         evaluate(clip, resized)
     with pytest.raises(ValueError, match="unknown protocol 'per-clip'"):
         evaluate(clip, truth, protocol="per-clip")

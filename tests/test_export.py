@@ -63,7 +63,7 @@ def make_recon(transform: ImageTransform = CROP) -> Reconstruction:
         images=rng.integers(0, 256, (2, 2, H, W, 3), dtype=np.uint8), extrinsic=extrinsic, intrinsic=intrinsic,
         intrinsic_original=transform.restore_intrinsics(intrinsic), depth=depth, depth_conf=depth_conf,
         world_points=np.zeros((2, 2, H, W, 3), np.float32), world_points_conf=depth_conf.copy(), dynamic_mask=mask,
-        meta={"original_size": list(transform.original_size), "transform": transform_meta(transform)},
+        meta={"transforms": [transform_meta(transform)] * 2},
     )
     recon.world_points = recon.depth_points()
     # A point behind its camera (view index 1 at time 0): centre minus the forward axis.
@@ -176,7 +176,7 @@ def test_glb_frustums_sit_on_the_cameras(tmp_path):
 def _check_colmap(folder, recon: Reconstruction, t: int, num_points: int, tol_px: float) -> pycolmap.Reconstruction:
     """Read ``folder`` back with pycolmap and compare cameras, poses, colours and reprojections with ``recon``."""
     model = pycolmap.Reconstruction(folder)
-    height, width = recon.original_size
+    height, width = recon.original_sizes[0]
     assert model.num_cameras() == model.num_images() == recon.num_views and model.num_points3D() == num_points
     for v, view_id in enumerate(recon.view_ids):
         camera, image = model.cameras[v + 1], model.images[v + 1]

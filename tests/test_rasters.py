@@ -112,10 +112,10 @@ def _rotated_clip(root: Path) -> Path:
 
 def test_clip_of_exif_rotated_images_works_end_to_end(tmp_path):
     clip = load_clip(_rotated_clip(tmp_path))
-    assert clip.image_size == (28, 21)
+    assert clip.image_sizes == [(28, 21)] * clip.num_views
     (images, transforms), caught = _record(lambda: clip.load_images(mode="pad", target_size=56))
     assert images.shape == (2, 2, 3, 56, 56) and not caught
-    assert transforms[1][1].original_size == (28, 21) and transforms[1][1].resized_size == (56, 42)
+    assert transforms[1].original_size == (28, 21) and transforms[1].resized_size == (56, 42)
     red, green = images[1, 1, 0].numpy(), images[1, 1, 1].numpy()
     # white padding is 7 columns each side: the red marker sits top-right of the picture, not top-left
     assert red[:12, 36:48].mean() > 0.8 and green[:12, 36:48].mean() < 0.2 and red[:12, 8:20].mean() < 0.2
@@ -141,10 +141,10 @@ def test_clip_mixing_an_exif_rotated_image_checks_the_upright_size(tmp_path):
     Image.fromarray(stored).save(path, exif=_exif(6))  # 28 x 42 stored, 42 x 28 upright like the others
     clip = load_clip(root)
     (images, _), caught = _record(lambda: clip.load_images(mode="crop", target_size=42))
-    assert clip.image_size == (28, 42) and images.shape == (2, 2, 3, 28, 42) and not caught
+    assert clip.image_sizes == [(28, 42)] * 2 and images.shape == (2, 2, 3, 28, 42) and not caught
     assert np.array_equal((images[1, 1] * 255).round().byte().permute(1, 2, 0).numpy(), np.rot90(stored, -1))
     Image.new("RGB", (42, 28)).save(path, exif=_exif(8))  # stored like the others, so 28 x 42 upright
-    with pytest.raises(ValueError, match=r"time_01/view1\.png is 28x42 but images/time_00/view0\.png is 42x28"):
+    with pytest.raises(ValueError, match=r"time_01/view1\.png is 28x42 but images/time_00/view1\.png is 42x28"):
         load_clip(root)
 
 
@@ -155,9 +155,9 @@ def test_per_camera_folders_compare_upright_sizes(tmp_path):
             Image.new("RGB", (28, 21)).save(tmp_path / f"cam{v}" / f"frame{i}.png")
     Image.new("RGB", (21, 28)).save(tmp_path / "cam1" / "frame0.png", exif=_exif(6))
     clip, _ = open_input([tmp_path / "cam0", tmp_path / "cam1"])
-    assert clip.image_size == (21, 28)
+    assert clip.image_sizes == [(21, 28)] * clip.num_views
     Image.new("RGB", (28, 21)).save(tmp_path / "cam1" / "frame1.png", exif=_exif(5))
-    with pytest.raises(ValueError, match=r"cam1/frame1\.png is 21x28 but .*cam0/frame0\.png is 28x21"):
+    with pytest.raises(ValueError, match=r"cam1/frame1\.png is 21x28 but .*cam1/frame0\.png is 28x21"):
         open_input([tmp_path / "cam0", tmp_path / "cam1"])
 
 
@@ -194,8 +194,8 @@ def test_colour_masks_read_as_non_zero_colour(tmp_path, mode):
     assert 0 < expected.float().mean() < 0.5 and np.array_equal(clip.load_masks().numpy(), expected.numpy())
     external, _ = open_input([EXAMPLE], masks=root / "masks")
     _, transforms = external.load_images(target_size=224)
-    grid = resample_to_model(expected.numpy().astype(np.float32), transforms[0][0])
-    assert np.array_equal(external.load_external_masks(transforms[0][0]).numpy(), grid)
+    grid = resample_to_model(expected.numpy().astype(np.float32), transforms[0])
+    assert np.array_equal(external.load_external_masks(transforms).numpy(), grid)
     assert read_mask(root / "masks" / "time_09" / "view2.png").shape == (480, 640)
 
 
@@ -206,7 +206,7 @@ def test_external_mask_size_is_checked_when_the_input_is_opened(tmp_path):
     clip, _ = open_input([EXAMPLE], masks=masks)
     assert clip.external_mask_paths[2][1] == masks / "time_10" / "view1.png"
     Image.new("L", (320, 240)).save(masks / "time_09" / "view3.png")
-    with pytest.raises(ValueError, match=r"--masks .*time_09/view3\.png is 320x240 but the images are 640x480 "
+    with pytest.raises(ValueError, match=r"--masks .*time_09/view3\.png is 320x240 but its view's images are 640x480 "
                                          r"\(W x H\); give masks at the image resolution"):
         open_input([EXAMPLE], masks=masks)
 

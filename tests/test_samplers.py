@@ -47,7 +47,7 @@ def test_clip_samples_are_the_clip_at_the_model_size():
     sample = samples.sample([1, 2], [3, 0, 2])
     images, transforms = clip.load_images(mode="crop", target_size=126)
     assert torch.equal(sample["images"], images[1:3][:, [3, 0, 2]])
-    expected = resample_to_model(clip.load_depths().numpy()[1:3][:, [3, 0, 2]], transforms[0][0])
+    expected = resample_to_model(clip.load_depths().numpy()[1:3][:, [3, 0, 2]], transforms[0])
     assert np.array_equal(sample["depth"].numpy(), expected)
     assert torch.equal(sample["intrinsics"], clip.model_intrinsics(transforms)[1:3][:, [3, 0, 2]])
     assert torch.equal(sample["extrinsics"], clip.extrinsics[1:3][:, [3, 0, 2]])

@@ -41,7 +41,7 @@ def test_videos_are_synchronised_by_frame_index_and_decoded_exactly(tmp_path):
     for path, frames in zip(paths, sources, strict=True):
         write_video(path, frames)
     clip, notes = open_input(paths)
-    assert (clip.num_times, clip.num_views, clip.image_size) == (6, 3, (48, 64)) and notes == []
+    assert (clip.num_times, clip.num_views, clip.image_sizes) == (6, 3, [(48, 64)] * 3) and notes == []
     assert clip.time_ids == list(range(6)) and clip.view_ids == [0, 1, 2]
     for t in range(6):
         for v in range(3):
@@ -98,11 +98,16 @@ def test_unreadable_videos_fail_with_the_file_name(tmp_path, damage):
         open_input([tmp_path / "good.mp4", bad])
 
 
-def test_videos_of_different_resolutions_are_refused(tmp_path):
+def test_videos_of_different_resolutions_are_one_clip_with_a_size_per_view(tmp_path):
     write_video(tmp_path / "a.mkv", frames_for(0, 3))
     write_video(tmp_path / "b.mkv", frames_for(1, 3, size=(32, 64)))
-    with pytest.raises(ValueError, match=r"b\.mkv is 64x32 but .*a\.mkv is 64x48 .*same resolution"):
-        open_input([tmp_path / "a.mkv", tmp_path / "b.mkv"])
+    clip, _ = open_input([tmp_path / "a.mkv", tmp_path / "b.mkv"])
+    assert clip.image_sizes == [(48, 64), (32, 64)] and clip.view_names == ["a", "b"]
+    images, transforms = clip.load_images(target_size=28)
+    # b (wider) is resized to 28 x 14 and padded with white to a's 28 x 28, 7 rows above and below
+    assert images.shape == (3, 2, 3, 28, 28) and transforms[1].resized_size == (14, 28)
+    assert transforms[1].pad_top == 7 and (images[:, 1, :, :7] == 1).all() and (images[:, 1, :, -7:] == 1).all()
+    assert transforms[0].pad_top == 0 and not (images[:, 0, :, :7] == 1).all()
 
 
 def test_per_camera_folders_and_lists(tmp_path):
@@ -157,8 +162,8 @@ def test_clip_time_selection_keeps_cameras_and_companions_aligned():
 def test_external_masks_land_on_the_model_grid(tmp_path):
     clip, _ = open_input([EXAMPLE], masks=EXAMPLE / "masks")
     _, transforms = clip.load_images(target_size=224)
-    masks = clip.load_external_masks(transforms[0][0], range(1, 3))
-    expected = resample_to_model(clip.load_masks().numpy()[1:3].astype(np.float32), transforms[0][0])
+    masks = clip.load_external_masks(transforms, range(1, 3))
+    expected = resample_to_model(clip.load_masks().numpy()[1:3].astype(np.float32), transforms[0])
     assert masks.shape == (2, 4, 168, 224) and np.array_equal(masks.numpy(), expected) and 0 < expected.mean() < 0.5
     partial = tmp_path / "masks"
     shutil.copytree(EXAMPLE / "masks", partial)

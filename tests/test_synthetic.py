@@ -79,7 +79,7 @@ def test_spheres_move_and_scenes_are_seeded(clip):
 
 def test_written_clips_read_back_through_the_clip_layout(clip, tmp_path):
     loaded = load_clip(write_clip(clip, tmp_path / "scene"))
-    assert (loaded.num_times, loaded.num_views, loaded.image_size) == (3, 3, (42, 56))
+    assert (loaded.num_times, loaded.num_views, loaded.image_sizes) == (3, 3, [(42, 56)] * 3)
     images, _ = loaded.load_images(mode="crop", target_size=56)
     assert torch.equal((images * 255).round(), (clip.images * 255).round())
     assert (loaded.load_depths() - clip.depth).abs().max() <= DEPTH_UNIT / 2 + 1e-6

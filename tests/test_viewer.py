@@ -75,7 +75,7 @@ def make_recon(with_mask: bool = True, untrained: bool = False) -> Reconstructio
         intrinsic=intrinsic, intrinsic_original=intrinsic.copy(), depth=depth, depth_conf=depth_conf,
         world_points=np.zeros(depth.shape + (3,), np.float32), world_points_conf=depth_conf.copy(),
         dynamic_mask=mask if with_mask else None,
-        meta={"model": "test", "untrained": untrained, "original_size": [H, W], "transform": transform_meta(transform)},
+        meta={"model": "test", "untrained": untrained, "transforms": [transform_meta(transform)] * 2},
     )
 
 

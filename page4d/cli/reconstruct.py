@@ -154,8 +154,9 @@ def _run(args: argparse.Namespace, output: OutputFolder, plan: WindowPlan, forma
         raise ValueError(f"--export-time {args.export_time} is not a time id of the input "
                          f"({clip.time_ids[0]}..{clip.time_ids[-1]}); pick one of them")
     device = resolve_device(args.device)
+    sizes = sorted(set(clip.image_sizes), key=clip.image_sizes.index)
     log(f"input: {clip.root} — T={clip.num_times} time steps × V={clip.num_views} views, "
-        f"{clip.image_size[1]}×{clip.image_size[0]} px" + ("" if clip.external_mask_paths is None else ", +masks"))
+        f"{', '.join(f'{w}×{h}' for h, w in sizes)} px" + ("" if clip.external_mask_paths is None else ", +masks"))
     for note in notes:
         log(f"note: {note}")
     tmp = output.path

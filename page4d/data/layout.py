@@ -6,12 +6,13 @@
       images/time_XX/viewN.png   RGB or grey (.png, .jpg or .jpeg); XX = time index, N = camera index
       depths/time_XX/viewN.png   optional uint16 depth, same names as images/
       masks/time_XX/viewN.png    optional dynamic mask (non-zero grey, palette index or colour = moving)
-      cameras.json               optional: "time_ids", "view_ids", "K" [T][V] 3x3, "E_w2c" [T][V] 3x4
+      cameras.json               optional: "time_ids", "view_ids", "K" [T][V] 3x3, "E_w2c" [T][V] 3x4, and
+                                 "image_size" {"width", "height"} or "image_sizes" (one per view id)
 
 Time ids come from the folder names and view ids from the file names; neither has to start at 0 or
-be contiguous. ``cameras.json`` rows are matched by id, so it may list more time steps or views than
-the folder holds, but every camera the clip uses must be finite (``null``, NaN and Inf are refused). Anything
-else in the folders is ignored.
+be contiguous. The images of one camera share a resolution; cameras may differ. ``cameras.json`` rows are
+matched by id, so it may list more time steps or views than the folder holds, but every camera the clip uses
+must be finite (``null``, NaN and Inf are refused). Anything else in the folders is ignored.
 """
 
 from __future__ import annotations
@@ -71,19 +72,21 @@ def _common_views(time_dirs: dict[int, Path], views: dict[int, dict[int, Path]])
     return sorted(expected)
 
 
-def _check_sizes(root: Path, paths: list[list[Path]], reference: Path) -> tuple[int, int]:
-    """The oriented (H, W) of ``reference``, shared by all ``paths``; raises naming the first file that differs.
+def _check_sizes(root: Path, paths: list[list[Path]], references: list[Path]) -> list[tuple[int, int]]:
+    """The oriented (H, W) of each view's ``references`` image, shared by that view's ``paths``; raises naming the
+    first file that differs (a camera keeps its resolution; cameras may differ).
 
     Headers only: corrupt PNGs are caught by ``verify``, pixels are decoded later."""
-    expected = oriented_size(reference)
-    for path in (p for row in paths for p in row):
-        size = oriented_size(path)
-        if size != expected:
-            raise ValueError(
-                f"{path.relative_to(root)} is {size[1]}x{size[0]} but {reference.relative_to(root)} is "
-                f"{expected[1]}x{expected[0]} (W x H); every image, depth and mask of a clip must have the same "
-                "resolution: resize them to one size first"
-            )
+    expected = [oriented_size(reference) for reference in references]
+    for row in paths:
+        for path, size, reference in zip(row, expected, references, strict=True):
+            found = oriented_size(path)
+            if found != size:
+                raise ValueError(
+                    f"{path.relative_to(root)} is {found[1]}x{found[0]} but {reference.relative_to(root)} is "
+                    f"{size[1]}x{size[0]} (W x H); every image, depth and mask of one camera must have the same "
+                    "resolution: resize them to one size first"
+                )
     return expected
 
 
@@ -99,24 +102,32 @@ def _companion_paths(root: Path, folder: str, image_paths: list[list[Path]]) -> 
     return paths
 
 
-def _image_size_entry(path: Path, data: dict) -> tuple[int, int] | None:
-    """(H, W) of the optional ``"image_size": {"width": W, "height": H}``; raises if it has another form."""
-    size = data.get("image_size")
-    if size is None:
-        return None
+def _size_entry(path: Path, size: object, key: str) -> tuple[int, int]:
     if not isinstance(size, dict) or not all(
-        isinstance(size.get(key), int) and not isinstance(size[key], bool) and size[key] > 0
-        for key in ("width", "height")
+        isinstance(size.get(k), int) and not isinstance(size[k], bool) and size[k] > 0 for k in ("width", "height")
     ):
         raise ValueError(
-            f'{path}: image_size is {json.dumps(size)}, expected {{"width": W, "height": H}} in pixels; '
-            "fix it or remove it"
+            f'{path}: {key} is {json.dumps(size)}, expected {{"width": W, "height": H}} in pixels; fix it or remove it'
         )
     return size["height"], size["width"]
 
 
+def image_size_entries(path: Path, data: dict, view_count: int) -> list[tuple[int, int]] | None:
+    """(H, W) per listed view from the optional ``"image_size": {"width": W, "height": H}`` (shared) or
+    ``"image_sizes": [{...}, ...]`` (one per entry of ``view_ids``); raises if either has another form."""
+    if "image_sizes" in data:
+        sizes = data["image_sizes"]
+        if not isinstance(sizes, list) or len(sizes) != view_count:
+            raise ValueError(f"{path}: image_sizes must list one {{\"width\": W, \"height\": H}} per view id "
+                             f"({view_count}); fix it or remove it")
+        return [_size_entry(path, size, f"image_sizes[{i}]") for i, size in enumerate(sizes)]
+    if "image_size" in data:
+        return [_size_entry(path, data["image_size"], "image_size")] * view_count
+    return None
+
+
 def _read_cameras(
-    path: Path, time_ids: list[int], view_ids: list[int], image_size: tuple[int, int]
+    path: Path, time_ids: list[int], view_ids: list[int], image_sizes: list[tuple[int, int]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``K [T, V, 3, 3]`` and ``E_w2c [T, V, 3, 4]`` float32, rows selected by time and view id; every selected
     camera must be finite."""
@@ -139,12 +150,14 @@ def _read_cameras(
             f"{path}: no camera entry for time ids {missing_t} / view ids {missing_v} present in images/; "
             "add them to cameras.json or remove those images"
         )
-    size = _image_size_entry(path, data)
-    if size is not None and size != image_size:
-        raise ValueError(
-            f"{path}: cameras are for {size[1]}x{size[0]} images but the images are "
-            f"{image_size[1]}x{image_size[0]}; rescale K or use the matching images"
-        )
+    listed_sizes = image_size_entries(path, data, len(listed_v))
+    for v, image_size in zip(view_ids, image_sizes, strict=True):
+        size = None if listed_sizes is None else listed_sizes[listed_v.index(v)]
+        if size is not None and size != image_size:
+            raise ValueError(
+                f"{path}: the camera of view{v} is for {size[1]}x{size[0]} images but its images are "
+                f"{image_size[1]}x{image_size[0]}; rescale K or use the matching images"
+            )
     rows = np.ix_([listed_t.index(t) for t in time_ids], [listed_v.index(v) for v in view_ids])
     intr, extr = intr[rows], extr[rows]
     # JSON allows NaN and Infinity (and null becomes NaN): refuse them here, not deep inside evaluation
@@ -180,23 +193,24 @@ def load_clip(root: str | Path) -> MultiViewClip:
     view_ids = _common_views(time_dirs, views)
 
     image_paths = [[views[t][v] for v in view_ids] for t in time_ids]
-    image_size = _check_sizes(root, image_paths, image_paths[0][0])
-    check_pixel_count(image_size, str(image_paths[0][0]))
+    image_sizes = _check_sizes(root, image_paths, image_paths[0])
+    largest = max(range(len(view_ids)), key=lambda v: image_sizes[v][0] * image_sizes[v][1])
+    check_pixel_count(image_sizes[largest], str(image_paths[0][largest]))
     depth_paths = _companion_paths(root, "depths", image_paths)
     mask_paths = _companion_paths(root, "masks", image_paths)
     for paths in (depth_paths, mask_paths):
         if paths is not None:
-            _check_sizes(root, paths, image_paths[0][0])
+            _check_sizes(root, paths, image_paths[0])
 
     intrinsics = extrinsics = None
     if (root / "cameras.json").is_file():
-        intrinsics, extrinsics = _read_cameras(root / "cameras.json", time_ids, view_ids, image_size)
+        intrinsics, extrinsics = _read_cameras(root / "cameras.json", time_ids, view_ids, image_sizes)
     return MultiViewClip(
         root=root,
         time_ids=time_ids,
         view_ids=view_ids,
         frames=image_paths,
-        image_size=image_size,
+        image_sizes=image_sizes,
         depth_paths=depth_paths,
         mask_paths=mask_paths,
         intrinsics=intrinsics,

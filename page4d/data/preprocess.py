@@ -117,72 +117,82 @@ def _resized_size(height: int, width: int, mode: PreprocessMode, target: int) ->
     return target, round(width * (target / height) / PATCH_SIZE) * PATCH_SIZE
 
 
-def model_input_size(original_size: tuple[int, int], mode: PreprocessMode, target: int) -> tuple[int, int]:
-    """(H, W) of the model input for images of ``original_size`` (H0, W0)."""
-    height, width = _resized_size(*original_size, mode, target)
-    return (min(height, target), width) if mode == "crop" else (target, target)
-
-
-def _centre_pad(pixels: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int, int]:
-    """Pad ``[h, w, 3]`` uint8 with white to ``[height, width, 3]``, ``floor(pad / 2)`` before."""
-    top, left = (height - pixels.shape[0]) // 2, (width - pixels.shape[1]) // 2
-    bottom, right = height - pixels.shape[0] - top, width - pixels.shape[1] - left
-    return np.pad(pixels, ((top, bottom), (left, right), (0, 0)), constant_values=WHITE), top, left
-
-
-def preprocess_images(
-    sources: Sequence[ImageSource], mode: PreprocessMode = "crop", target_size: int = 518
-) -> PreprocessedImages:
-    """Load and pre-process images exactly as VGGT's ``load_and_preprocess_images`` (target 518 there).
+def plan_transforms(
+    sizes: Sequence[tuple[int, int]], mode: PreprocessMode = "crop", target_size: int = 518,
+    names: Sequence[str] | None = None,
+) -> list[ImageTransform]:
+    """The :class:`ImageTransform` of each original size (H0, W0) in one batch, from the sizes alone.
 
     ``crop``: width -> ``target_size``, height -> ``round(h·target/w / 14)·14``, rows beyond the target
     centre-cropped. ``pad``: the long side -> ``target_size``, the other rounded the same way, padded with
-    white to a square. If the results differ in size (crop mode with mixed aspect ratios) every image is
-    padded with white to the largest H and W and a ``UserWarning`` is issued.
-
-    Returns images ``[N, 3, H, W]`` and one :class:`ImageTransform` per image.
+    white to a square. Results of different sizes (crop mode with mixed aspect ratios) are padded with white to
+    the largest H and W, ``floor(pad / 2)`` before. ``names`` name the images in errors.
     """
-    if not sources:
+    if not sizes:
         raise ValueError("no images given; pass at least one image path")
     if mode not in ("crop", "pad"):
         raise ValueError(f"mode must be 'crop' or 'pad', got {mode!r}")
     if target_size <= 0 or target_size % PATCH_SIZE:
         raise ValueError(f"target_size must be a positive multiple of {PATCH_SIZE}, got {target_size}")
-
-    arrays, partial = [], []
-    for index, source in enumerate(sources):
-        img = load_rgb(source)
-        name = f"image {index}" if isinstance(source, Image.Image) else str(source)
-        new_h, new_w = _resized_size(img.height, img.width, mode, target_size)
+    partial = []
+    for index, (height, width) in enumerate(sizes):
+        new_h, new_w = _resized_size(height, width, mode, target_size)
         if new_h == 0 or new_w == 0:
+            name = f"image {index}" if names is None else names[index]
             raise ValueError(
-                f"{name}: aspect ratio {img.width}x{img.height} is too extreme to resize to a multiple of "
+                f"{name}: aspect ratio {width}x{height} is too extreme to resize to a multiple of "
                 f"{PATCH_SIZE} at target size {target_size}; crop the image or raise target_size"
             )
-        pixels = np.asarray(img.resize((new_w, new_h), Image.Resampling.BICUBIC))
-        crop_top = 0
-        if mode == "crop" and new_h > target_size:
-            crop_top = (new_h - target_size) // 2
-            pixels = pixels[crop_top : crop_top + target_size]
-        pad_top = pad_left = 0
-        if mode == "pad":
-            pixels, pad_top, pad_left = _centre_pad(pixels, target_size, target_size)
-        arrays.append(pixels)
-        partial.append(((img.height, img.width), (new_h, new_w), crop_top, pad_top, pad_left))
+        crop_top = (new_h - target_size) // 2 if mode == "crop" and new_h > target_size else 0
+        kept_h = min(new_h, target_size) if mode == "crop" else target_size
+        kept_w = new_w if mode == "crop" else target_size
+        pad_top, pad_left = ((target_size - new_h) // 2, (target_size - new_w) // 2) if mode == "pad" else (0, 0)
+        partial.append(((height, width), (new_h, new_w), crop_top, pad_top, pad_left, (kept_h, kept_w)))
+    out_h, out_w = max(p[5][0] for p in partial), max(p[5][1] for p in partial)
+    return [
+        ImageTransform(original, resized, crop_top, pad_top + (out_h - kept[0]) // 2,
+                       pad_left + (out_w - kept[1]) // 2, (out_h, out_w))
+        for original, resized, crop_top, pad_top, pad_left, kept in partial
+    ]
 
-    shapes = sorted({a.shape[:2] for a in arrays})
-    height, width = max(s[0] for s in shapes), max(s[1] for s in shapes)
-    if len(shapes) > 1:
-        warnings.warn(
-            f"images have different sizes after pre-processing {shapes}; padding them with white to {height}x{width}",
-            stacklevel=2,
-        )
-    transforms = []
-    for i, (original, resized, crop_top, pad_top, pad_left) in enumerate(partial):
-        arrays[i], top, left = _centre_pad(arrays[i], height, width)
-        transforms.append(ImageTransform(original, resized, crop_top, pad_top + top, pad_left + left, (height, width)))
+
+def render(img: Image.Image, transform: ImageTransform) -> np.ndarray:
+    """``[H, W, 3]`` uint8 model input of the RGB image ``img`` (of ``transform.original_size``): PIL BICUBIC
+    resize, crop, then white padding as ``transform`` says."""
+    height, width = transform.resized_size
+    pixels = np.asarray(img.resize((width, height), Image.Resampling.BICUBIC))
+    out_h, out_w = transform.output_size
+    pixels = pixels[transform.crop_top : transform.crop_top + min(height, out_h)]
+    top, left = transform.pad_top, transform.pad_left
+    return np.pad(pixels, ((top, out_h - pixels.shape[0] - top), (left, out_w - pixels.shape[1] - left), (0, 0)),
+                  constant_values=WHITE)
+
+
+def preprocess_images(
+    sources: Sequence[ImageSource], mode: PreprocessMode = "crop", target_size: int = 518
+) -> PreprocessedImages:
+    """Load and pre-process images exactly as VGGT's ``load_and_preprocess_images`` (target 518 there), with the
+    geometry of :func:`plan_transforms`. If the results differ in size (crop mode with mixed aspect ratios) they
+    are padded with white to one size and a ``UserWarning`` is issued.
+
+    Returns images ``[N, 3, H, W]`` and one :class:`ImageTransform` per image.
+    """
+    if not sources:
+        raise ValueError("no images given; pass at least one image path")
+    loaded = [load_rgb(source) for source in sources]
+    names = [f"image {i}" if isinstance(s, Image.Image) else str(s) for i, s in enumerate(sources)]
+    transforms = plan_transforms([(img.height, img.width) for img in loaded], mode, target_size, names)
+    if batch_padded(transforms, mode):
+        warnings.warn(f"images have different sizes after pre-processing; padding them with white to "
+                      f"{transforms[0].output_size[0]}x{transforms[0].output_size[1]}", stacklevel=2)
+    arrays = [render(img, transform) for img, transform in zip(loaded, transforms, strict=True)]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255)
     return PreprocessedImages(images=images, transforms=transforms)
+
+
+def batch_padded(transforms: Sequence[ImageTransform], mode: PreprocessMode) -> list[int]:
+    """Positions of the images padded to the size of the others (crop mode, another aspect ratio)."""
+    return [i for i, t in enumerate(transforms) if mode == "crop" and (t.pad_top or t.pad_left)]
 
 
 def resample_to_model(maps: np.ndarray, transform: ImageTransform) -> np.ndarray:

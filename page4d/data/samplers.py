@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from page4d.data.clip import MultiViewClip
-from page4d.data.preprocess import resample_to_model
 
 
 @dataclass(frozen=True)
@@ -91,10 +90,8 @@ class ClipSamples:
         if clip.intrinsics is None or clip.depth_paths is None:
             raise ValueError(f"{clip.root}: training on a clip needs its depths/ and cameras.json")
         self.images, transforms = clip.load_images(mode="crop", target_size=width)
-        transform = transforms[0][0]
-        self.depth = torch.from_numpy(resample_to_model(clip.load_depths().numpy(), transform))
-        masks = clip.load_masks().numpy() if clip.mask_paths is not None else None
-        self.mask = None if masks is None else torch.from_numpy(resample_to_model(masks, transform))
+        self.depth = clip.load_depths(transforms)
+        self.mask = clip.load_masks(transforms) if clip.mask_paths is not None else None
         self.intrinsics, self.extrinsics = clip.model_intrinsics(transforms), clip.extrinsics
         self.size = tuple(self.images.shape[-2:])
 

@@ -78,20 +78,25 @@ def _view_images(source: Path) -> list[Path]:
     return images
 
 
-def _shared_size(frames: list[list], names: list[str]) -> tuple[int, int]:
-    """Oriented (H, W) shared by every frame; raises naming a view whose resolution differs, warns if it is huge."""
-    sizes = [
-        (oriented_size(frame), name if isinstance(frame, Image.Image) else str(frame))
-        for row in frames
-        for frame, name in zip(row, names, strict=True)
-    ]
-    (expected, first), *rest = sizes
-    for size, name in rest:
-        if size != expected:
-            raise ValueError(f"{name} is {size[1]}x{size[0]} but {first} is {expected[1]}x{expected[0]} (W x H); "
-                             "every view must have the same resolution: resize them to one size first")
-    check_pixel_count(expected, first)
-    return expected
+def _view_sizes(frames: list[list], names: list[str]) -> list[tuple[int, int]]:
+    """Oriented (H, W) of each view, shared by its time steps; raises naming a frame whose resolution differs from
+    its camera's first, warns once if the largest view is huge. Cameras may differ from one another."""
+    def label(frame: object, name: str, t: int | None = None) -> str:
+        if not isinstance(frame, Image.Image):
+            return str(frame)
+        return name if t is None else f"{name} (frame {t})"
+
+    sizes = [oriented_size(frame) for frame in frames[0]]
+    for t, row in enumerate(frames[1:], start=1):
+        for frame, size, first, name in zip(row, sizes, frames[0], names, strict=True):
+            found = oriented_size(frame)
+            if found != size:
+                raise ValueError(f"{label(frame, name, t)} is {found[1]}x{found[0]} but {label(first, name, 0)} is "
+                                 f"{size[1]}x{size[0]} (W x H); every frame of one camera must have the same "
+                                 "resolution: resize them to one size first")
+    largest = max(range(len(sizes)), key=lambda v: sizes[v][0] * sizes[v][1])
+    check_pixel_count(sizes[largest], label(frames[0][largest], names[largest]))
+    return sizes
 
 
 def _from_videos(paths: Sequence[Path], select: TimeSelection) -> tuple[MultiViewClip, list[str]]:
@@ -106,12 +111,12 @@ def _from_videos(paths: Sequence[Path], select: TimeSelection) -> tuple[MultiVie
         notes.append(f"the videos differ in length ({lengths} frames kept); using the first {count} of each")
     kept = select.positions(count, step=1)
     frames = [[v.frames[i] for v in videos] for i in kept]
-    size = _shared_size(frames[:1], [str(p) for p in paths])
+    sizes = _view_sizes(frames[:1], [str(p) for p in paths])
     if select.fps is not None:
         notes.append(f"every {step}th frame of {first.fps:g} fps video ≈ {first.fps / step:g} fps")
     clip = MultiViewClip(
         root=paths[0].parent, time_ids=[videos[0].indices[i] for i in kept], view_ids=list(range(len(paths))),
-        frames=frames, image_size=size,
+        frames=frames, image_sizes=sizes, names=_names(paths),
     )
     return clip, notes
 
@@ -127,9 +132,15 @@ def _from_lists(paths: Sequence[Path], select: TimeSelection) -> MultiViewClip:
                          "per time step: add the missing frames or remove the extra ones")
     kept = select.positions(counts.pop())
     frames = [[images[i] for images in per_view] for i in kept]
-    size = _shared_size(frames, [str(p) for p in paths])
+    sizes = _view_sizes(frames, [str(p) for p in paths])
     return MultiViewClip(root=paths[0].parent, time_ids=list(kept), view_ids=list(range(len(paths))), frames=frames,
-                         image_size=size)
+                         image_sizes=sizes, names=_names(paths))
+
+
+def _names(paths: Sequence[Path]) -> list[str]:
+    """The views' names: file or folder stems, made unique by their position where two agree."""
+    stems = [p.stem for p in paths]
+    return stems if len(set(stems)) == len(stems) else [f"{stem}#{i}" for i, stem in enumerate(stems)]
 
 
 def select_clip(clip: MultiViewClip, select: TimeSelection) -> MultiViewClip:
@@ -150,6 +161,25 @@ def select_clip(clip: MultiViewClip, select: TimeSelection) -> MultiViewClip:
     )
 
 
+def select_views(clip: MultiViewClip, views: Sequence[int]) -> MultiViewClip:
+    """The views of ``clip`` at positions ``views`` (in that order), with everything that is per view."""
+    def pick(items: list | None) -> list | None:
+        return None if items is None else [items[v] for v in views]
+
+    def columns(nested: list | None) -> list | None:
+        return None if nested is None else [[row[v] for v in views] for row in nested]
+
+    def cameras(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor[:, list(views)]
+
+    return dataclasses.replace(
+        clip, view_ids=pick(clip.view_ids), frames=columns(clip.frames), image_sizes=pick(clip.image_sizes),
+        depth_paths=columns(clip.depth_paths), mask_paths=columns(clip.mask_paths),
+        external_mask_paths=columns(clip.external_mask_paths), intrinsics=cameras(clip.intrinsics),
+        extrinsics=cameras(clip.extrinsics), names=pick(clip.names), lenses=pick(clip.lenses),
+    )
+
+
 def _attach_masks(clip: MultiViewClip, masks: Path) -> MultiViewClip:
     if not masks.is_dir():
         raise ValueError(f"--masks {masks}: folder not found; it needs time_XX/viewN.png masks like the images")
@@ -158,12 +188,12 @@ def _attach_masks(clip: MultiViewClip, masks: Path) -> MultiViewClip:
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise ValueError(f"--masks {masks}: missing {shown}; give a mask for every (time, view) used")
-    height, width = clip.image_size
-    for path in (p for row in paths for p in row):
-        size = oriented_size(path)
-        if size != clip.image_size:
-            raise ValueError(f"--masks {path} is {size[1]}x{size[0]} but the images are {width}x{height} (W x H); "
-                             "give masks at the image resolution (resize them with nearest-neighbour)")
+    for row in paths:
+        for path, (height, width) in zip(row, clip.image_sizes, strict=True):
+            size = oriented_size(path)
+            if size != (height, width):
+                raise ValueError(f"--masks {path} is {size[1]}x{size[0]} but its view's images are {width}x{height} "
+                                 "(W x H); give masks at the image resolution (resize them with nearest-neighbour)")
     return dataclasses.replace(clip, external_mask_paths=paths)
 
 

@@ -25,6 +25,7 @@ import torch
 
 from page4d.data.clip import MultiViewClip
 from page4d.data.preprocess import ImageTransform, resample_to_model
+from page4d.data.sources import select_views
 from page4d.eval.geometry_metrics import multiview_consistency, point_cloud_metrics, sim3_points, subsample_indices
 from page4d.eval.metrics import mask_metrics
 from page4d.eval.protocols import CAMERAS, GRID, PROTOCOLS, Protocol, Sim3, camera_report, depth_report
@@ -56,7 +57,7 @@ class GroundTruth:
     valid: torch.Tensor
     """``[T, V, H, W]`` bool: finite depth > 0 (and ≤ max_depth)."""
     inside: torch.Tensor
-    """``[H, W]`` bool: model pixels that come from the original image (not padding)."""
+    """``[V, H, W]`` bool: model pixels that come from each view's original image (not padding)."""
     dynamic: torch.Tensor | None
     """``[T, V, H, W]`` bool, True = moving; None when the clip has no masks."""
     extrinsic: torch.Tensor
@@ -83,21 +84,21 @@ def match_ids(clip: MultiViewClip, recon: Reconstruction) -> tuple[list[int], li
 
 
 def load_truth(
-    clip: MultiViewClip, transform: ImageTransform, times: list[int], views: list[int], max_depth: float | None
+    clip: MultiViewClip, transforms: list[ImageTransform], times: list[int], views: list[int],
+    max_depth: float | None,
 ) -> GroundTruth:
-    """The ground truth at clip positions ``times`` × ``views`` resampled onto ``transform``'s model grid."""
-    rows = np.ix_(times, views)
-    depth = torch.from_numpy(resample_to_model(clip.load_depths().numpy()[rows], transform))
+    """The ground truth at clip positions ``times`` × ``views`` resampled onto the model grid of ``transforms``
+    (one per evaluated view)."""
+    clip = select_views(clip, views)
+    depth = clip.load_depths(transforms)[times]
     valid = torch.isfinite(depth) & (depth > 0)
     if max_depth is not None:
         valid &= depth <= max_depth
-    inside = resample_to_model(np.ones(clip.image_size, dtype=bool), transform)
-    dynamic = None
-    if clip.mask_paths is not None:
-        dynamic = torch.from_numpy(resample_to_model(clip.load_masks().numpy()[rows], transform))
+    inside = np.stack([resample_to_model(np.ones(t.original_size, dtype=bool), t) for t in transforms])
+    dynamic = clip.load_masks(transforms)[times] if clip.mask_paths is not None else None
     return GroundTruth(
         depth=depth, valid=valid, inside=torch.from_numpy(inside), dynamic=dynamic,
-        extrinsic=clip.extrinsics[rows], intrinsic=transform.adjust_intrinsics(clip.intrinsics[rows]),
+        extrinsic=clip.extrinsics[times], intrinsic=clip.model_intrinsics(transforms)[times],
     )
 
 
@@ -108,7 +109,9 @@ def select(recon: Reconstruction, times: list[int], views: list[int]) -> Reconst
         name: getattr(recon, name)[rows] for name in recon.ARRAYS
         if name not in ("time_ids", "view_ids") and getattr(recon, name) is not None
     }
-    return dataclasses.replace(recon, time_ids=recon.time_ids[times], view_ids=recon.view_ids[views], **arrays)
+    meta = {**recon.meta, "transforms": [recon.meta["transforms"][v] for v in views]}
+    return dataclasses.replace(recon, time_ids=recon.time_ids[times], view_ids=recon.view_ids[views], meta=meta,
+                               **arrays)
 
 
 def point_report(
@@ -149,7 +152,7 @@ def mask_report(recon: Reconstruction, truth: GroundTruth) -> tuple[dict | None,
     if truth.dynamic is None:
         return None, ["dynamic mask: the clip has no masks/ folder"]
     pred = torch.from_numpy(recon.dynamic_mask)
-    inside = truth.inside.expand_as(truth.dynamic)
+    inside = truth.inside[None].expand_as(truth.dynamic)
     report = mask_metrics(pred[inside], truth.dynamic[inside])
     steps = zip(pred, truth.dynamic, inside, strict=True)
     report["per_step"] = {"iou": [mask_metrics(p[i], g[i])["iou"] for p, g, i in steps]}
@@ -180,18 +183,18 @@ def _check_inputs(clip: MultiViewClip, recon: Reconstruction, protocol: str, max
             f"{clip.root}: the clip has no {' and no '.join(missing)}; evaluation needs the ground truth: "
             "depths/ and cameras.json"
         )
-    if tuple(recon.original_size) != tuple(clip.image_size):
-        height, width = recon.original_size
-        raise ValueError(
-            f"the predictions were made from {width}x{height} images (meta original_size) but the clip's images are "
-            f"{clip.image_size[1]}x{clip.image_size[0]}; evaluate against the clip the predictions came from"
-        )
-    if tuple(recon.transform.original_size) != tuple(recon.original_size):
-        raise ValueError(f"meta transform original_size {recon.transform.original_size} differs from meta "
-                         f"original_size {recon.original_size}; re-run page4d reconstruct")
-    if tuple(recon.transform.output_size) != recon.size:
-        raise ValueError(f"meta transform output_size {recon.transform.output_size} differs from the depth maps "
-                         f"{recon.size}; re-run page4d reconstruct")
+    clip_sizes = dict(zip(clip.view_ids, clip.image_sizes, strict=True))
+    for view_id, transform in zip(recon.view_ids, recon.transforms, strict=True):
+        height, width = transform.original_size
+        if int(view_id) in clip_sizes and clip_sizes[int(view_id)] != (height, width):
+            clip_h, clip_w = clip_sizes[int(view_id)]
+            raise ValueError(
+                f"the predictions of view{view_id} were made from {width}x{height} images (meta transforms) but the "
+                f"clip's images are {clip_w}x{clip_h}; evaluate against the clip the predictions came from"
+            )
+        if tuple(transform.output_size) != recon.size:
+            raise ValueError(f"meta transforms output_size {transform.output_size} differs from the depth maps "
+                             f"{recon.size}; re-run page4d reconstruct")
 
 
 def report_value(report: dict, path: tuple[str, ...]) -> float | None:
@@ -219,7 +222,7 @@ def evaluate(
     _check_inputs(clip, recon, protocol, max_depth)
     clip_t, pred_t, clip_v, pred_v = match_ids(clip, recon)
     recon = select(recon, pred_t, pred_v)
-    truth = load_truth(clip, recon.transform, clip_t, clip_v, max_depth)
+    truth = load_truth(clip, recon.transforms, clip_t, clip_v, max_depth)
     if not truth.valid.any():
         raise ValueError(f"{clip.root}: no valid ground-truth depth at the evaluated pixels; check depths/ and "
                          "--max-depth")
@@ -247,7 +250,7 @@ def evaluate(
         },
         "evaluated": {
             "time_ids": per_step["time_ids"], "view_ids": [int(v) for v in recon.view_ids],
-            "model_size": list(recon.size), "original_size": list(clip.image_size),
+            "model_size": list(recon.size), "original_sizes": [list(s) for s in recon.original_sizes],
         },
         "depth": depth, "cameras": cameras, "points": points, "dynamic_mask": mask, "consistency": consistency,
         "per_step": per_step,

@@ -1,7 +1,7 @@
 """One time step as a COLMAP sparse model: ``cameras``, ``images``, ``points3D`` (and COLMAP 4's ``rigs``, ``frames``).
 
-- Cameras: one PINHOLE camera per view at the ORIGINAL image resolution (``recon.original_size``, K from
-  ``intrinsic_original``), camera id = view index + 1.
+- Cameras: one PINHOLE camera per view at that view's ORIGINAL image resolution (``recon.original_sizes``, K
+  from ``intrinsic_original``), camera id = view index + 1.
 - Images: ``view{N}.png`` (N = view id, image id = view index + 1), the names of the clip layout's
   ``images/time_XX/viewN.png``, so COLMAP tools can take ``--image_path CLIP/images/time_XX``; pose =
   the world-to-camera extrinsic as ``cam_from_world``.
@@ -49,13 +49,19 @@ def write_colmap(
     :func:`page4d.export.points.select_points`.
     """
     points = select_points(recon, t, source=source, conf_percentile=conf_percentile, max_points=max_points)
-    height, width = recon.original_size
-    uv = recon.transform.unmap_pixels(points.pixel.astype(np.float64)) + COLMAP_PIXEL_OFFSET
-    inside = (uv >= 0).all(-1) & (uv[:, 0] <= width) & (uv[:, 1] <= height)
+    transforms = recon.transforms
+    uv = np.zeros((len(points.view), 2))
+    inside = np.zeros(len(points.view), dtype=bool)
+    for v, transform in enumerate(transforms):
+        rows = points.view == v
+        uv[rows] = transform.unmap_pixels(points.pixel[rows].astype(np.float64)) + COLMAP_PIXEL_OFFSET
+        height, width = transform.original_size
+        inside[rows] = (uv[rows] >= 0).all(-1) & (uv[rows, 0] <= width) & (uv[rows, 1] <= height)
     points, uv = points.subset(inside), uv[inside]
 
     model = pycolmap.Reconstruction()
     for v, view_id in enumerate(recon.view_ids):
+        height, width = transforms[v].original_size
         k = recon.intrinsic_original[t, v].astype(np.float64)
         params = [k[0, 0], k[1, 1], k[0, 2] + COLMAP_PIXEL_OFFSET, k[1, 2] + COLMAP_PIXEL_OFFSET]
         model.add_camera_with_trivial_rig(

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from page4d.data.clip import MultiViewClip
-from page4d.data.preprocess import PreprocessMode, resample_to_model
+from page4d.data.preprocess import PreprocessMode
 from page4d.reconstruction.record import Reconstruction, transform_meta
 
 
@@ -21,9 +21,8 @@ def reconstruction_from_clip(clip: MultiViewClip, mode: PreprocessMode = "crop",
     if clip.intrinsics is None or clip.depth_paths is None:
         raise ValueError(f"{clip.root}: ground truth needs cameras.json and a depths/ folder")
     images, transforms = clip.load_images(mode=mode, target_size=size)
-    transform = transforms[0][0]
-    depth = resample_to_model(clip.load_depths().numpy(), transform)
-    mask = resample_to_model(clip.load_masks().numpy(), transform) if clip.mask_paths is not None else None
+    depth = clip.load_depths(transforms).numpy()
+    mask = clip.load_masks(transforms).numpy() if clip.mask_paths is not None else None
     valid = (depth > 0).astype(np.float32)
     intrinsic = clip.model_intrinsics(transforms).numpy()
     recon = Reconstruction(
@@ -34,7 +33,7 @@ def reconstruction_from_clip(clip: MultiViewClip, mode: PreprocessMode = "crop",
         world_points_conf=valid, dynamic_mask=None if mask is None else mask.astype(np.float32),
         meta={
             "model": "ground truth", "weights": f"ground truth of {clip.root}", "untrained": False,
-            "input": str(clip.root), "original_size": list(clip.image_size), "transform": transform_meta(transform),
+            "input": str(clip.root), "transforms": [transform_meta(t) for t in transforms],
             "preprocess": {"mode": mode, "size": size},
         },
     )

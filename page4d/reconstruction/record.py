@@ -8,7 +8,8 @@ On disk a reconstruction is a folder::
 
 Conventions are ``page4d.conventions``: OpenCV axes, world-to-camera ``[R | t]``, world = camera (t0, v0)
 of the first window, z-depth, ``dynamic_mask`` 1 = moving. Dense maps are at the model-input resolution
-``(H, W)``; ``meta["transform"]`` maps original pixels to model-input pixels (``ImageTransform``).
+``(H, W)``; ``meta["transforms"]`` maps each view's original pixels to model-input pixels (one ``ImageTransform`` per
+view: cameras of different resolutions have different ones).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ PREDICTIONS = "predictions.npz"
 META = "meta.json"
 CAMERAS = "cameras.json"
 CAMERAS_FORMAT = "page4d cameras v1"
-REQUIRED_META = ("original_size", "transform")
+REQUIRED_META = ("transforms",)
 """What ``load`` needs from ``meta.json`` to map the dense maps back to the original images."""
 CONVENTION = (
     "E_w2c = [R|t] maps world to camera: x_cam = R @ x_world + t. Camera axes OpenCV (x right, y down, z forward). "
@@ -69,7 +70,7 @@ class Reconstruction:
     dynamic_mask: np.ndarray | None = None
     """``[T, V, H, W]`` float32 probability of moving (1 = moving); None for models without a mask head."""
     meta: dict = field(default_factory=dict)
-    """Provenance; ``meta["transform"]`` holds the ``ImageTransform`` fields, ``meta["original_size"]`` (H0, W0)."""
+    """Provenance; ``meta["transforms"]`` holds each view's ``ImageTransform`` fields."""
     spool: Spool | None = field(default=None, repr=False, compare=False)
     """The files the spooled dense fields are read from; removed by ``close`` (or when the record is collected)."""
 
@@ -92,17 +93,17 @@ class Reconstruction:
         return self.depth.shape[-2], self.depth.shape[-1]
 
     @property
-    def original_size(self) -> tuple[int, int]:
-        """(H0, W0) of the input images."""
-        return tuple(self.meta.get("original_size", self.size))
+    def transforms(self) -> list[ImageTransform]:
+        """Each view's original -> model-input pixel mapping (shared by its time steps)."""
+        if "transforms" not in self.meta:
+            raise ValueError("this reconstruction's meta.json has no 'transforms'; re-run page4d reconstruct")
+        return [ImageTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
+                for entry in self.meta["transforms"]]
 
     @property
-    def transform(self) -> ImageTransform:
-        """Original -> model-input pixel mapping shared by every frame."""
-        if "transform" not in self.meta:
-            raise ValueError("this reconstruction's meta.json has no 'transform'; re-run page4d reconstruct")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in self.meta["transform"].items()}
-        return ImageTransform(**values)
+    def original_sizes(self) -> list[tuple[int, int]]:
+        """(H0, W0) of each view's input images."""
+        return [t.original_size for t in self.transforms]
 
     @property
     def untrained(self) -> bool:
@@ -119,10 +120,10 @@ class Reconstruction:
 
     def cameras_json(self) -> dict:
         """The cameras in the clip layout's ``cameras.json`` format (K at the original resolution)."""
-        height, width = self.original_size
+        sizes = [{"width": int(width), "height": int(height)} for height, width in self.original_sizes]
         return {
             "format": CAMERAS_FORMAT,
-            "image_size": {"width": int(width), "height": int(height)},
+            **({"image_size": sizes[0]} if all(s == sizes[0] for s in sizes) else {"image_sizes": sizes}),
             "time_ids": [int(t) for t in self.time_ids],
             "view_ids": [int(v) for v in self.view_ids],
             "index_order": "K[ti][vi], E_w2c[ti][vi] with ti = position in time_ids, vi = position in view_ids",
@@ -174,6 +175,9 @@ class Reconstruction:
         if lacking:
             raise ValueError(f"{meta_path}: no {', '.join(map(repr, lacking))} (how the images were pre-processed); "
                              "re-run page4d reconstruct to rewrite it")
+        if not isinstance(meta["transforms"], list) or len(meta["transforms"]) != len(arrays["view_ids"]):
+            raise ValueError(f"{meta_path}: 'transforms' must hold one entry per view ({len(arrays['view_ids'])}); "
+                             "re-run page4d reconstruct to rewrite it")
         return cls(**arrays, meta=meta)
 
 
@@ -181,6 +185,11 @@ def _strict(values: np.ndarray) -> list:
     """Nested lists with ``null`` for NaN / Inf (an untrained camera head predicts them), which strict JSON readers
     refuse as numbers; the clip layout reads ``null`` back as NaN."""
     return np.where(np.isfinite(values), values, None).tolist()
+
+
+def restore_intrinsics(intrinsic: np.ndarray, transforms: list[ImageTransform]) -> np.ndarray:
+    """Model-input ``K [T, V, 3, 3]`` -> each view's original-resolution K (``transforms``: one per view)."""
+    return np.stack([t.restore_intrinsics(intrinsic[:, v]) for v, t in enumerate(transforms)], axis=1)
 
 
 def transform_meta(transform: ImageTransform) -> dict:

@@ -22,11 +22,11 @@ from page4d.checkpoints.pretrained import load_pretrained
 from page4d.checkpoints.report import LoadReport
 from page4d.config import ModelConfig
 from page4d.data.clip import MultiViewClip
-from page4d.data.preprocess import ImageTransform, PreprocessMode, model_input_size
+from page4d.data.preprocess import ImageTransform, PreprocessMode, batch_padded, plan_transforms
 from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
 from page4d.presets import PRESETS, preset
-from page4d.reconstruction.record import Reconstruction, transform_meta
+from page4d.reconstruction.record import Reconstruction, restore_intrinsics, transform_meta
 from page4d.reconstruction.spool import Spool
 from page4d.reconstruction.windows import apply_sim3_to_outputs, fit_overlap, plan_windows
 
@@ -74,8 +74,8 @@ def min_patches(config: ModelConfig) -> int:
     return 1 if sparse is None else STRATEGIES[sparse.strategy].min_patches(sparse)
 
 
-def check_input_size(config: ModelConfig, original_size: tuple[int, int], mode: PreprocessMode, size: int) -> None:
-    """Raise ``ValueError`` unless images of ``original_size`` (H0, W0) pre-processed at ``size`` fit the model:
+def check_input_size(config: ModelConfig, sizes: list[tuple[int, int]], mode: PreprocessMode, size: int) -> None:
+    """Raise ``ValueError`` unless views of ``sizes`` (H0, W0 each) pre-processed at ``size`` fit the model:
     at most ``MAX_SIZE_FACTOR`` × its trained width, and enough patches per frame for its mechanisms."""
     if size <= 0 or size % config.patch_size:
         raise ValueError(f"size {size} must be a positive multiple of {config.patch_size} (e.g. {config.input_width})")
@@ -85,13 +85,16 @@ def check_input_size(config: ModelConfig, original_size: tuple[int, int], mode: 
                          f"{config.input_width} px it was trained at, where it is most accurate); lower size")
     p, need = config.patch_size, min_patches(config)
 
+    def grid(target: int) -> tuple[int, int]:
+        return plan_transforms(sizes, mode, target)[0].output_size
+
     def patches(target: int) -> int:
-        height, width = model_input_size(original_size, mode, target)
+        height, width = grid(target)
         return (height // p) * (width // p)
 
     if patches(size) < need:
         smallest = next((s for s in range(size, limit + 1, p) if patches(s) >= need), None)
-        height, width = model_input_size(original_size, mode, size)
+        height, width = grid(size)
         fix = f"use size {smallest} or more" if smallest else "crop the images to a less extreme aspect ratio"
         sparse = config.aggregator.sparse_global
         why = f"its {sparse.strategy} sparse block needs them" if need > 1 else "at least one"
@@ -140,13 +143,12 @@ def choose_window(model: Page4D, clip: MultiViewClip, image_size: tuple[int, int
 
 def _predict(
     model: Page4D, clip: MultiViewClip, times: range, mode: PreprocessMode, size: int
-) -> tuple[dict[str, np.ndarray], np.ndarray, ImageTransform]:
-    """One forward pass over ``times``: numpy ``[T', V, ...]`` outputs, uint8 images and the pixel transform."""
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[ImageTransform]]:
+    """One forward pass over ``times``: numpy ``[T', V, ...]`` outputs, uint8 images and each view's transform."""
     images, transforms = clip.load_images(mode=mode, target_size=size, times=times)
-    transform = transforms[0][0]
     inputs = None
     if clip.external_mask_paths is not None:
-        inputs = ForwardInputs(external_mask=clip.load_external_masks(transform, times)[None])
+        inputs = ForwardInputs(external_mask=clip.load_external_masks(transforms, times)[None])
     pred = model.infer(images[None], inputs)
     out = {
         "extrinsic": pred.extrinsic[0], "intrinsic": pred.intrinsic[0], "depth": pred.depth[0, ..., 0],
@@ -157,7 +159,7 @@ def _predict(
         out["dynamic_mask"] = out["dynamic_mask"][0]
     arrays = {k: v.float().cpu().numpy() for k, v in out.items() if v is not None}
     pixels = (images.permute(0, 1, 3, 4, 2) * 255).round().to(torch.uint8).numpy()
-    return arrays, pixels, transform
+    return arrays, pixels, transforms
 
 
 def _overlap_fit(
@@ -187,7 +189,7 @@ def load_model(
 
 def _check_model(config: ModelConfig, clip: MultiViewClip, mode: PreprocessMode, size: int | None, name: str) -> None:
     require_heads(config, name)
-    check_input_size(config, clip.image_size, mode, config.input_width if size is None else size)
+    check_input_size(config, clip.image_sizes, mode, config.input_width if size is None else size)
     mask = config.aggregator.dynamic_mask
     if clip.external_mask_paths is not None and (mask is None or mask.head != "fusion"):
         raise ValueError(f"the clip has external masks, and the model {name} has no fusion mask head to take them; "
@@ -237,7 +239,13 @@ def reconstruct(
     run_device = next(model.parameters()).device
     size = model.config.input_width if size is None else size
     plan = plan or WindowPlan()
-    window = _window_steps(plan, model, clip, model_input_size(clip.image_size, mode, size), run_device, note)
+    transforms = clip.transforms(mode, size)
+    padded = batch_padded(transforms, mode)
+    if padded:
+        height, width = transforms[0].output_size
+        note(f"note: {', '.join(clip.view_names[v] for v in padded)} (another aspect ratio) padded with white to "
+             f"{width}×{height}; each view's outputs are mapped back to its own resolution")
+    window = _window_steps(plan, model, clip, transforms[0].output_size, run_device, note)
     start = time.perf_counter()
     windows = plan_windows(clip.num_times, window, min(plan.overlap, window - 1))
     store = Spool(spool) if spool is not None else None
@@ -303,7 +311,7 @@ def _stitch(
     done = 0
     bar = tqdm(total=clip.num_times * clip.num_views, unit="frame", desc="reconstruct", disable=not progress)
     for index, times in enumerate(windows):
-        arrays, pixels, transform = _predict(model, clip, times, mode, size)
+        arrays, pixels, transforms = _predict(model, clip, times, mode, size)
         arrays["images"] = pixels
         if previous is not None:
             first, aligned = previous
@@ -326,14 +334,14 @@ def _stitch(
     if store is not None:
         out.update(store.arrays)
     with np.errstate(invalid="ignore"):  # an untrained camera head can predict infinite focal lengths
-        intrinsic_original = transform.restore_intrinsics(out["intrinsic"])
+        intrinsic_original = restore_intrinsics(out["intrinsic"], transforms)
     return Reconstruction(
         time_ids=np.asarray(clip.time_ids), view_ids=np.asarray(clip.view_ids), images=out["images"],
         extrinsic=out["extrinsic"], intrinsic=out["intrinsic"], intrinsic_original=intrinsic_original,
         depth=out["depth"], depth_conf=out["depth_conf"], world_points=out["world_points"],
         world_points_conf=out["world_points_conf"], dynamic_mask=out.get("dynamic_mask"),
         meta={
-            "original_size": list(clip.image_size), "transform": transform_meta(transform),
+            "transforms": [transform_meta(t) for t in transforms], "view_names": clip.view_names,
             "preprocess": {"mode": mode, "size": size},
             "windows": [[w.start, w.stop] for w in windows],
         },
