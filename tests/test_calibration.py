@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pycolmap
 import pytest
+import rigs
 from conftest import EXAMPLE, example_truth
 from scipy.spatial.transform import Rotation
 
@@ -26,16 +27,8 @@ def example_cameras() -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 
 def write_toml(path, cameras, **overrides) -> None:
-    """An anipose calibration, written independently of the reader (scipy for the Rodrigues vectors)."""
-    lines = []
-    for index, (name, k, w2c) in enumerate(cameras):
-        table = {"name": json.dumps(name), "size": json.dumps(list(SIZE)), "matrix": json.dumps(k.tolist()),
-                 "distortions": json.dumps(DISTORTION[index]),
-                 "rotation": json.dumps(Rotation.from_matrix(w2c[:, :3]).as_rotvec().tolist()),
-                 "translation": json.dumps(w2c[:, 3].tolist()), **overrides}
-        lines += [f"[cam_{index}]", *(f"{key} = {value}" for key, value in table.items()), ""]
-    lines += ["[metadata]", 'adjusted = false', ""]
-    path.write_text("\n".join(lines).replace("NaN", "nan"))
+    """The example's cameras as an anipose calibration, with this file's distortions."""
+    rigs.write_toml(path, cameras, SIZE, DISTORTION[: len(cameras)], **overrides)
 
 
 def test_rodrigues_matches_scipy():
@@ -111,8 +104,11 @@ def test_unreadable_or_foreign_calibrations_say_what_page4d_reads(tmp_path):
     (tmp_path / "partial.toml").write_text('[cam_0]\nname = "a"\nsize = [640, 480]\n')
     with pytest.raises(ValueError, match=r"\[cam_0\]: missing matrix, rotation, translation"):
         read_calibration(tmp_path / "partial.toml")
+    (tmp_path / "calibration.yaml").write_text("cameras: []\n")
     with pytest.raises(ValueError, match="not a calibration page4d reads; give an anipose / Pose2Sim .toml"):
-        read_calibration(EXAMPLE / "cameras.json")
+        read_calibration(tmp_path / "calibration.yaml")
+    with pytest.raises(ValueError, match="no such calibration file or folder"):
+        read_calibration(tmp_path / "missing.toml")
     fisheye = pycolmap.Reconstruction()
     fisheye.add_camera_with_trivial_rig(pycolmap.Camera(model="OPENCV_FISHEYE", width=64, height=48,
                                                         params=[50, 50, 32, 24, 0.1, 0, 0, 0], camera_id=1))
@@ -148,3 +144,42 @@ def test_camera_and_view_mismatches_are_refused(tmp_path, views, match):
     write_toml(tmp_path / "calibration.toml", example_cameras())
     with pytest.raises(ValueError, match=match):
         match_cameras(read_calibration(tmp_path / "calibration.toml"), views, "calibration.toml")
+
+
+def test_cameras_json_of_a_clip_or_a_reconstruction_is_a_calibration(tmp_path):
+    """The clip layout's cameras.json (a static rig: one pose per camera) and a reconstruction's (named views) read
+    as calibrations; poses that change over time are kept per time step, K that changes is refused."""
+    read = read_calibration(EXAMPLE)  # a folder holding a cameras.json
+    assert [c.name for c in read] == ["view0", "view1", "view2", "view3"]
+    for camera, (_, k, w2c) in zip(read, example_cameras(), strict=True):
+        assert camera.size == SIZE and np.array_equal(camera.intrinsic, k) and np.array_equal(camera.extrinsic, w2c)
+        assert camera.time_ids is None and not camera.has_lens_distortion
+    recon = example_truth(112)
+    recon.meta["view_names"] = ["left", "right", "top", "back"]
+    (tmp_path / "recon").mkdir()
+    recon.save(tmp_path / "recon")
+    read = read_calibration(tmp_path / "recon" / "cameras.json")
+    assert [c.name for c in read] == ["left", "right", "top", "back"]
+    assert np.allclose(read[2].intrinsic, recon.intrinsic_original[0, 2], atol=1e-5)
+    moving = json.loads((EXAMPLE / "cameras.json").read_text())
+    moving["E_w2c"][1][2][0][3] += 0.25
+    (tmp_path / "moving.json").write_text(json.dumps(moving))
+    camera = read_calibration(tmp_path / "moving.json")[2]
+    assert camera.time_ids == tuple(moving["time_ids"]) and camera.extrinsic.shape == (len(moving["time_ids"]), 3, 4)
+    assert camera.extrinsic[1, 0, 3] == moving["E_w2c"][1][2][0][3]
+    assert read_calibration(tmp_path / "moving.json")[0].time_ids is None  # the cameras that stay keep one pose
+    moving["K"][1][0][0][0] *= 1.1
+    (tmp_path / "zoom.json").write_text(json.dumps(moving))
+    with pytest.raises(ValueError, match="camera view0: K changes over time"):
+        read_calibration(tmp_path / "zoom.json")
+
+
+def test_a_calibration_for_another_resolution_is_rescaled_only_at_the_same_aspect_ratio():
+    camera = read_calibration(EXAMPLE)[1]
+    half = camera.fitted_to(SIZE[1] // 2, SIZE[0] // 2)
+    assert half.size == (SIZE[0] // 2, SIZE[1] // 2)
+    np.testing.assert_allclose(half.intrinsic, rigs.scaled_intrinsic(camera.intrinsic, SIZE, half.size), atol=1e-12)
+    assert np.array_equal(camera.fitted_to(SIZE[1], SIZE[0]).intrinsic, camera.intrinsic)
+    with pytest.raises(ValueError, match=rf"camera 'view1' is calibrated for {SIZE[0]}x{SIZE[1]} images but its "
+                                         rf"frames are {SIZE[0]}x{SIZE[0]}, another aspect ratio"):
+        camera.fitted_to(SIZE[0], SIZE[0])

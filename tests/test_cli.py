@@ -134,7 +134,7 @@ def test_overwrite_replaces_the_folder(tmp_path):
         (["--export", "ply,obj"], "unknown export format 'obj'; choose from ply, glb, colmap, png"),
         (["--export-time", "3"], "--export-time 3 is not a time id of the input (8..10)"),
         (["--window", "1"], "window 1: give 'auto', 'all' or a number of time steps >= 2"),
-        (["--overlap", "0", "--window", "2"], "overlap 0 must be at least 1"),
+        (["--overlap", "0", "--window", "2"], "overlap 0 leaves consecutive windows nothing to register on"),
         (["--masks", str(EXAMPLE / "depths"), "--model", "tiny"], "model tiny has no fusion mask head to take them"),
         (["--masks", str(EXAMPLE / "nope")], "folder not found"),
         (["--start", "5"], "--start 5 is past the end"),

@@ -48,7 +48,7 @@ def test_window_plans_cover_the_clip_with_the_overlap(num_times, window, overlap
 
 
 def test_bad_overlap_is_refused():
-    with pytest.raises(ValueError, match="--overlap 4 must be at least 1 and below the window size 4"):
+    with pytest.raises(ValueError, match="--overlap 4 must be at least 0 and below the window size 4"):
         plan_windows(10, 4, 4)
 
 

@@ -14,7 +14,9 @@ from page4d.data.clip import MultiViewClip
 from page4d.data.sources import TimeSelection, open_input
 from page4d.devices import resolve_device
 from page4d.presets import PRESETS
+from page4d.reconstruction.calibrated import Calibration, check_lines
 from page4d.reconstruction.record import Reconstruction
+from page4d.reconstruction.registration import RIG_MODES
 from page4d.reconstruction.runner import WindowPlan, reconstruct
 from page4d.transaction import OutputFolder
 
@@ -51,6 +53,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--masks", type=Path,
                    help="external moving masks MASKS/time_XX/viewN.png (non-zero = moving) for models with a fusion "
                    "mask head (the default model has one)")
+    rig_group = p.add_argument_group("camera rig")
+    rig_group.add_argument(
+        "--cameras", type=Path, metavar="FILE_OR_DIR",
+        help="the rig's calibration: an anipose / Pose2Sim .toml, a COLMAP model folder (text or binary) or a page4d "
+        "cameras.json (or a folder with one); matched to the views by name, else by order. K replaces the "
+        "predicted K, lens distortion is removed from the frames (needs page4d[rig]), and poses put the output in "
+        "the calibration's world and units; the run prints how far the model's cameras were from it",
+    )
+    rig_group.add_argument(
+        "--rig", choices=RIG_MODES, default="auto",
+        help="static: one pose per camera for the whole clip (windows register through the cameras, --overlap 0 "
+        "allowed); moving: a pose per time step; auto: from the calibration, else from how much the first window's "
+        "cameras move (default: auto)",
+    )
     p.add_argument("--mode", choices=("crop", "pad"), default="crop", help="VGGT pre-processing mode (default: crop)")
     p.add_argument("--size", type=int,
                    help="target width (crop) or longer side (pad), multiple of 14 (default: the width the model was "
@@ -59,8 +75,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="time steps per forward pass; 'auto' fits half the free memory, 'all' = one pass (default: "
                    f"{WindowPlan.window})")
     p.add_argument("--overlap", type=int, default=WindowPlan.overlap,
-                   help=f"time steps shared by consecutive windows, at least 1 and below --window (default: "
-                   f"{WindowPlan.overlap})")
+                   help="time steps shared by consecutive windows, below --window; 0 only for a static rig of "
+                   f"several cameras or calibrated poses (default: {WindowPlan.overlap})")
     p.add_argument("--export", default=DEFAULT_EXPORTS,
                    help=f"comma-separated subset of ply, glb, colmap, png, or 'none' (default: {DEFAULT_EXPORTS})")
     p.add_argument("--export-time", type=int,
@@ -101,7 +117,7 @@ def _plan(value: str, overlap: int) -> WindowPlan:
 
 def _inputs(args: argparse.Namespace) -> list[Path]:
     """Every file or folder the run reads, which ``-o`` must not overlap."""
-    paths = [*args.input, *([args.masks] if args.masks is not None else [])]
+    paths = [*args.input, *(p for p in (args.masks, args.cameras) if p is not None)]
     weights = None if args.model in PRESETS else resolve(args.model)  # a bundled folder, a local path or a Hub name
     return paths + ([weights] if isinstance(weights, Path) else [])
 
@@ -153,6 +169,7 @@ def _run(args: argparse.Namespace, output: OutputFolder, plan: WindowPlan, forma
     if args.export_time is not None and args.export_time not in clip.time_ids:
         raise ValueError(f"--export-time {args.export_time} is not a time id of the input "
                          f"({clip.time_ids[0]}..{clip.time_ids[-1]}); pick one of them")
+    calibration = None if args.cameras is None else Calibration.for_clip(args.cameras, clip)
     device = resolve_device(args.device)
     sizes = sorted(set(clip.image_sizes), key=clip.image_sizes.index)
     log(f"input: {clip.root} — T={clip.num_times} time steps × V={clip.num_views} views, "
@@ -163,7 +180,8 @@ def _run(args: argparse.Namespace, output: OutputFolder, plan: WindowPlan, forma
     # Dense outputs go to disk window by window (a spool on the output's disk), so memory does not grow with the
     # clip's length; the spool goes when the record is closed, before the output is swapped into place.
     with reconstruct(args.model, clip, mode=args.mode, size=args.size, plan=plan, progress=not args.quiet,
-                     spool=tmp, device=device, seed=args.seed, log=log) as recon:
+                     spool=tmp, device=device, seed=args.seed, log=log, rig=args.rig,
+                     calibration=calibration) as recon:
         files = _write(recon, tmp, args, formats, clip)
     names = sorted({p.relative_to(tmp).parts[0] + ("/" if len(p.relative_to(tmp).parts) > 1 else "")
                     for p in files})
@@ -176,6 +194,11 @@ def _run(args: argparse.Namespace, output: OutputFolder, plan: WindowPlan, forma
         f"{max(stop - start for start, stop in windows)} steps; peak memory {_peak_memory_mb(device):.0f} MB",
         f"wrote {args.output}: {', '.join(names)} ({len(files)} files, {total_mb:.0f} MB)",
     ]
+    if calibration is not None:
+        world = "calibration" if calibration.has_poses else "model"
+        summary += [f"the model's cameras against the calibration (median over time steps; rotation in degrees, "
+                    f"centre distance in calibration units; the output is in the {world}'s world and units):",
+                    *check_lines(recon.meta["calibration"]["check"])]
     if recon.untrained:
         summary.append("note: the weights are random (untrained); the numbers show the pipeline works, not a "
                        "reconstruction")

@@ -7,6 +7,8 @@ Formats:
   ``translation`` (OpenCV axes and pixel centres, like page4d); other tables (``[metadata]``) are ignored.
 * a COLMAP model folder (``cameras`` / ``images`` as ``.txt`` or ``.bin``, read with pycolmap): one camera per
   image, named by the image's file stem; COLMAP puts the centre of pixel (0, 0) at (0.5, 0.5), page4d at (0, 0).
+* this project's ``cameras.json`` (the clip layout's, and what ``page4d reconstruct`` writes), or a folder holding
+  one: cameras named ``view_names`` or ``viewN``; a pose per time step when the poses change over time, else one.
 
 Every camera is checked (finite numbers, a pinhole K with positive focal lengths, a proper rotation), and an
 error names the file and the camera. ``match_cameras`` pairs the cameras with a clip's views (by name, else by
@@ -16,13 +18,14 @@ order) and says how.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from page4d.conventions import COLMAP_PIXEL_OFFSET
-from page4d.fileio import natural_key
+from page4d.data.layout import CAMERAS_HINT, image_size_entries
+from page4d.fileio import natural_key, read_json
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,26 +48,54 @@ class CameraCalibration:
     """One calibrated camera, in page4d's conventions (OpenCV axes, pixel centres at integer coordinates)."""
 
     name: str
-    size: tuple[int, int]
-    """(width, height) in pixels of the images the calibration is for."""
+    size: tuple[int, int] | None
+    """(width, height) in pixels of the images the calibration is for (None: the frames', unchecked)."""
     intrinsic: np.ndarray
     """``[3, 3]`` float64 pinhole K."""
     distortion: np.ndarray
     """``[4]`` float64 OpenCV k1, k2, p1, p2 (zeros: none)."""
     extrinsic: np.ndarray | None = None
-    """``[3, 4]`` float64 world-to-camera ``[R | t]``, or None when the calibration has intrinsics only."""
+    """``[3, 4]`` float64 world-to-camera ``[R | t]`` (``[T, 3, 4]``, one per ``time_ids``, for a rig that moves),
+    or None when the calibration has intrinsics only."""
+    time_ids: tuple[int, ...] | None = None
+    """Time ids of a per-step ``extrinsic``; None: one pose for the whole clip."""
+
+    @property
+    def has_lens_distortion(self) -> bool:
+        return bool(np.any(self.distortion != 0))
+
+    def fitted_to(self, height: int, width: int) -> CameraCalibration:
+        """This calibration for frames of ``height`` × ``width``: K rescaled when the calibration is for another
+        resolution of the same aspect ratio (pixel centres kept: ``u' = s·(u + 1/2) − 1/2``); ``ValueError`` when
+        the aspect ratios differ, since no K maps one onto the other."""
+        if self.size is None or self.size == (width, height):
+            return replace(self, size=(width, height))
+        cal_w, cal_h = self.size
+        if abs(round(cal_w * height / cal_h) - width) > 1 and abs(round(cal_h * width / cal_w) - height) > 1:
+            raise ValueError(f"camera {self.name!r} is calibrated for {cal_w}x{cal_h} images but its frames are "
+                             f"{width}x{height}, another aspect ratio, so the calibration cannot be rescaled; "
+                             "calibrate at the frames' resolution, or crop or pad the frames to the calibrated one")
+        sx, sy = width / cal_w, height / cal_h
+        scale = np.array([[sx, 0.0, (sx - 1) / 2], [0.0, sy, (sy - 1) / 2], [0.0, 0.0, 1.0]])
+        return replace(self, size=(width, height), intrinsic=scale @ self.intrinsic)
 
 
 def read_calibration(path: str | Path) -> list[CameraCalibration]:
-    """The cameras of a calibration file or folder (format from the path: ``.toml``, or a COLMAP model folder);
-    ``ValueError`` naming the file and what is wrong."""
+    """The cameras of a calibration file or folder (format from the path: ``.toml``, ``.json``, a COLMAP model
+    folder, or a folder holding a ``cameras.json``); ``ValueError`` naming the file and what is wrong."""
     path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such calibration file or folder")
     if path.is_file() and path.suffix.lower() == ".toml":
         return read_toml(path)
+    if path.is_file() and path.suffix.lower() == ".json":
+        return read_cameras_json(path)
     if path.is_dir() and any((path / f"cameras{ext}").is_file() for ext in (".txt", ".bin")):
         return read_colmap(path)
-    raise ValueError(f"{path}: not a calibration page4d reads; give an anipose / Pose2Sim .toml file or a COLMAP "
-                     "model folder (cameras.txt / cameras.bin, images.txt / images.bin)")
+    if path.is_dir() and (path / "cameras.json").is_file():
+        return read_cameras_json(path / "cameras.json")
+    raise ValueError(f"{path}: not a calibration page4d reads; give an anipose / Pose2Sim .toml file, a COLMAP "
+                     "model folder (cameras.txt / cameras.bin, images.txt / images.bin) or a page4d cameras.json")
 
 
 def match_cameras(
@@ -162,6 +193,42 @@ def read_colmap(folder: Path) -> list[CameraCalibration]:
         ), where))
     if not cameras:
         raise ValueError(f"{folder}: the COLMAP model has no images, so no camera can be matched to a view")
+    return cameras
+
+
+def read_cameras_json(path: Path) -> list[CameraCalibration]:
+    """The cameras of a clip-layout ``cameras.json``, one per entry of ``view_ids``. K must not change over time
+    (a zoom is not a rig calibration); the poses may, and are then kept per time step."""
+    data = read_json(path, f"fix cameras.json: {CAMERAS_HINT}")
+    try:
+        time_ids, view_ids = [int(t) for t in data["time_ids"]], [int(v) for v in data["view_ids"]]
+        intr, extr = np.asarray(data["K"], dtype=np.float64), np.asarray(data["E_w2c"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a valid cameras file ({type(err).__name__}: {err}); {CAMERAS_HINT}") from None
+    shape = (len(time_ids), len(view_ids))
+    if not time_ids or intr.shape != shape + (3, 3) or extr.shape != shape + (3, 4):
+        raise ValueError(f"{path}: K has shape {list(intr.shape)} and E_w2c {list(extr.shape)}, expected "
+                         f"{list(shape) + [3, 3]} and {list(shape) + [3, 4]} for its time_ids x view_ids")
+    names = data.get("view_names", [f"view{v}" for v in view_ids])
+    if not isinstance(names, list) or len(names) != len(view_ids):
+        raise ValueError(f"{path}: view_names must list one name per view id ({len(view_ids)})")
+    sizes = image_size_entries(path, data, len(view_ids))
+    cameras = []
+    for v, name in enumerate(names):
+        where = f"{path} camera {name}"
+        if not np.isfinite(intr[:, v]).all() or not np.isfinite(extr[:, v]).all():
+            raise ValueError(f"{where}: the calibration of camera {name!r} contains NaN or Inf")
+        if not np.allclose(intr[:, v], intr[0, v], rtol=1e-6, atol=1e-6):
+            raise ValueError(f"{where}: K changes over time; a calibration has one K per camera")
+        moving = not np.allclose(extr[:, v], extr[0, v], atol=1e-7)
+        camera = CameraCalibration(
+            name=str(name), size=None if sizes is None else (sizes[v][1], sizes[v][0]), intrinsic=intr[0, v],
+            distortion=np.zeros(4), extrinsic=extr[:, v] if moving else extr[0, v],
+            time_ids=tuple(time_ids) if moving else None,
+        )
+        for step in extr[:, v] if moving else extr[:1, v]:
+            _checked(replace(camera, extrinsic=step), where)
+        cameras.append(camera)
     return cameras
 
 

@@ -6,10 +6,10 @@ On disk a reconstruction is a folder::
     meta.json         provenance (model, weights, untrained flag, pre-processing, timings) + ``transform``
     cameras.json      K at the original resolution and world-to-camera extrinsics, in the clip layout's format
 
-Conventions are ``page4d.conventions``: OpenCV axes, world-to-camera ``[R | t]``, world = camera (t0, v0)
-of the first window, z-depth, ``dynamic_mask`` 1 = moving. Dense maps are at the model-input resolution
-``(H, W)``; ``meta["transforms"]`` maps each view's original pixels to model-input pixels (one ``ImageTransform`` per
-view: cameras of different resolutions have different ones).
+Conventions are ``page4d.conventions``: OpenCV axes, world-to-camera ``[R | t]``, world as ``meta["world"]`` says
+(the calibration's, or the model's: camera (t0, v0) of the first window), z-depth, ``dynamic_mask`` 1 = moving.
+Dense maps are at the model-input resolution ``(H, W)``; ``meta["transforms"]`` maps each view's original pixels to
+model-input pixels (one ``ImageTransform`` per view: cameras of different resolutions have different ones).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ REQUIRED_META = ("transforms",)
 """What ``load`` needs from ``meta.json`` to map the dense maps back to the original images."""
 CONVENTION = (
     "E_w2c = [R|t] maps world to camera: x_cam = R @ x_world + t. Camera axes OpenCV (x right, y down, z forward). "
-    "Pixel (u, v) = (column, row), integer = pixel centre; u = fx*x/z + cx. World = predicted camera (t0, v0)."
+    "Pixel (u, v) = (column, row), integer = pixel centre; u = fx*x/z + cx. World: meta.json's 'world' (the "
+    "calibration's with --cameras poses, else the model's)."
 )
 
 
@@ -126,6 +127,7 @@ class Reconstruction:
             **({"image_size": sizes[0]} if all(s == sizes[0] for s in sizes) else {"image_sizes": sizes}),
             "time_ids": [int(t) for t in self.time_ids],
             "view_ids": [int(v) for v in self.view_ids],
+            **({"view_names": self.meta["view_names"]} if "view_names" in self.meta else {}),
             "index_order": "K[ti][vi], E_w2c[ti][vi] with ti = position in time_ids, vi = position in view_ids",
             "convention": CONVENTION,
             "K": _strict(self.intrinsic_original.astype(np.float64).round(6)),

@@ -26,9 +26,20 @@ from page4d.data.preprocess import ImageTransform, PreprocessMode, batch_padded,
 from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
 from page4d.presets import PRESETS, preset
+from page4d.reconstruction.calibrated import Calibration, CalibrationCheck
 from page4d.reconstruction.record import Reconstruction, restore_intrinsics, transform_meta
+from page4d.reconstruction.registration import (
+    Calibrated,
+    CameraRegistration,
+    OverlapRegistration,
+    Registration,
+    RigDecision,
+    RigMode,
+    check_rig,
+    decide_rig,
+)
 from page4d.reconstruction.spool import Spool
-from page4d.reconstruction.windows import apply_sim3_to_outputs, fit_overlap, plan_windows
+from page4d.reconstruction.windows import plan_windows
 
 SMALL = ("extrinsic", "intrinsic")
 """Outputs kept in memory even when the dense ones are spooled to disk."""
@@ -42,7 +53,8 @@ MAX_SIZE_FACTOR = 4
 @dataclass(frozen=True)
 class WindowPlan:
     """How a clip is cut in time: ``window`` steps per forward pass (``auto``: what fits ``MEMORY_FRACTION`` of the
-    free memory; ``all``: one pass), consecutive passes sharing ``overlap`` steps."""
+    free memory; ``all``: one pass), consecutive passes sharing ``overlap`` steps (0 only where windows register
+    through known cameras: a static rig of several cameras, or calibrated poses)."""
 
     window: int | Literal["auto", "all"] = "auto"
     overlap: int = 2
@@ -50,9 +62,8 @@ class WindowPlan:
     def __post_init__(self) -> None:
         if self.window not in ("auto", "all") and not (isinstance(self.window, int) and self.window >= 2):
             raise ValueError(f"window {self.window!r}: give 'auto', 'all' or a number of time steps >= 2")
-        if self.overlap < 1:
-            raise ValueError(f"overlap {self.overlap} must be at least 1: consecutive windows are aligned on shared "
-                             "steps")
+        if self.overlap < 0:
+            raise ValueError(f"overlap {self.overlap} must be at least 0 (consecutive windows share overlap steps)")
         if isinstance(self.window, int) and self.overlap >= self.window:
             raise ValueError(f"overlap {self.overlap} must be below window {self.window} (consecutive windows share "
                              "overlap steps); lower the overlap or raise the window")
@@ -142,13 +153,19 @@ def choose_window(model: Page4D, clip: MultiViewClip, image_size: tuple[int, int
 
 
 def _predict(
-    model: Page4D, clip: MultiViewClip, times: range, mode: PreprocessMode, size: int
+    model: Page4D, clip: MultiViewClip, times: range, mode: PreprocessMode, size: int,
+    calibration: Calibration | None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[ImageTransform]]:
-    """One forward pass over ``times``: numpy ``[T', V, ...]`` outputs, uint8 images and each view's transform."""
+    """One forward pass over ``times``: numpy ``[T', V, ...]`` outputs, uint8 images and each view's transform.
+    A calibration with poses reaches a model with the epipolar prior as its ``camera_priors``."""
     images, transforms = clip.load_images(mode=mode, target_size=size, times=times)
-    inputs = None
-    if clip.external_mask_paths is not None:
-        inputs = ForwardInputs(external_mask=clip.load_external_masks(transforms, times)[None])
+    masks = None if clip.external_mask_paths is None else clip.load_external_masks(transforms, times)[None]
+    priors = None
+    if calibration is not None and calibration.has_poses and model.config.aggregator.epipolar is not None:
+        intrinsics = _model_intrinsics(calibration, transforms, len(times))
+        extrinsics = calibration.poses([clip.time_ids[t] for t in times])
+        priors = tuple(torch.from_numpy(np.ascontiguousarray(x)).float()[None] for x in (intrinsics, extrinsics))
+    inputs = None if masks is None and priors is None else ForwardInputs(external_mask=masks, camera_priors=priors)
     pred = model.infer(images[None], inputs)
     out = {
         "extrinsic": pred.extrinsic[0], "intrinsic": pred.intrinsic[0], "depth": pred.depth[0, ..., 0],
@@ -162,17 +179,10 @@ def _predict(
     return arrays, pixels, transforms
 
 
-def _overlap_fit(
-    previous: dict[str, np.ndarray], arrays: dict[str, np.ndarray], shared: slice
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Sim(3) taking a new window's world into the stitched one, from the time steps it shares with the previous
-    (already aligned) window: ``shared`` indexes them in the previous window; they open the new one."""
-
-    def frames(source: dict[str, np.ndarray], steps: slice) -> dict[str, np.ndarray]:
-        keys = ("depth", "depth_conf", "extrinsic", "intrinsic")
-        return {k: source[k][steps].reshape(-1, *source[k].shape[2:]) for k in keys}
-
-    return fit_overlap(frames(previous, shared), frames(arrays, slice(0, shared.stop - shared.start)))
+def _model_intrinsics(calibration: Calibration, transforms: list[ImageTransform], steps: int) -> np.ndarray:
+    """``[T', V, 3, 3]`` float32 calibrated K on the model-input grid."""
+    grid = np.stack([t.adjust_intrinsics(k) for t, k in zip(transforms, calibration.intrinsics(), strict=True)])
+    return np.broadcast_to(grid, (steps, *grid.shape)).astype(np.float32)
 
 
 def load_model(
@@ -208,6 +218,8 @@ def reconstruct(
     device: torch.device | str | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    rig: RigMode = "auto",
+    calibration: Calibration | str | Path | None = None,
 ) -> Reconstruction:
     """Predict every (t, v) of ``clip``; window by window when ``plan`` cuts the clip (module docstring of
     ``page4d.reconstruction.windows``). The world frame is the predicted camera (t0, v0).
@@ -220,13 +232,32 @@ def reconstruct(
         spool: a folder on the disk the dense outputs are written to as they are made; the result reads them
             back from there and removes them when it is closed (``Reconstruction.close``, or ``with``).
         device: where a named model runs (default: a ``Page4D``'s own device, else the CPU).
-        log: called with one line for each note (the model's source, the window chosen).
+        log: called with one line for each note (the model's source, the window chosen, the rig decided).
+        rig: ``static`` (one pose per camera for the whole clip; windows register through the cameras),
+            ``moving`` (a pose per step; windows register on their shared steps) or ``auto`` (from the calibration,
+            else from the spread of the first window's cameras); ``page4d.reconstruction.registration``.
+        calibration: the rig's cameras (a :class:`Calibration`, or a path ``read_calibration`` reads): K replaces
+            the predicted K, distortion is removed from the frames, and poses put every frame in the
+            calibration's world and units (``page4d.reconstruction.calibrated``).
 
     The result's ``meta`` records the provenance: page4d version, model and weights source, ``untrained``, the
-    config, device, pre-processing, windows and seconds.
+    config, device, pre-processing, windows, seconds, the rig decided, the output world, and with a calibration
+    the model's error against it per camera.
     """
     _check_types(model, clip, plan)
     note = log or (lambda _: None)
+    if calibration is not None and not isinstance(calibration, Calibration):
+        calibration = Calibration.for_clip(calibration, clip)
+    check_rig(rig, _calibrated_kind(calibration))
+    plan = plan or WindowPlan()
+    _check_overlap(plan, rig, calibration, clip)
+    if calibration is not None:
+        note(f"calibration: {calibration.source}: {calibration.match}" + (
+            "" if calibration.has_poses else " (intrinsics only)"))
+        clip = calibration.applied_to(clip)
+        if clip.lenses is not None:
+            lensed = [name for name, lens in zip(clip.view_names, clip.lenses, strict=True) if lens is not None]
+            note(f"calibration: lens distortion removed from the frames of {', '.join(lensed)}")
     name, report = "Page4D object", None
     if isinstance(model, (str, Path)):
         name = str(model)
@@ -238,7 +269,6 @@ def reconstruct(
         model.to(device)
     run_device = next(model.parameters()).device
     size = model.config.input_width if size is None else size
-    plan = plan or WindowPlan()
     transforms = clip.transforms(mode, size)
     padded = batch_padded(transforms, mode)
     if padded:
@@ -250,7 +280,8 @@ def reconstruct(
     windows = plan_windows(clip.num_times, window, min(plan.overlap, window - 1))
     store = Spool(spool) if spool is not None else None
     with store.removed_on_error() if store is not None else contextlib.nullcontext():
-        recon = _stitch(model, clip, mode, size, windows, progress, store)
+        recon = _stitch(model, clip, mode, size, windows, progress, store, rig, calibration)
+    note(f"rig: {recon.meta['rig']['mode']} ({recon.meta['rig']['reason']})")
     recon.meta.update({
         "page4d_version": __version__,
         "model": name,
@@ -261,6 +292,15 @@ def reconstruct(
         "external_masks": None if clip.external_mask_paths is None else True,
     })
     return recon
+
+
+def _check_overlap(plan: WindowPlan, rig: RigMode, calibration: Calibration | None, clip: MultiViewClip) -> None:
+    """``ValueError`` for an overlap of 0 where windows can only register on shared steps."""
+    if plan.overlap > 0 or calibration is not None and calibration.has_poses:
+        return
+    if rig != "static" or clip.num_views < 2:
+        raise ValueError("overlap 0 leaves consecutive windows nothing to register on: it needs calibrated poses "
+                         "or a static rig of two or more cameras (--rig static); give an overlap of 1 or more")
 
 
 def _check_types(model: object, clip: object, plan: object) -> None:
@@ -304,25 +344,39 @@ def _stitch(
     windows: list[range],
     progress: bool,
     store: Spool | None,
+    rig: RigMode,
+    calibration: Calibration | None,
 ) -> Reconstruction:
-    """The window loop: predict, align each window to the previous one on their shared steps, keep the new steps."""
+    """The window loop: predict, put the calibrated K in, register each window (the first one decides the rig),
+    keep the new steps."""
     blocks: dict[str, list[np.ndarray]] = {}
     previous: tuple[int, dict[str, np.ndarray]] | None = None
+    registration: Registration | None = None
+    check = None if calibration is None else CalibrationCheck(clip.view_names)
     done = 0
     bar = tqdm(total=clip.num_times * clip.num_views, unit="frame", desc="reconstruct", disable=not progress)
     for index, times in enumerate(windows):
-        arrays, pixels, transforms = _predict(model, clip, times, mode, size)
+        arrays, pixels, transforms = _predict(model, clip, times, mode, size, calibration)
         arrays["images"] = pixels
+        if calibration is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                check.add_intrinsics(restore_intrinsics(arrays["intrinsic"], transforms), calibration.intrinsics())
+            arrays["intrinsic"] = _model_intrinsics(calibration, transforms, len(times)).copy()
+        if registration is None:
+            decision = decide_rig(rig, arrays, _calibrated_kind(calibration))
+            registration = _registration(decision, calibration, clip, check)
+        shared = None
         if previous is not None:
             first, aligned = previous
-            apply_sim3_to_outputs(arrays, *_overlap_fit(aligned, arrays, slice(times.start - first, done - first)))
+            shared = (slice(times.start - first, done - first), aligned)
+        registration.register(arrays, times, shared)
         for key, value in arrays.items():
             block = value[done - times.start :]
             if store is not None and key not in SMALL:
                 store.append(key, block)
             else:
                 blocks.setdefault(key, []).append(block)
-        if index + 1 < len(windows):  # keep only what the next window's alignment reads
+        if index + 1 < len(windows):  # keep only what the next window's registration reads
             first = windows[index + 1].start
             previous = (first, {k: arrays[k][first - times.start :].copy() for k in ("depth", "depth_conf", *SMALL)})
         del arrays, pixels
@@ -333,17 +387,48 @@ def _stitch(
     out = {k: np.concatenate(v) for k, v in blocks.items()}
     if store is not None:
         out.update(store.arrays)
+    registration.finish(out)
     with np.errstate(invalid="ignore"):  # an untrained camera head can predict infinite focal lengths
         intrinsic_original = restore_intrinsics(out["intrinsic"], transforms)
+    meta = {
+        "transforms": [transform_meta(t) for t in transforms], "view_names": clip.view_names,
+        "preprocess": {"mode": mode, "size": size},
+        "windows": [[w.start, w.stop] for w in windows],
+        "rig": decision.meta(clip.view_names),
+        "world": _world(decision, calibration),
+    }
+    if calibration is not None:
+        meta["calibration"] = {"source": calibration.source, "match": calibration.match,
+                               "poses": calibration.has_poses, "check": check.summary()}
     return Reconstruction(
         time_ids=np.asarray(clip.time_ids), view_ids=np.asarray(clip.view_ids), images=out["images"],
         extrinsic=out["extrinsic"], intrinsic=out["intrinsic"], intrinsic_original=intrinsic_original,
         depth=out["depth"], depth_conf=out["depth_conf"], world_points=out["world_points"],
         world_points_conf=out["world_points_conf"], dynamic_mask=out.get("dynamic_mask"),
-        meta={
-            "transforms": [transform_meta(t) for t in transforms], "view_names": clip.view_names,
-            "preprocess": {"mode": mode, "size": size},
-            "windows": [[w.start, w.stop] for w in windows],
-        },
-        spool=store,
+        meta=meta, spool=store,
     )
+
+
+def _calibrated_kind(calibration: Calibration | None) -> Calibrated:
+    if calibration is None or not calibration.has_poses:
+        return "none"
+    return "moving" if calibration.moving else "static"
+
+
+def _registration(
+    decision: RigDecision, calibration: Calibration | None, clip: MultiViewClip, check: CalibrationCheck | None
+) -> Registration:
+    if calibration is not None and calibration.has_poses:
+        return CameraRegistration(calibration.poses(clip.time_ids), check)
+    if decision.mode == "static":
+        return CameraRegistration(None)
+    return OverlapRegistration()
+
+
+def _world(decision: RigDecision, calibration: Calibration | None) -> str:
+    """What the output world and units are (``meta.json``'s ``world``)."""
+    if calibration is not None and calibration.has_poses:
+        return "the calibration's world and units"
+    if decision.mode == "static":
+        return "the model's world and units of the first window, each camera at its pose averaged over that window"
+    return "the predicted camera (t0, v0) of the first window, in the model's units"

@@ -21,7 +21,8 @@ import numpy as np
 
 
 class StepArray:
-    """A read-only ``[T, ...]`` array on disk; ``a[t]``, ``a[t, ...]`` and ``a[start:stop]`` read only those steps."""
+    """A ``[T, ...]`` array on disk; ``a[t]``, ``a[t, ...]`` and ``a[start:stop]`` read only those steps, and
+    ``write`` replaces one step."""
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, owner: object = None):
         self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
@@ -46,6 +47,15 @@ class StepArray:
         count = (stop - start) * int(np.prod(self.shape[1:]))
         values = np.fromfile(self.path, dtype=self.dtype, count=count, offset=start * self.step_bytes)
         return values.reshape(stop - start, *self.shape[1:])
+
+    def write(self, t: int, values: np.ndarray) -> None:
+        """Replace step ``t`` with ``values`` (its shape, cast to the dtype)."""
+        values = np.ascontiguousarray(values, dtype=self.dtype)
+        if values.shape != self.shape[1:] or not 0 <= t < self.shape[0]:
+            raise ValueError(f"{self.path}: cannot write a {values.shape} step at {t} of {self.shape}")
+        with open(self.path, "r+b") as file:
+            file.seek(t * self.step_bytes)
+            values.tofile(file)
 
     def __getitem__(self, index: int | slice | tuple) -> np.ndarray:
         first, rest = (index[0], index[1:]) if isinstance(index, tuple) else (index, ())

@@ -21,8 +21,8 @@ def plan_windows(num_times: int, window: int, overlap: int) -> list[range]:
     steps (the last one is moved back to end at ``num_times``, so it may share more)."""
     if window >= num_times:
         return [range(num_times)]
-    if not 0 < overlap < window:
-        raise ValueError(f"--overlap {overlap} must be at least 1 and below the window size {window}")
+    if not 0 <= overlap < window:
+        raise ValueError(f"--overlap {overlap} must be at least 0 and below the window size {window}")
     starts = list(range(0, num_times - window + 1, window - overlap))
     if starts[-1] + window < num_times:
         starts.append(num_times - window)
