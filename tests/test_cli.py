@@ -80,7 +80,9 @@ def test_windows_and_masks_from_the_command_line(tmp_path, capsys):
     assert not np.array_equal(masked, np.load(tmp_path / "plain" / "predictions.npz")["dynamic_mask"])
 
 
-def test_video_input_end_to_end(tmp_path):
+def test_video_input_end_to_end(tmp_path, capsys):
+    """cam1 starts one frame (0.1 s) after cam0: by timestamp the clip is the 3 frames both cover, --sync index
+    pairs frame i with frame i."""
     import av
 
     rng = np.random.default_rng(0)
@@ -88,16 +90,19 @@ def test_video_input_end_to_end(tmp_path):
         with av.open(str(tmp_path / f"cam{view}.mkv"), "w") as container:
             stream = container.add_stream("ffv1", rate=10)
             stream.width, stream.height, stream.pix_fmt = 56, 42, "bgr0"
-            for _ in range(4):
-                frame = rng.integers(0, 256, (42, 56, 3), dtype=np.uint8)
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            for i in range(4):
+                frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (42, 56, 3), dtype=np.uint8), format="rgb24")
+                frame.pts = i + view
+                container.mux(stream.encode(frame))
             container.mux(stream.encode())
-    out = tmp_path / "out"
     videos = [str(tmp_path / "cam0.mkv"), str(tmp_path / "cam1.mkv")]
-    assert main(["reconstruct", *videos, "-o", str(out), "--size", "56", "--fps", "5", "--export", "none",
-                 "--quiet"]) == 0
-    pred = np.load(out / "predictions.npz")
-    assert pred["time_ids"].tolist() == [0, 2] and pred["depth"].shape == (2, 2, 42, 56)
+    for sync, time_ids in (("timestamp", [1, 3]), ("index", [0, 2])):
+        out = tmp_path / sync
+        assert main(["reconstruct", *videos, "-o", str(out), "--size", "56", "--fps", "5", "--export", "none",
+                     "--sync", sync]) == 0
+        pred = np.load(out / "predictions.npz")
+        assert pred["time_ids"].tolist() == time_ids and pred["depth"].shape == (2, 2, 42, 56)
+        assert ("the 3 time steps from 0.1 to 0.3 s" in capsys.readouterr().out) == (sync == "timestamp")
 
 
 def test_console_script_help():

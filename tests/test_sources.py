@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -24,14 +25,20 @@ def frames_for(view: int, count: int, size: tuple[int, int] = (48, 64)) -> list[
     return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(count)]
 
 
-def write_video(path, frames: list[np.ndarray], fps: int = 10, codec: str = "ffv1") -> None:
-    """ffv1 in .mkv is lossless, so decoded frames can be compared exactly; libx264 .mp4 announces its length."""
+def write_video(path, frames: list[np.ndarray], fps: int = 10, codec: str = "ffv1",
+                times: list[float] | None = None) -> None:
+    """ffv1 in .mkv is lossless, so decoded frames can be compared exactly; libx264 .mp4 announces its length.
+    ``times``: presentation time of each frame in seconds (default ``i / fps``)."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i, frame in enumerate(frames):
+            encoded = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            encoded.pts = round(1000 * (i / fps if times is None else times[i]))
+            encoded.time_base = Fraction(1, 1000)
+            container.mux(stream.encode(encoded))
         container.mux(stream.encode())
 
 
@@ -84,8 +91,60 @@ def test_video_time_selection(tmp_path):
 def test_videos_of_different_lengths_use_the_shortest_and_say_so(tmp_path):
     write_video(tmp_path / "a.mkv", frames_for(0, 5))
     write_video(tmp_path / "b.mkv", frames_for(1, 4))
-    clip, notes = open_input([tmp_path / "a.mkv", tmp_path / "b.mkv"])
+    paths = [tmp_path / "a.mkv", tmp_path / "b.mkv"]
+    clip, notes = open_input(paths)
+    assert clip.num_times == 4 and "a.mkv 0–0.4 s, b.mkv 0–0.3 s" in notes[0] and "the 4 time steps" in notes[0]
+    clip, notes = open_input(paths, TimeSelection(sync="index"))
     assert clip.num_times == 4 and "a.mkv: 5, b.mkv: 4" in notes[0]
+
+
+@needs_shared
+def test_videos_at_different_rates_and_start_times_are_synchronised_by_timestamp(tmp_path):
+    """The tabletop's 16 steps as a 10 fps clip (step t shown at t / 10 s), recorded by four cameras that differ:
+    view 0 at 10 fps, view 1 at 5 fps (even steps only), view 2 started 0.3 s late, view 3 at 20 fps (each step
+    shown twice). Timestamp sync follows the slowest camera (view 1) where all four have a frame: steps 4, 6, …, 14;
+    every (t, v) must be exactly the tabletop's frame (lossless ffv1)."""
+    truth = [[np.asarray(Image.open(TABLETOP / "images" / f"time_{t:02d}" / f"view{v}.png").convert("RGB"))
+              for v in range(4)] for t in range(16)]
+    recordings = {  # view: (steps shown, presentation times, stated rate)
+        0: (list(range(16)), [t / 10 for t in range(16)], 10),
+        1: (list(range(0, 16, 2)), [t / 10 for t in range(0, 16, 2)], 5),
+        2: (list(range(3, 16)), [t / 10 for t in range(3, 16)], 10),
+        3: ([t for t in range(16) for _ in range(2)], [t / 10 + k / 20 for t in range(16) for k in range(2)], 20),
+    }
+    paths = []
+    for v, (steps, times, fps) in recordings.items():
+        paths.append(tmp_path / f"cam{v}.mkv")
+        write_video(paths[-1], [truth[t][v] for t in steps], fps=fps, times=times)
+    clip, notes = open_input(paths)
+    assert clip.time_ids == [2, 3, 4, 5, 6, 7]  # frame indices of the slowest camera
+    for row, t in zip(clip.frames, range(4, 16, 2), strict=True):
+        for v in range(4):
+            assert np.array_equal(np.asarray(row[v]), truth[t][v]), (t, v)
+    assert "10, 5, 10, 20 fps: time steps follow the slowest camera (cam1.mkv)" in notes[0]
+    assert "cam2.mkv 0.3–1.5 s" in notes[1] and "6 time steps from 0.4 to 1.4 s" in notes[1]
+    assert "--sync index" in notes[2]
+    clip, _ = open_input(paths, TimeSelection(fps=2.5))  # every 2nd step of the 5 fps timeline
+    assert clip.time_ids == [2, 4, 6] and np.array_equal(np.asarray(clip.frames[1][3]), truth[8][3])
+    by_index, _ = open_input(paths, TimeSelection(sync="index"))  # frame i of each file: wrong pairs on this rig
+    assert by_index.num_times == 8 and np.array_equal(np.asarray(by_index.frames[0][2]), truth[3][2])
+
+
+def test_timestamp_sync_orders_frames_by_presentation_time_and_refuses_disjoint_videos(tmp_path):
+    levels = [np.full((32, 32, 3), 20 * i, np.uint8) for i in range(8)]
+    write_video(tmp_path / "a.mp4", levels, fps=10, codec="libx264")  # H.264 stores frames out of order (B-frames)
+    write_video(tmp_path / "b.mp4", levels[::-1], fps=10, codec="libx264", times=[0.03 + i / 10 for i in range(8)])
+    clip, _ = open_input([tmp_path / "a.mp4", tmp_path / "b.mp4"])
+    assert clip.num_times == 8
+    assert [round(float(np.asarray(row[0]).mean()) / 20) for row in clip.frames] == list(range(8))
+    assert [round(float(np.asarray(row[1]).mean()) / 20) for row in clip.frames] == list(range(8))[::-1]
+    write_video(tmp_path / "late.mkv", levels[:3], fps=10, times=[5.0, 5.1, 5.2])
+    with pytest.raises(ValueError, match=r"the videos share no time \(a\.mp4 0–0\.7 s, late\.mkv 5–5\.2 s, "
+                                         r"by presentation timestamp\); .*pass --sync index"):
+        open_input([tmp_path / "a.mp4", tmp_path / "late.mkv"])
+    assert open_input([tmp_path / "a.mp4", tmp_path / "late.mkv"], TimeSelection(sync="index"))[0].num_times == 3
+    with pytest.raises(ValueError, match="--sync 'pts': choose one of timestamp, index"):
+        TimeSelection(sync="pts")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])

@@ -12,6 +12,7 @@ import torch
 from page4d.checkpoints.pretrained import DEFAULT_MODEL, resolve
 from page4d.data.clip import MultiViewClip
 from page4d.data.sources import TimeSelection, open_input
+from page4d.data.sync import SYNC_MODES
 from page4d.devices import resolve_device
 from page4d.presets import PRESETS
 from page4d.reconstruction.calibrated import Calibration, check_lines
@@ -50,6 +51,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     time_group.add_argument("--every", type=int, default=1, help="keep every N-th time step (default: 1)")
     time_group.add_argument("--start", type=int, default=0, help="skip this many time steps (after --fps/--every)")
     time_group.add_argument("--frames", type=int, help="use at most this many time steps")
+    time_group.add_argument(
+        "--sync", choices=SYNC_MODES, default="timestamp",
+        help="videos: pair frames into time steps by presentation timestamp (default; cameras at different frame "
+        "rates or start times line up on the slowest camera's frames) or by index (frame i of every file)")
     p.add_argument("--masks", type=Path,
                    help="external moving masks MASKS/time_XX/viewN.png (non-zero = moving) for models with a fusion "
                    "mask head (the default model has one)")
@@ -150,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--size {args.size} must be a positive multiple of 14 (e.g. 518)")
     plan = _plan(args.window, args.overlap)
     formats = _exports(args.export)
-    select = TimeSelection(start=args.start, frames=args.frames, every=args.every, fps=args.fps)
+    select = TimeSelection(start=args.start, frames=args.frames, every=args.every, fps=args.fps, sync=args.sync)
     with OutputFolder(args.output, overwrite=args.overwrite, inputs=_inputs(args)) as output:
         summary = _run(args, output, plan, formats, select)
     if not args.quiet:  # only once the result is in place

@@ -1,8 +1,8 @@
 """Every input ``page4d reconstruct`` accepts, turned into one :class:`MultiViewClip`.
 
 * a clip folder in the layout ``images/time_XX/viewN.png`` (``page4d.data.layout``);
-* one video file per camera (PyAV), synchronised by frame index, or a folder holding just those videos (natural
-  order of their names);
+* one video file per camera (PyAV), synchronised by presentation timestamp or by frame index
+  (``page4d.data.sync``), or a folder holding just those videos (natural order of their names);
 * one image folder or ``.txt`` list (one path per line) per camera, synchronised by (natural) sorted position;
   a single folder without ``images/`` is one camera.
 
@@ -23,7 +23,8 @@ from PIL import Image
 from page4d.data.clip import MultiViewClip
 from page4d.data.layout import load_clip
 from page4d.data.rasters import check_pixel_count, oriented_size
-from page4d.data.video import VIDEO_SUFFIXES, decode_video, frame_step
+from page4d.data.sync import SYNC_MODES, SYNCS
+from page4d.data.video import VIDEO_SUFFIXES, decode_frames, frame_step, probe_video
 from page4d.fileio import natural_key
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
@@ -42,12 +43,16 @@ class TimeSelection:
     frames: int | None = None
     every: int = 1
     fps: float | None = None
+    sync: str = "timestamp"
+    """How the frames of video inputs are paired into time steps: one of ``SYNC_MODES``."""
 
     def __post_init__(self) -> None:
         if self.start < 0 or self.every < 1 or (self.frames is not None and self.frames < 1):
             raise ValueError("--start must be >= 0, --every >= 1 and --frames >= 1")
         if self.fps is not None and self.every != 1:
             raise ValueError("--fps and --every both set the time step; give one of them")
+        if self.sync not in SYNC_MODES:
+            raise ValueError(f"--sync {self.sync!r}: choose one of {', '.join(SYNC_MODES)}")
 
     def positions(self, count: int, step: int | None = None) -> range:
         """Positions kept out of ``count`` time steps."""
@@ -100,24 +105,18 @@ def _view_sizes(frames: list[list], names: list[str]) -> list[tuple[int, int]]:
 
 
 def _from_videos(paths: Sequence[Path], select: TimeSelection) -> tuple[MultiViewClip, list[str]]:
-    notes = []
-    first = decode_video(paths[0], 1, stop=1)
-    step = frame_step(first.fps, select.fps) if select.fps is not None else select.every
-    stop = None if select.frames is None else (select.start + select.frames) * step
-    videos = [decode_video(path, step, stop) for path in paths]
-    count = min(len(v.frames) for v in videos)
-    if any(len(v.frames) != count for v in videos):
-        lengths = ", ".join(f"{v.path.name}: {len(v.frames)}" for v in videos)
-        notes.append(f"the videos differ in length ({lengths} frames kept); using the first {count} of each")
-    kept = select.positions(count, step=1)
-    frames = [[v.frames[i] for v in videos] for i in kept]
+    timeline = SYNCS[select.sync].timeline([probe_video(path) for path in paths])
+    notes = list(timeline.notes)
+    step = frame_step(timeline.fps, select.fps) if select.fps is not None else select.every
+    steps = select.positions(len(timeline.positions), step)
+    kept = [timeline.positions[i] for i in steps]
+    decoded = [decode_frames(path, {row[v] for row in kept}) for v, path in enumerate(paths)]
+    frames = [[decoded[v][position] for v, position in enumerate(row)] for row in kept]
     sizes = _view_sizes(frames[:1], [str(p) for p in paths])
     if select.fps is not None:
-        notes.append(f"every {step}th frame of {first.fps:g} fps video ≈ {first.fps / step:g} fps")
-    clip = MultiViewClip(
-        root=paths[0].parent, time_ids=[videos[0].indices[i] for i in kept], view_ids=list(range(len(paths))),
-        frames=frames, image_sizes=sizes, names=_names(paths),
-    )
+        notes.append(f"every {step}th frame of {timeline.fps:g} fps video ≈ {timeline.fps / step:g} fps")
+    clip = MultiViewClip(root=paths[0].parent, time_ids=[timeline.time_ids[i] for i in steps],
+                         view_ids=list(range(len(paths))), frames=frames, image_sizes=sizes, names=_names(paths))
     return clip, notes
 
 
