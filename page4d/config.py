@@ -27,6 +27,10 @@ SparseStrategyName = Literal["landmark", "dilated", "memory"]
 
 SPARSE_STRATEGIES: tuple[str, ...] = get_args(SparseStrategyName)
 
+TrainedLayout = Literal["set", "factorised"]
+"""How a checkpoint's frames attended while it was trained: ``set`` (VGGT, PAGE-4D, Pi3: one unordered set of
+frames, frame and global attention) or ``factorised`` (page4d's time / view blocks over a (t, v) grid)."""
+
 
 def _check_choice(owner: str, name: str, value: object, choices: tuple) -> None:
     if value not in choices:
@@ -333,6 +337,9 @@ class ModelConfig:
     track_head: TrackHeadConfig | None = field(default_factory=TrackHeadConfig)
     input_width: int = 518
     """Model-input width (crop mode) the weights were trained at: ``page4d reconstruct``'s default ``--size``."""
+    trained_layout: TrainedLayout = "factorised"
+    """The attention layout the weights were trained in; ``Page4D.infer(attention="auto")`` runs it (converters of
+    VGGT, PAGE-4D and Pi3 checkpoints record ``set``, ``page4d train`` records ``factorised``)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -347,6 +354,7 @@ class ModelConfig:
         that join parts (widths, head taps)."""
         enc, agg = self.encoder, self.aggregator
         _check_choice("encoder", "kind", enc.kind, ("dinov2", "conv"))
+        _check_choice("model", "trained_layout", self.trained_layout, get_args(TrainedLayout))
         agg.validate()
         if enc.embed_dim != agg.embed_dim:
             raise ValueError(

@@ -12,6 +12,7 @@ from huggingface_hub import ModelHubMixin
 from torch import nn
 
 from page4d.aggregator import Aggregator
+from page4d.attention_plans import resolve_plan
 from page4d.checkpoints import native
 from page4d.checkpoints.hub import HubOptions
 from page4d.config import ModelConfig
@@ -174,13 +175,16 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
 
     @torch.inference_mode()
     def infer(
-        self, images: torch.Tensor, inputs: ForwardInputs | None = None, query_points: torch.Tensor | None = None
+        self, images: torch.Tensor, inputs: ForwardInputs | None = None, query_points: torch.Tensor | None = None,
+        attention: str = "auto",
     ) -> Predictions:
         """Inference entry point: eval mode, inputs moved to the model's device, bf16 aggregator on CUDA.
 
         Arguments as in ``forward`` (at inference the mask-strength step is 0), except that ``images`` may also
         be ``torch.uint8`` in 0..255 (divided by 255 here); float images of any precision must be finite and in
-        [0, 1] (cast to the weights' dtype here)."""
+        [0, 1] (cast to the weights' dtype here). ``attention``: the plan over the ``[T, V]`` frames (see
+        ``page4d.attention_plans``): ``set``, ``per-step``, ``factorised``, or ``auto`` (the layout the weights
+        were trained in, ``config.trained_layout``). All plans coincide when T = 1."""
         self.eval()
         weight = next(self.parameters())
         device = weight.device
@@ -205,10 +209,19 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
             if low < 0:
                 hints.append("[-1, 1] images: pass (x + 1) / 2")
             raise ValueError(f"images must be in [0, 1], found values in [{low:g}, {high:g}]; {'; '.join(hints)}")
-        images = images.to(weight.dtype)  # float64 or half images would meet float32 weights in the first layer
+        images = as_grid(images.to(weight.dtype), self.config.patch_size)  # float64 / half images meet fp32 weights
         _check_inputs_type(inputs)
-        inputs = None if inputs is None else inputs.to(device)
-        return self(images, inputs, None if query_points is None else query_points.to(device))
+        plan = resolve_plan(attention, self.config)
+        query_points = None if query_points is None else query_points.to(device)
+        if plan.name == "per-step" and query_points is not None and images.shape[1] > 1:
+            raise ValueError("tracks follow query points through time, but attention='per-step' runs each time step "
+                             "on its own; use 'set' or 'factorised' for tracks")
+        inputs = None if inputs is None else inputs.to(device).at_patches(images.shape, self.config.patch_size)
+        b, t, v = images.shape[:3]
+        if t == 1:
+            return self(images, inputs, query_points)
+        pred = self(plan.fold(images), plan.fold_inputs(inputs), query_points)
+        return plan.unfold_predictions(pred, b, t, v)
 
     # --- thin delegates to page4d.checkpoints, which owns every file format -------------------------
 

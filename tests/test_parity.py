@@ -74,13 +74,18 @@ def squeeze_time(x: torch.Tensor) -> torch.Tensor:
     return x[:, 0]
 
 
-def run_fixture(folder: Path, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Our counterpart of every output a reference fixture may hold."""
+def load_reference_model(folder: Path, kind: str) -> tuple[dict, Page4D]:
     fx = load_fixture(str(folder.resolve()))
     converter = SUPPORTED[kind]
     model = Page4D(converter.model_config_from_reference(fx["config"])).eval()
     state, report = converter.convert(fx["model"], source=str(folder / "model.safetensors"))
     load_strict(model, state, report)
+    return fx, model
+
+
+def run_fixture(folder: Path, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Our counterpart of every output a reference fixture may hold."""
+    fx, model = load_reference_model(folder, kind)
     images = fx["inputs"]["images"]
     query = fx["inputs"].get("query_points")
     height, width = images.shape[-2:]
@@ -179,3 +184,64 @@ def test_fixture_dirs_variable_makes_any_folder_a_case(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:]
     assert "PASSED tests/test_parity.py::test_fixture_parity[my_rig_fixture]" in result.stdout
     assert "1 passed" in result.stdout
+
+
+def vggt_family_cases() -> list:
+    return [c for c in fixture_cases() if not isinstance(c, Path) or fixture_kind(
+        json.loads((c / "config.json").read_text())) in ("vggt", "page4d")]
+
+
+PLAN_OUTPUTS = ("pose_enc", "extrinsic", "intrinsic", "depth", "depth_conf", "world_points", "world_points_conf")
+
+
+def plan_errors(fx: dict, pred, pick) -> dict[str, tuple[float, float]]:
+    """(error, tolerance) of every camera and dense output against the fixture; ``pick`` maps our ``[B, T, V, ...]``
+    field to the reference's ``[B, S, ...]``."""
+    errors = {}
+    for key in PLAN_OUTPUTS:
+        if key in fx["outputs"] and getattr(pred, key) is not None:
+            errors[key] = compare(fx, key, pick(getattr(pred, key)), fx["outputs"][key])
+    assert errors, "the fixture has no camera or dense output to compare"
+    return errors
+
+
+@pytest.mark.parametrize("folder", vggt_family_cases(), ids=lambda d: d.name)
+def test_set_and_per_step_plans_run_the_reference_semantics(folder: Path):
+    """The fixture's S frames as a video ``[1, T = S, V = 1]``: ``set`` equals the reference run on them as one
+    sequence, and the factorised plan (time attention across the S steps) does not. As one time step of a
+    two-step rig ``[1, T = 2, V = S]`` whose other step holds other images, ``per-step`` equals the reference on
+    that step alone."""
+    kind = fixture_kind(json.loads((folder / "config.json").read_text()))
+    fx, model = load_reference_model(folder, kind)
+    images = fx["inputs"]["images"]  # [1, S, 3, H, W]
+    video = images[:, :, None]
+    errors = plan_errors(fx, model.infer(video, attention="set"), lambda x: x[:, :, 0])
+    failures = {k: e for k, e in errors.items() if not e[0] <= e[1]}
+    assert not failures, f"{folder.name} set plan: outside tolerance (error, tolerance): {failures}"
+    factorised = plan_errors(fx, model.infer(video, attention="factorised"), lambda x: x[:, :, 0])
+    assert any(e[0] > e[1] for e in factorised.values()), f"{folder.name}: the factorised plan matches too"
+    other = torch.rand(images.shape, generator=torch.Generator().manual_seed(1))
+    for step in (0, 1):
+        rig = torch.stack([images, other] if step == 0 else [other, images], dim=1)  # [1, 2, S, 3, H, W]
+        errors = plan_errors(fx, model.infer(rig, attention="per-step"), lambda x, s=step: x[:, s])
+        failures = {k: e for k, e in errors.items() if not e[0] <= e[1]}
+        assert not failures, f"{folder.name} per-step plan, step {step}: outside tolerance: {failures}"
+
+
+@needs_shared
+def test_converted_reference_checkpoints_record_the_set_layout():
+    """A VGGT-family file loaded through the converters records that it was trained on sets of frames, so
+    ``attention="auto"`` runs the set plan; a page4d model keeps the factorised layout."""
+    from page4d.checkpoints.pretrained import load_checkpoint_file, load_pretrained
+
+    folder = FIXTURES / "vggt_dinov2_tiny"
+    fx = load_fixture(str(folder.resolve()))
+    config = vggt.model_config_from_reference(fx["config"])
+    model, _ = load_checkpoint_file(folder / "model.safetensors", config)
+    assert model.config.trained_layout == "set"
+    video = fx["inputs"]["images"][:, :, None]
+    auto, chosen = model.infer(video), model.infer(video, attention="set")
+    assert torch.equal(auto.depth, chosen.depth) and torch.equal(auto.extrinsic, chosen.extrinsic)
+    assert load_pretrained("page4d-small")[0].config.trained_layout == "factorised"
+    with pytest.raises(ValueError, match="attention 'global': choose one of auto, set, per-step, factorised"):
+        model.infer(video, attention="global")

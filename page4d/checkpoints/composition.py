@@ -19,6 +19,7 @@ and every unused source key with the reason.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,6 +253,8 @@ def compose(
     """Build the recipe's target from the source files ``paths`` (label -> file). See the module docstring."""
     sources = {label: LazySource(path) for label, path in paths.items()}
     config = recipe.target_config()
+    if native.CONVERTER not in recipe.sources.values():  # VGGT, PAGE-4D and Pi3 were trained on sets of frames
+        config = dataclasses.replace(config, trained_layout="set")
     with torch.device("meta"):
         owner, report = plan(recipe, sources, Page4D(config))
     model = Page4D(config)

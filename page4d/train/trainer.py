@@ -350,6 +350,7 @@ class Trainer:
         """Write ``model/`` (a page4d checkpoint) into a temporary sibling folder swapped into place, replacing an
         older one, so a kill during the save never leaves a half-written model; only rank 0 writes."""
         out = self.folder / MODEL
+        self.model.config.trained_layout = "factorised"  # whatever it started from, it now learnt the (t, v) layout
         if self.rank == 0:
             with OutputFolder(out, overwrite=True) as output:
                 self.model.save_pretrained(output.path)
