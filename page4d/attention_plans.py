@@ -47,7 +47,7 @@ class AttentionPlan:
         return rearrange(x, self._pattern(False), b=b, t=t, v=v)
 
     def fold_inputs(self, inputs: ForwardInputs | None) -> ForwardInputs | None:
-        """Every ``[B, T, V, ...]`` input regrouped like the images (inputs at the images' resolution)."""
+        """Every ``[B, T, V, ...]`` input (pixel maps or their patch means, priors) regrouped like the images."""
         if inputs is None:
             return None
         priors = inputs.camera_priors

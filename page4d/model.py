@@ -217,11 +217,8 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
             raise ValueError("tracks follow query points through time, but attention='per-step' runs each time step "
                              "on its own; use 'set' or 'factorised' for tracks")
         inputs = None if inputs is None else inputs.to(device).at_patches(images.shape, self.config.patch_size)
-        b, t, v = images.shape[:3]
-        if t == 1:
-            return self(images, inputs, query_points)
-        pred = self(plan.fold(images), plan.fold_inputs(inputs), query_points)
-        return plan.unfold_predictions(pred, b, t, v)
+        pred = self(plan.fold(images), plan.fold_inputs(inputs), query_points)  # every plan is the identity at T = 1
+        return plan.unfold_predictions(pred, *images.shape[:3])
 
     # --- thin delegates to page4d.checkpoints, which owns every file format -------------------------
 
