@@ -38,6 +38,11 @@ class AttentionPlan:
     def _pattern(self, forward: bool) -> str:
         return f"b t v ... -> {self.into} ..." if forward else f"{self.into} ... -> b t v ..."
 
+    def model_grid(self, t: int, v: int) -> tuple[int, int, int]:
+        """``(B', T', V')`` the model sees for one ``[1, t, v]`` window."""
+        b, t, v = self.fold(torch.empty(1, t, v, device="meta")).shape
+        return b, t, v
+
     def fold(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, V, ...]`` -> the model's grid."""
         return rearrange(x, self._pattern(True))

@@ -157,7 +157,8 @@ def test_calibrated_cameras_reach_an_epipolar_model_as_camera_priors(clip, rig, 
     model = perturbed(cfg)
     seen = []
     infer = model.infer
-    monkeypatch.setattr(model, "infer", lambda images, inputs=None: (seen.append(inputs), infer(images, inputs))[1])
+    monkeypatch.setattr(model, "infer", lambda images, inputs=None, **kw: (seen.append(inputs),
+                                                                            infer(images, inputs, **kw))[1])
     cameras, size = rig
     recon = reconstruct(model, clip, size=56, progress=False, calibration=write_toml(tmp_path / "c.toml", cameras,
                                                                                        size))

@@ -154,7 +154,7 @@ def test_a_failed_run_removes_its_spool(tmp_path):
     model = Page4D(preset("tiny")).eval()
     calls = []
 
-    def failing(images, inputs=None):
+    def failing(images, inputs=None, attention="auto"):
         calls.append(images.shape[1])
         if len(calls) == 2:
             raise RuntimeError("device lost")

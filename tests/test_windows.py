@@ -95,7 +95,7 @@ class WindowedTruth:
         """Where it "runs": the CPU."""
         return iter([torch.zeros(())])
 
-    def infer(self, images: torch.Tensor, inputs: ForwardInputs | None = None) -> Predictions:
+    def infer(self, images: torch.Tensor, inputs: ForwardInputs | None = None, attention: str = "auto") -> Predictions:
         times = self.windows[self.calls]
         self.calls += 1
         arrays = {k: getattr(self.gt, k)[times.start : times.stop].copy() for k in ("extrinsic", "depth",
@@ -178,16 +178,44 @@ def test_spooled_windows_equal_windows_in_memory(tmp_path):
 
 @needs_shared
 def test_the_automatic_window_fits_half_the_free_memory(monkeypatch):
-    import page4d.reconstruction.runner as runner
-    from page4d.model import Page4D
+    import page4d.reconstruction.budget as budget
+    from page4d.attention_plans import PLANS
     from page4d.presets import preset
 
-    model, clip = Page4D(preset("tiny")), load_clip(SHARED / "data" / "tabletop4v")
-    per_step = runner.bytes_per_frame(model, (392, 518)) * clip.num_views
-    monkeypatch.setattr(runner, "available_memory", lambda device: int(per_step * 20.5))
-    assert runner.choose_window(model, clip, (392, 518), torch.device("cpu")) == 10  # floor(0.5 * 20.5 steps)
-    monkeypatch.setattr(runner, "available_memory", lambda device: 0)
-    assert runner.choose_window(model, clip, (392, 518), torch.device("cpu")) == 2  # never below 2
-    monkeypatch.setattr(runner, "available_memory", lambda device: 10**15)
-    assert runner.choose_window(model, clip, (392, 518), torch.device("cpu")) == clip.num_times
-    assert runner.available_memory(torch.device("cpu")) > 0
+    config, clip = preset("tiny"), load_clip(SHARED / "data" / "tabletop4v")
+    per_step = budget.bytes_per_frame(config, (392, 518), 4) * clip.num_views
+
+    def window(plan: str = "factorised") -> int:
+        return budget.choose_window(config, 4, PLANS[plan], clip.num_times, clip.num_views, (392, 518),
+                                    torch.device("cpu")).steps
+
+    monkeypatch.setattr(budget, "available_memory", lambda device: int(per_step * 20.5))
+    assert window() == 10  # floor(0.5 * 20.5 steps)
+    monkeypatch.setattr(budget, "available_memory", lambda device: 0)
+    assert window() == 2  # never below 2
+    monkeypatch.setattr(budget, "available_memory", lambda device: 10**15)
+    assert window() == clip.num_times
+    assert budget.available_memory(torch.device("cpu")) > 0
+
+
+def test_the_automatic_window_counts_each_plans_longest_attention(monkeypatch):
+    """With memory to spare, the set plan's window stops where its global attention over T·V frames would pass
+    MAX_ATTENTION_TOKENS; factorised attends over T frames of one camera, per-step never grows with T."""
+    import page4d.reconstruction.budget as budget
+    from page4d.attention_plans import PLANS
+    from page4d.presets import preset
+
+    config = preset("tiny")
+    frame = 1 + config.aggregator.num_register_tokens + 28 * 37  # tokens of one 392×518 frame
+    monkeypatch.setattr(budget, "available_memory", lambda device: 10**15)
+
+    def window(plan: str, views: int = 4) -> budget.WindowChoice:
+        return budget.choose_window(config, 4, PLANS[plan], 1000, views, (392, 518), torch.device("cpu"))
+
+    limit = budget.MAX_ATTENTION_TOKENS
+    assert window("set").steps == limit // (4 * frame)  # all T·4 frames of the window in one sequence
+    assert window("set", views=8).steps == limit // (8 * frame)
+    assert window("factorised").steps == limit // frame  # time blocks: T frames of one camera
+    assert window("per-step").steps == 1000  # view attention over one step's 4 frames, whatever T
+    assert "set plan attends over" in window("set").reason
+    assert window("set", views=200).steps == 2  # never below 2, even where one step alone is past the limit

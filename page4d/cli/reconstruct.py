@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from page4d.attention_plans import ATTENTION_PLANS
 from page4d.checkpoints.pretrained import DEFAULT_MODEL, resolve
 from page4d.data.clip import MultiViewClip
 from page4d.data.sources import TimeSelection, open_input
@@ -72,6 +73,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "allowed); moving: a pose per time step; auto: from the calibration, else from how much the first window's "
         "cameras move (default: auto)",
     )
+    p.add_argument(
+        "--attention", choices=ATTENTION_PLANS, default="auto",
+        help="how the frames of a window attend: set (all T·V frames as one set, as VGGT / PAGE-4D / Pi3 were "
+        "trained; cost quadratic in T·V), per-step (each time step's V views on their own, registered through a "
+        "static rig or calibrated poses; linear in T), factorised (time and view attention, as page4d-small was "
+        "trained), or auto: the layout the weights record (default: auto)",
+    )
     p.add_argument("--mode", choices=("crop", "pad"), default="crop", help="VGGT pre-processing mode (default: crop)")
     p.add_argument("--size", type=int,
                    help="target width (crop) or longer side (pad), multiple of 14 (default: the width the model was "
@@ -81,7 +89,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                    f"{WindowPlan.window})")
     p.add_argument("--overlap", type=int, default=WindowPlan.overlap,
                    help="time steps shared by consecutive windows, below --window; 0 only for a static rig of "
-                   f"several cameras or calibrated poses (default: {WindowPlan.overlap})")
+                   f"several cameras or calibrated poses; unused by --attention per-step (default: "
+                   f"{WindowPlan.overlap})")
     p.add_argument("--export", default=DEFAULT_EXPORTS,
                    help=f"comma-separated subset of ply, glb, colmap, png, or 'none' (default: {DEFAULT_EXPORTS})")
     p.add_argument("--export-time", type=int,
@@ -186,7 +195,7 @@ def _run(args: argparse.Namespace, output: OutputFolder, plan: WindowPlan, forma
     # clip's length; the spool goes when the record is closed, before the output is swapped into place.
     with reconstruct(args.model, clip, mode=args.mode, size=args.size, plan=plan, progress=not args.quiet,
                      spool=tmp, device=device, seed=args.seed, log=log, rig=args.rig,
-                     calibration=calibration) as recon:
+                     calibration=calibration, attention=args.attention) as recon:
         files = _write(recon, tmp, args, formats, clip)
     names = sorted({p.relative_to(tmp).parts[0] + ("/" if len(p.relative_to(tmp).parts) > 1 else "")
                     for p in files})
@@ -196,7 +205,8 @@ def _run(args: argparse.Namespace, output: OutputFolder, plan: WindowPlan, forma
     summary = [
         f"done: {recon.num_times * recon.num_views} frames ({recon.num_times}×{recon.num_views}) at {width}×{height} "
         f"in {recon.meta['seconds']:.1f} s on {device}, {len(windows)} window(s) of "
-        f"{max(stop - start for start, stop in windows)} steps; peak memory {_peak_memory_mb(device):.0f} MB",
+        f"{max(stop - start for start, stop in windows)} steps, attention {recon.meta['attention']}; peak memory "
+        f"{_peak_memory_mb(device):.0f} MB",
         f"wrote {args.output}: {', '.join(names)} ({len(files)} files, {total_mb:.0f} MB)",
     ]
     if calibration is not None:

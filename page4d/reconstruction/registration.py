@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 
 from page4d.reconstruction.calibrated import CalibrationCheck
-from page4d.reconstruction.rig import Spread, fit_cameras, moved, re_express, rig_poses, spread
+from page4d.reconstruction.rig import Spread, fit_cameras, moved, re_express, rig_poses, spread, steps_aligned
 from page4d.reconstruction.spool import StepArray
 from page4d.reconstruction.windows import apply_sim3_to_outputs, fit_overlap
 
@@ -153,8 +153,14 @@ def check_rig(rig: RigMode, calibrated: Calibrated) -> None:
             "a pose per time step, which describes a moving rig; give --rig moving or auto"))
 
 
-def decide_rig(rig: RigMode, first: Window, calibrated: Calibrated) -> RigDecision:
-    """Resolve ``rig`` from the first window's predictions (``auto``) or the calibration's poses."""
+def decide_rig(rig: RigMode, first: Window, calibrated: Calibrated, per_step: bool = False) -> RigDecision:
+    """Resolve ``rig`` from the first window's predictions (``auto``) or the calibration's poses.
+
+    ``per_step``: the window's steps were predicted on their own (attention plan ``per-step``), each in its own
+    frame and scale; the spread is measured once each step is aligned to the others by a similarity, so it says
+    whether the cameras move relative to one another, and a rig that moves as a whole looks static. Such steps
+    can only be registered through a static rig (or calibrated poses, decided before), so ``auto`` refuses a rig
+    it finds moving."""
     check_rig(rig, calibrated)
     if calibrated != "none":
         how = "one pose per camera" if calibrated == "static" else "a pose per time step"
@@ -164,12 +170,21 @@ def decide_rig(rig: RigMode, first: Window, calibrated: Calibrated) -> RigDecisi
     steps = first["extrinsic"].shape[0]
     if steps == 1:
         return RigDecision("static", "one time step")
-    found = spread(first["extrinsic"])
-    depth = first["depth"][np.isfinite(first["depth"]) & (first["depth"] > 0)]
+    # per-step: each step's own frame and scale says nothing of the rig's motion; compare the steps once aligned
+    found = spread(steps_aligned(first["extrinsic"]) if per_step else first["extrinsic"])
+    depth = first["depth"][:1] if per_step else first["depth"]
+    depth = depth[np.isfinite(depth) & (depth > 0)]
     extent = float(np.median(depth)) if depth.size else 1.0
     rotation, centre = float(found.rotation_deg.max()), float(found.centre.max())
     static = rotation <= STATIC_ROTATION_DEG and centre <= STATIC_CENTRE_FRACTION * extent
     reason = (f"auto: over the first {steps} steps the cameras stray at most {rotation:.1f}° and {centre:.3g} "
               f"({100 * centre / extent:.1f} % of the median depth) from one pose each; the thresholds are "
               f"{STATIC_ROTATION_DEG:g}° and {100 * STATIC_CENTRE_FRACTION:g} %")
+    if per_step and not static:
+        raise ValueError(f"attention per-step needs a static rig, and the cameras move "
+                         f"({reason.removeprefix('auto: ')}); if the rig is static and only the model's cameras "
+                         "jitter, say so with --rig static; else give --cameras with a pose per time step, or use "
+                         "--attention set (or auto)")
+    if per_step:
+        reason += "; per-step sees each step in its own frame, so it cannot see a rig that moves as a whole"
     return RigDecision("static" if static else "moving", reason, found)

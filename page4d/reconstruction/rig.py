@@ -83,6 +83,18 @@ def spread(extrinsic: np.ndarray) -> Spread:
     return Spread(rotation_deg=angles.max(0), centre=distances.max(0))
 
 
+def steps_aligned(extrinsic: np.ndarray) -> np.ndarray:
+    """Per-step poses ``[T, V, 3, 4]`` predicted step by step, each step in its own frame and scale, moved by one
+    similarity per step (:func:`fit_cameras`) onto the first step's rig, then onto the rig averaged over the steps:
+    what stays is how the cameras move relative to one another."""
+    ext = extrinsic.astype(np.float64)
+    target = ext[0]
+    for _ in range(2):
+        ext = np.stack([moved(step, fit_cameras(step, target)) for step in ext])
+        target = rig_poses(ext)
+    return ext
+
+
 @dataclass(frozen=True)
 class Similarity:
     """``X_target = s·R·X + t`` taking predicted world points into the known cameras' world."""

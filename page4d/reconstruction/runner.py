@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 
 from page4d import __version__
 from page4d.aggregator.sparse_strategies import STRATEGIES
+from page4d.attention_plans import ATTENTION_PLANS, AttentionPlan, resolve_plan
 from page4d.checkpoints.pretrained import load_pretrained
 from page4d.checkpoints.report import LoadReport
 from page4d.config import ModelConfig
@@ -26,6 +26,7 @@ from page4d.data.preprocess import ImageTransform, PreprocessMode, batch_padded,
 from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
 from page4d.presets import PRESETS, preset
+from page4d.reconstruction.budget import choose_window
 from page4d.reconstruction.calibrated import Calibration, CalibrationCheck
 from page4d.reconstruction.record import Reconstruction, restore_intrinsics, transform_meta
 from page4d.reconstruction.registration import (
@@ -43,8 +44,6 @@ from page4d.reconstruction.windows import plan_windows
 
 SMALL = ("extrinsic", "intrinsic")
 """Outputs kept in memory even when the dense ones are spooled to disk."""
-MEMORY_FRACTION = 0.5
-"""Share of the free memory the automatic window size plans to use (the rest is left for outputs and others)."""
 MAX_SIZE_FACTOR = 4
 """The largest input width a model is run at, as a multiple of the width it was trained at: beyond it the tokens
 (16× at 4×) cost far more than they give, and a typo such as 140000 would otherwise end in a MemoryError."""
@@ -121,43 +120,13 @@ def release_free_memory() -> None:
             ctypes.CDLL(None).malloc_trim(0)
 
 
-def available_memory(device: torch.device) -> int:
-    """Free bytes on ``device``: CUDA's free memory, or the host's available RAM."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            fields = dict(line.split(":", 1) for line in meminfo)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-
-
-def bytes_per_frame(model: Page4D, image_size: tuple[int, int]) -> int:
-    """Rough peak bytes one frame adds to a forward pass: the kept aggregator entries (2C each) plus about 24
-    token-sized working buffers (encoder, attention, MLP), and about 80 bytes per pixel for the input and the
-    full-resolution outputs (10 float32 channels, held as a tensor and as a numpy copy).
-
-    For ``tiny-mv`` at 518×392 this gives 21 MB where a 16 × 4 pass measures 18 MB per frame; the full-size
-    ``page4d-mv`` gives 145 MB."""
-    tokens = (image_size[0] // model.config.patch_size) * (image_size[1] // model.config.patch_size)
-    width = model.config.aggregator.embed_dim
-    return tokens * width * 4 * (2 * len(model.required_entries()) + 24) + image_size[0] * image_size[1] * 80
-
-
-def choose_window(model: Page4D, clip: MultiViewClip, image_size: tuple[int, int], device: torch.device) -> int:
-    """Time steps per window that fit ``MEMORY_FRACTION`` of the free memory (at least 2, at most the clip)."""
-    budget = MEMORY_FRACTION * available_memory(device)
-    steps = int(budget // (bytes_per_frame(model, image_size) * clip.num_views))
-    return max(2, min(clip.num_times, steps))
-
-
 def _predict(
     model: Page4D, clip: MultiViewClip, times: range, mode: PreprocessMode, size: int,
-    calibration: Calibration | None,
+    calibration: Calibration | None, attention: AttentionPlan,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[ImageTransform]]:
-    """One forward pass over ``times``: numpy ``[T', V, ...]`` outputs, uint8 images and each view's transform.
-    A calibration with poses reaches a model with the epipolar prior as its ``camera_priors``."""
+    """One forward pass over ``times`` under the ``attention`` plan: numpy ``[T', V, ...]`` outputs, uint8 images
+    and each view's transform. A calibration with poses reaches a model with the epipolar prior as its
+    ``camera_priors``."""
     images, transforms = clip.load_images(mode=mode, target_size=size, times=times)
     masks = None if clip.external_mask_paths is None else clip.load_external_masks(transforms, times)[None]
     priors = None
@@ -166,7 +135,7 @@ def _predict(
         extrinsics = calibration.poses([clip.time_ids[t] for t in times])
         priors = tuple(torch.from_numpy(np.ascontiguousarray(x)).float()[None] for x in (intrinsics, extrinsics))
     inputs = None if masks is None and priors is None else ForwardInputs(external_mask=masks, camera_priors=priors)
-    pred = model.infer(images[None], inputs)
+    pred = model.infer(images[None], inputs, attention=attention.name)
     out = {
         "extrinsic": pred.extrinsic[0], "intrinsic": pred.intrinsic[0], "depth": pred.depth[0, ..., 0],
         "depth_conf": pred.depth_conf[0], "world_points": pred.world_points[0],
@@ -220,6 +189,7 @@ def reconstruct(
     log: Callable[[str], None] | None = None,
     rig: RigMode = "auto",
     calibration: Calibration | str | Path | None = None,
+    attention: str = "auto",
 ) -> Reconstruction:
     """Predict every (t, v) of ``clip``; window by window when ``plan`` cuts the clip (module docstring of
     ``page4d.reconstruction.windows``). The world frame is the predicted camera (t0, v0).
@@ -239,18 +209,24 @@ def reconstruct(
         calibration: the rig's cameras (a :class:`Calibration`, or a path ``read_calibration`` reads): K replaces
             the predicted K, distortion is removed from the frames, and poses put every frame in the
             calibration's world and units (``page4d.reconstruction.calibrated``).
+        attention: how the frames of a window attend (``page4d.attention_plans``): ``set``, ``per-step``,
+            ``factorised``, or ``auto``, the layout the weights were trained in. ``per-step`` runs each time step
+            on its own and registers the steps through the rig's cameras (a static rig of two or more cameras, or
+            calibrated poses); its windows need no overlap.
 
     The result's ``meta`` records the provenance: page4d version, model and weights source, ``untrained``, the
-    config, device, pre-processing, windows, seconds, the rig decided, the output world, and with a calibration
-    the model's error against it per camera.
+    config, device, pre-processing, the attention plan, windows, seconds, the rig decided, the output world, and
+    with a calibration the model's error against it per camera.
     """
     _check_types(model, clip, plan)
     note = log or (lambda _: None)
     if calibration is not None and not isinstance(calibration, Calibration):
         calibration = Calibration.for_clip(calibration, clip)
     check_rig(rig, _calibrated_kind(calibration))
+    _check_attention(attention, rig, calibration, clip)
     plan = plan or WindowPlan()
-    _check_overlap(plan, rig, calibration, clip)
+    if attention != "per-step":
+        _check_overlap(plan, rig, calibration, clip)
     if calibration is not None:
         note(f"calibration: {calibration.source}: {calibration.match}" + (
             "" if calibration.has_poses else " (intrinsics only)"))
@@ -268,6 +244,11 @@ def reconstruct(
     if device is not None:
         model.to(device)
     run_device = next(model.parameters()).device
+    chosen = resolve_plan(attention, model.config)
+    note(f"attention: {chosen.name} (" + (f"auto: the weights were trained in the {model.config.trained_layout} "
+                                          "layout)" if attention == "auto" else "as asked)"))
+    if chosen.name == "per-step" and attention == "auto":
+        _check_attention(chosen.name, rig, calibration, clip)
     size = model.config.input_width if size is None else size
     transforms = clip.transforms(mode, size)
     padded = batch_padded(transforms, mode)
@@ -275,12 +256,13 @@ def reconstruct(
         height, width = transforms[0].output_size
         note(f"note: {', '.join(clip.view_names[v] for v in padded)} (another aspect ratio) padded with white to "
              f"{width}×{height}; each view's outputs are mapped back to its own resolution")
-    window = _window_steps(plan, model, clip, transforms[0].output_size, run_device, note)
+    window = _window_steps(plan, model, chosen, clip, transforms[0].output_size, run_device, note)
     start = time.perf_counter()
-    windows = plan_windows(clip.num_times, window, min(plan.overlap, window - 1))
+    overlap = 0 if chosen.name == "per-step" else min(plan.overlap, window - 1)  # per-step: steps stand alone
+    windows = plan_windows(clip.num_times, window, overlap)
     store = Spool(spool) if spool is not None else None
     with store.removed_on_error() if store is not None else contextlib.nullcontext():
-        recon = _stitch(model, clip, mode, size, windows, progress, store, rig, calibration)
+        recon = _stitch(model, clip, mode, size, windows, progress, store, rig, calibration, chosen)
     note(f"rig: {recon.meta['rig']['mode']} ({recon.meta['rig']['reason']})")
     recon.meta.update({
         "page4d_version": __version__,
@@ -288,6 +270,7 @@ def reconstruct(
         "weights": None if report is None else _describe(report),
         "untrained": None if report is None else report.untrained,
         "config": model.config.to_dict(),
+        "attention": chosen.name,
         "device": str(run_device), "seconds": round(time.perf_counter() - start, 3),
         "external_masks": None if clip.external_mask_paths is None else True,
     })
@@ -303,6 +286,20 @@ def _check_overlap(plan: WindowPlan, rig: RigMode, calibration: Calibration | No
                          "or a static rig of two or more cameras (--rig static); give an overlap of 1 or more")
 
 
+def _check_attention(attention: str, rig: RigMode, calibration: Calibration | None, clip: MultiViewClip) -> None:
+    """``ValueError`` for an unknown plan, or a ``per-step`` run whose steps nothing could register."""
+    if attention not in ATTENTION_PLANS:
+        raise ValueError(f"attention {attention!r}: choose one of {', '.join(ATTENTION_PLANS)}")
+    if attention != "per-step" or calibration is not None and calibration.has_poses:
+        return
+    why = "attention per-step reconstructs each time step on its own, in its own frame and scale; "
+    if clip.num_views < 2:
+        raise ValueError(why + "with one camera nothing ties the steps together; use --attention set (or auto)")
+    if rig == "moving":
+        raise ValueError(why + "a moving rig's steps can only be put in one world by calibrated poses: give "
+                         "--cameras with a pose per time step, or use --attention set (or auto)")
+
+
 def _check_types(model: object, clip: object, plan: object) -> None:
     """``TypeError`` for a ``model``, ``clip`` or ``plan`` of the wrong kind, before anything is loaded."""
     if not isinstance(clip, MultiViewClip):
@@ -315,15 +312,20 @@ def _check_types(model: object, clip: object, plan: object) -> None:
                         f"got {type(model).__name__}")
 
 
-def _window_steps(plan: WindowPlan, model: Page4D, clip: MultiViewClip, image_size: tuple[int, int],
-                  device: torch.device, note: Callable[[str], None]) -> int:
-    """Time steps per forward pass: the plan's number, the whole clip (``all``) or what fits (``auto``)."""
+def _window_steps(plan: WindowPlan, model: Page4D, attention: AttentionPlan, clip: MultiViewClip,
+                  image_size: tuple[int, int], device: torch.device, note: Callable[[str], None]) -> int:
+    """Time steps per forward pass: the plan's number, the whole clip (``all``) or what fits (``auto``,
+    ``page4d.reconstruction.budget``)."""
     if plan.window == "all":
         return clip.num_times
     if plan.window != "auto":
         return plan.window
-    window = choose_window(model, clip, image_size, device)
-    if plan.overlap >= window < clip.num_times:
+    choice = choose_window(model.config, len(model.required_entries()), attention, clip.num_times,
+                           clip.num_views, image_size, device)
+    window = choice.steps
+    if window < clip.num_times:
+        note(f"window: {window} steps ({choice.reason})")
+    if attention.name != "per-step" and plan.overlap >= window < clip.num_times:
         note(f"note: the automatic window of {window} steps is not above the overlap {plan.overlap}; windows "
              f"share {window - 1} steps")
     return window
@@ -346,9 +348,10 @@ def _stitch(
     store: Spool | None,
     rig: RigMode,
     calibration: Calibration | None,
+    attention: AttentionPlan,
 ) -> Reconstruction:
-    """The window loop: predict, put the calibrated K in, register each window (the first one decides the rig),
-    keep the new steps."""
+    """The window loop: predict, put the calibrated K in, register each window (the first one decides the rig;
+    ``per-step`` registers each step on its own), keep the new steps."""
     blocks: dict[str, list[np.ndarray]] = {}
     previous: tuple[int, dict[str, np.ndarray]] | None = None
     registration: Registration | None = None
@@ -356,20 +359,23 @@ def _stitch(
     done = 0
     bar = tqdm(total=clip.num_times * clip.num_views, unit="frame", desc="reconstruct", disable=not progress)
     for index, times in enumerate(windows):
-        arrays, pixels, transforms = _predict(model, clip, times, mode, size, calibration)
+        arrays, pixels, transforms = _predict(model, clip, times, mode, size, calibration, attention)
         arrays["images"] = pixels
         if calibration is not None:
             with np.errstate(invalid="ignore", divide="ignore"):
                 check.add_intrinsics(restore_intrinsics(arrays["intrinsic"], transforms), calibration.intrinsics())
             arrays["intrinsic"] = _model_intrinsics(calibration, transforms, len(times)).copy()
         if registration is None:
-            decision = decide_rig(rig, arrays, _calibrated_kind(calibration))
+            decision = decide_rig(rig, arrays, _calibrated_kind(calibration), attention.name == "per-step")
             registration = _registration(decision, calibration, clip, check)
         shared = None
         if previous is not None:
             first, aligned = previous
             shared = (slice(times.start - first, done - first), aligned)
-        registration.register(arrays, times, shared)
+        if attention.name == "per-step":
+            _register_steps(registration, arrays, times)
+        else:
+            registration.register(arrays, times, shared)
         for key, value in arrays.items():
             block = value[done - times.start :]
             if store is not None and key not in SMALL:
@@ -395,7 +401,7 @@ def _stitch(
         "preprocess": {"mode": mode, "size": size},
         "windows": [[w.start, w.stop] for w in windows],
         "rig": decision.meta(clip.view_names),
-        "world": _world(decision, calibration),
+        "world": _world(decision, calibration, attention),
     }
     if calibration is not None:
         meta["calibration"] = {"source": calibration.source, "match": calibration.match,
@@ -407,6 +413,16 @@ def _stitch(
         world_points_conf=out["world_points_conf"], dynamic_mask=out.get("dynamic_mask"),
         meta=meta, spool=store,
     )
+
+
+def _register_steps(registration: Registration, arrays: dict[str, np.ndarray], times: range) -> None:
+    """Register a ``per-step`` window one step at a time (each step is in its own frame and scale), in place."""
+    for i, t in enumerate(times):
+        step = {k: v[i : i + 1] for k, v in arrays.items()}
+        registration.register(step, range(t, t + 1), None)
+        for key, value in step.items():
+            if not np.shares_memory(value, arrays[key]):  # a registration may replace an array, not only edit it
+                arrays[key][i : i + 1] = value
 
 
 def _calibrated_kind(calibration: Calibration | None) -> Calibrated:
@@ -425,10 +441,11 @@ def _registration(
     return OverlapRegistration()
 
 
-def _world(decision: RigDecision, calibration: Calibration | None) -> str:
+def _world(decision: RigDecision, calibration: Calibration | None, attention: AttentionPlan) -> str:
     """What the output world and units are (``meta.json``'s ``world``)."""
     if calibration is not None and calibration.has_poses:
         return "the calibration's world and units"
     if decision.mode == "static":
-        return "the model's world and units of the first window, each camera at its pose averaged over that window"
+        first = "time step" if attention.name == "per-step" else "window"
+        return f"the model's world and units of the first {first}, each camera at its pose averaged over the clip"
     return "the predicted camera (t0, v0) of the first window, in the model's units"
