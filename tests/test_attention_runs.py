@@ -59,7 +59,7 @@ class StepOracle(torch.nn.Module):
         for t in range(len(self.extrinsic)):
             self.extrinsic[t, 1, :, :3] = _rotation_y(wobble * t) @ self.extrinsic[t, 1, :, :3]
             self.extrinsic[t, 1, :, 3] = _rotation_y(wobble * t) @ self.extrinsic[t, 1, :, 3]
-        self.cursor = 0
+        self.frames = clip.load_images(mode="crop", target_size=SIZE)[0]
         self.plans: list[str] = []
 
     def world_points(self, t: int) -> np.ndarray:
@@ -77,20 +77,19 @@ class StepOracle(torch.nn.Module):
     def infer(self, images, inputs=None, query_points=None, attention="auto"):
         plan = resolve_plan(attention, self.config).name
         self.plans.append(plan)
-        steps = images.shape[1]
-        times = range(self.cursor, self.cursor + steps)
-        self.cursor += steps
+        # which steps of the clip these are: the frames of camera 0 they equal
+        times = [int((self.frames[:, 0] - frame).abs().flatten(1).amax(1).argmin()) for frame in images[0, :, 0]]
         fields: dict[str, list[np.ndarray]] = {"extrinsic": [], "depth": [], "world_points": []}
         for t in times:
             reference, scale = (self.extrinsic[t, 0], SCALES[t]) if plan == "per-step" else (
-                self.extrinsic[times.start, 0], 1.0)
+                self.extrinsic[times[0], 0], 1.0)
             fields["extrinsic"].append(_relative(self.extrinsic[t], reference, scale))
             fields["depth"].append(scale * self.depth[t])
             points = self.world_points(t)
             fields["world_points"].append(scale * (points @ reference[:, :3].T + reference[:, 3]))
         out = {k: torch.from_numpy(np.stack(v)).float()[None] for k, v in fields.items()}
         return Predictions(
-            extrinsic=out["extrinsic"], intrinsic=torch.from_numpy(self.k[times.start : times.stop]).float()[None],
+            extrinsic=out["extrinsic"], intrinsic=torch.from_numpy(self.k[times]).float()[None],
             depth=out["depth"][..., None], depth_conf=torch.ones_like(out["depth"]),
             world_points=out["world_points"], world_points_conf=torch.ones_like(out["depth"]))
 
@@ -198,3 +197,26 @@ def test_the_cli_runs_per_step_through_a_static_rig_and_a_calibration(tmp_path, 
     assert main(["reconstruct", str(TABLETOP), "-o", str(out), "--rig", "moving", *frames]) != 0
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "calibrated poses" in error[0] and not out.exists()
+
+
+def test_per_step_steps_land_on_calibrated_poses_per_time_step(clip, tmp_path):
+    """A rig that moves as a whole, with a pose per time step in its calibration: each per-step step (which cannot
+    see that motion) is placed on its own step's calibrated cameras, in the calibration's units, whatever scale it
+    came at."""
+    oracle = StepOracle(clip)
+    cameras = json.loads((TABLETOP / "cameras.json").read_text())
+    truth = np.asarray(cameras["E_w2c"], dtype=np.float64)
+    for t in range(len(truth)):  # the world moves by [R_t | c_t] at step t: w2c_t = w2c · [R_t | c_t]⁻¹
+        rot, shift = _rotation_y(5.0 * t), np.array([0.1 * t, 0.0, 0.05 * t])
+        truth[t, :, :, :3] = truth[t, :, :, :3] @ rot.T
+        truth[t, :, :, 3] = truth[t, :, :, 3] - np.einsum("vij,j->vi", truth[t, :, :, :3], shift)
+    cameras["E_w2c"] = truth.tolist()
+    (tmp_path / "cameras.json").write_text(json.dumps(cameras))
+    recon = reconstruct(oracle, clip, size=SIZE, progress=False, rig="moving", attention="per-step",
+                        calibration=tmp_path / "cameras.json", plan=WindowPlan(window=3))
+    assert recon.meta["rig"]["mode"] == "moving" and recon.meta["windows"] == [[0, 3], [3, 6], [6, 8]]
+    np.testing.assert_allclose(recon.extrinsic, truth[:STEPS], atol=1e-5)
+    valid = oracle.depth > 0
+    np.testing.assert_allclose(recon.depth[valid], oracle.depth[valid], rtol=1e-4)
+    check = recon.meta["calibration"]["check"]["cameras"]
+    assert all(c["rotation_deg"] < 0.05 for c in check.values())  # arccos of float32 rotations: ~0.03° at best

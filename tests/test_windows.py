@@ -47,6 +47,15 @@ def test_window_plans_cover_the_clip_with_the_overlap(num_times, window, overlap
     assert all(a.stop - b.start >= overlap for a, b in zip(plan, plan[1:], strict=False))
 
 
+@pytest.mark.parametrize(("num_times", "window", "overlap", "expected"), [
+    (8, 3, 0, [(0, 3), (3, 6), (6, 8)]),
+    (16, 6, 2, [(0, 6), (4, 10), (8, 14), (12, 16)]),
+    (6, 3, 0, [(0, 3), (3, 6)]),
+])
+def test_unequal_window_plans_cut_the_last_window_short(num_times, window, overlap, expected):
+    assert [(w.start, w.stop) for w in plan_windows(num_times, window, overlap, equal=False)] == expected
+
+
 def test_bad_overlap_is_refused():
     with pytest.raises(ValueError, match="--overlap 4 must be at least 0 and below the window size 4"):
         plan_windows(10, 4, 4)

@@ -21,7 +21,7 @@ from page4d.config import ModelConfig
 MEMORY_FRACTION = 0.5
 """Share of the free memory the automatic window size plans to use (the rest is left for outputs and others)."""
 MAX_ATTENTION_TOKENS = 65536
-"""The longest attention sequence an automatic window may give (about 63 frames at 518×392). Beyond it an
+"""The longest attention sequence an automatic window may give (about 62 frames at 518×392). Beyond it an
 attention layer of a 1024-wide model costs over ten times its token-wise layers (the MLP and projections), and
 each further frame slows every other one: windows cut there and stitched cost less time than one larger set."""
 

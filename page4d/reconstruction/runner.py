@@ -247,8 +247,6 @@ def reconstruct(
     chosen = resolve_plan(attention, model.config)
     note(f"attention: {chosen.name} (" + (f"auto: the weights were trained in the {model.config.trained_layout} "
                                           "layout)" if attention == "auto" else "as asked)"))
-    if chosen.name == "per-step" and attention == "auto":
-        _check_attention(chosen.name, rig, calibration, clip)
     size = model.config.input_width if size is None else size
     transforms = clip.transforms(mode, size)
     padded = batch_padded(transforms, mode)
@@ -258,8 +256,10 @@ def reconstruct(
              f"{width}×{height}; each view's outputs are mapped back to its own resolution")
     window = _window_steps(plan, model, chosen, clip, transforms[0].output_size, run_device, note)
     start = time.perf_counter()
-    overlap = 0 if chosen.name == "per-step" else min(plan.overlap, window - 1)  # per-step: steps stand alone
-    windows = plan_windows(clip.num_times, window, overlap)
+    if chosen.name == "per-step":  # steps stand alone: windows share none and the last one is cut short
+        windows = plan_windows(clip.num_times, window, 0, equal=False)
+    else:
+        windows = plan_windows(clip.num_times, window, min(plan.overlap, window - 1))
     store = Spool(spool) if spool is not None else None
     with store.removed_on_error() if store is not None else contextlib.nullcontext():
         recon = _stitch(model, clip, mode, size, windows, progress, store, rig, calibration, chosen)
@@ -290,12 +290,13 @@ def _check_attention(attention: str, rig: RigMode, calibration: Calibration | No
     """``ValueError`` for an unknown plan, or a ``per-step`` run whose steps nothing could register."""
     if attention not in ATTENTION_PLANS:
         raise ValueError(f"attention {attention!r}: choose one of {', '.join(ATTENTION_PLANS)}")
-    if attention != "per-step" or calibration is not None and calibration.has_poses:
+    if attention != "per-step":
         return
     why = "attention per-step reconstructs each time step on its own, in its own frame and scale; "
     if clip.num_views < 2:
-        raise ValueError(why + "with one camera nothing ties the steps together; use --attention set (or auto)")
-    if rig == "moving":
+        raise ValueError(why + "with one camera nothing ties the steps together, not even a calibration (one "
+                         "camera gives no scale); use --attention set (or auto)")
+    if rig == "moving" and (calibration is None or not calibration.has_poses):
         raise ValueError(why + "a moving rig's steps can only be put in one world by calibrated poses: give "
                          "--cameras with a pose per time step, or use --attention set (or auto)")
 

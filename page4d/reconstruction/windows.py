@@ -16,17 +16,18 @@ from page4d.geometry.alignment import umeyama_sim3
 from page4d.geometry.unprojection import pixels_to_camera
 
 
-def plan_windows(num_times: int, window: int, overlap: int) -> list[range]:
+def plan_windows(num_times: int, window: int, overlap: int, equal: bool = True) -> list[range]:
     """Time windows of ``window`` steps covering ``range(num_times)``; consecutive windows share at least ``overlap``
-    steps (the last one is moved back to end at ``num_times``, so it may share more)."""
+    steps. ``equal``: the last one is moved back to end at ``num_times``, so it may share more (every window
+    gives its registration as many steps); else it is cut short (for steps that are registered one by one)."""
     if window >= num_times:
         return [range(num_times)]
     if not 0 <= overlap < window:
         raise ValueError(f"--overlap {overlap} must be at least 0 and below the window size {window}")
     starts = list(range(0, num_times - window + 1, window - overlap))
     if starts[-1] + window < num_times:
-        starts.append(num_times - window)
-    return [range(start, start + window) for start in starts]
+        starts.append(num_times - window if equal else starts[-1] + window - overlap)
+    return [range(start, min(start + window, num_times)) for start in starts]
 
 
 def pixel_points(depth: np.ndarray, extrinsic: np.ndarray, intrinsic: np.ndarray, index: np.ndarray) -> np.ndarray:
