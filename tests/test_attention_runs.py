@@ -26,6 +26,7 @@ from page4d.reconstruction.runner import WindowPlan, reconstruct
 pytestmark = needs_shared
 STEPS = 8
 SIZE = 168
+MODEL = "page4d-small"
 SCALES = 1.0 + 0.25 * np.arange(STEPS)
 """The stand-in's scale of each step (a per-step pass normalises each step's scale on its own)."""
 
@@ -177,6 +178,9 @@ def test_the_cli_runs_per_step_through_a_static_rig_and_a_calibration(tmp_path, 
     cameras = json.loads((out / "cameras.json").read_text())
     poses = np.asarray(cameras["E_w2c"])
     assert poses.shape == (6, 4, 3, 4) and np.array_equal(poses, np.broadcast_to(poses[:1], poses.shape))
+    library = reconstruct(MODEL, open_input([TABLETOP], TimeSelection(frames=6))[0], progress=False, rig="static",
+                          attention="per-step")
+    np.testing.assert_allclose(poses, library.extrinsic, atol=1e-6)  # the CLI and the library agree
 
     names, intrinsics, extrinsics, size = tabletop_cameras()
     toml = write_toml(tmp_path / "calibration.toml", list(zip(names, intrinsics, extrinsics, strict=True)), size)
