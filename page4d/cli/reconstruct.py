@@ -20,6 +20,7 @@ from page4d.reconstruction.calibrated import Calibration, check_lines
 from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.registration import RIG_MODES
 from page4d.reconstruction.runner import WindowPlan, reconstruct
+from page4d.refine.modes import REFINE_MODES
 from page4d.transaction import OutputFolder
 
 DEFAULT_EXPORTS = "ply,glb,colmap,png"
@@ -79,6 +80,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "trained; cost quadratic in T·V), per-step (each time step's V views on their own, registered through a "
         "static rig or calibrated poses; linear in T), factorised (time and view attention, as page4d-small was "
         "trained), or auto: the layout the weights record (default: auto)",
+    )
+    p.add_argument(
+        "--refine", choices=REFINE_MODES, default="none",
+        help="ba: adjust the cameras on multi-view SIFT tracks (pycolmap bundle adjustment; a calibration's poses "
+        "stay fixed) and move depth and points with them; the COLMAP export then carries the tracks (default: "
+        "none)",
     )
     p.add_argument("--mode", choices=("crop", "pad"), default="crop", help="VGGT pre-processing mode (default: crop)")
     p.add_argument("--size", type=int,
@@ -195,7 +202,7 @@ def _run(args: argparse.Namespace, output: OutputFolder, plan: WindowPlan, forma
     # clip's length; the spool goes when the record is closed, before the output is swapped into place.
     with reconstruct(args.model, clip, mode=args.mode, size=args.size, plan=plan, progress=not args.quiet,
                      spool=tmp, device=device, seed=args.seed, log=log, rig=args.rig,
-                     calibration=calibration, attention=args.attention) as recon:
+                     calibration=calibration, attention=args.attention, refine=args.refine) as recon:
         files = _write(recon, tmp, args, formats, clip)
     names = sorted({p.relative_to(tmp).parts[0] + ("/" if len(p.relative_to(tmp).parts) > 1 else "")
                     for p in files})
@@ -214,6 +221,12 @@ def _run(args: argparse.Namespace, output: OutputFolder, plan: WindowPlan, forma
         summary += [f"the model's cameras against the calibration (median over time steps; rotation in degrees, "
                     f"centre distance in calibration units; the output is in the {world}'s world and units):",
                     *check_lines(recon.meta["calibration"]["check"])]
+    refined = recon.meta.get("refine")
+    if refined is not None and refined["status"] == "refined":
+        error = refined["reprojection_error_px"]
+        moved = ", ".join(f"{name} {c['rotation_deg']:.2f}°" for name, c in refined["cameras_moved"].items())
+        summary.append(f"refined: {refined['points']} points, mean track length {refined['mean_track_length']:.2f}, "
+                       f"reprojection error {error['before']:.2f} -> {error['after']:.2f} px; cameras moved {moved}")
     if recon.untrained:
         summary.append("note: the weights are random (untrained); the numbers show the pipeline works, not a "
                        "reconstruction")

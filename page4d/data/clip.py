@@ -21,6 +21,8 @@ from page4d.data.preprocess import (
 from page4d.data.rasters import load_rgb, read_depth, read_mask
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from page4d.data.lens import Lens
 
 
@@ -112,6 +114,14 @@ class MultiViewClip:
         return images, transforms
 
     def _render(self, frame: ImageSource, view: int, transform: ImageTransform) -> np.ndarray:
+        return render(self._original(frame, view), transform)
+
+    def load_original(self, t: int, v: int) -> np.ndarray:
+        """Frame (position ``t``, view ``v``) at its original resolution, as the model saw it (lens distortion
+        removed): ``[H0, W0, 3]`` uint8."""
+        return np.asarray(self._original(self.frames[t][v], v))
+
+    def _original(self, frame: ImageSource, view: int) -> Image.Image:
         img = load_rgb(frame)
         if (img.height, img.width) != self.image_sizes[view]:  # replaced since the clip was opened
             height, width = self.image_sizes[view]
@@ -119,7 +129,7 @@ class MultiViewClip:
                              "(W x H); every time step of a camera must have the same resolution")
         if self.lenses is not None and self.lenses[view] is not None:
             img = self.lenses[view].undistort(img)
-        return render(img, transform)
+        return img
 
     def load_external_masks(self, transforms: list[ImageTransform], times: range | None = None) -> torch.Tensor:
         """External masks on the model-input grid, ``[T', V, H, W]`` float32 in {0, 1} (nearest pixel)."""

@@ -27,6 +27,7 @@ from page4d.data.preprocess import ImageTransform
 from page4d.fileio import read_json
 from page4d.geometry.unprojection import unproject_depth
 from page4d.reconstruction.spool import Spool, write_npz
+from page4d.refine.tracks import TrackedPoints
 
 PREDICTIONS = "predictions.npz"
 META = "meta.json"
@@ -72,6 +73,8 @@ class Reconstruction:
     """``[T, V, H, W]`` float32 probability of moving (1 = moving); None for models without a mask head."""
     meta: dict = field(default_factory=dict)
     """Provenance; ``meta["transforms"]`` holds each view's ``ImageTransform`` fields."""
+    tracks: TrackedPoints | None = field(default=None, repr=False, compare=False)
+    """Multi-view tracks and their refined points (``--refine ba``), saved as ``tracks.npz``; None otherwise."""
     spool: Spool | None = field(default=None, repr=False, compare=False)
     """The files the spooled dense fields are read from; removed by ``close`` (or when the record is collected)."""
 
@@ -146,12 +149,17 @@ class Reconstruction:
         self.close()
 
     def save(self, folder: Path) -> list[Path]:
-        """Write ``predictions.npz``, ``meta.json`` and ``cameras.json`` into ``folder``; returns the paths."""
+        """Write ``predictions.npz``, ``meta.json`` and ``cameras.json`` (and ``tracks.npz`` when refined) into
+        ``folder``; returns the paths."""
         arrays = {name: getattr(self, name) for name in self.ARRAYS if getattr(self, name) is not None}
         write_npz(folder / PREDICTIONS, arrays)
         (folder / META).write_text(json.dumps(self.meta, indent=2))
         (folder / CAMERAS).write_text(json.dumps(self.cameras_json(), indent=1, allow_nan=False))
-        return [folder / PREDICTIONS, folder / META, folder / CAMERAS]
+        files = [folder / PREDICTIONS, folder / META, folder / CAMERAS]
+        if self.tracks is not None:
+            write_npz(folder / TrackedPoints.FILE, self.tracks.arrays())
+            files.append(folder / TrackedPoints.FILE)
+        return files
 
     @classmethod
     def load(cls, folder: str | Path) -> Reconstruction:
@@ -180,7 +188,11 @@ class Reconstruction:
         if not isinstance(meta["transforms"], list) or len(meta["transforms"]) != len(arrays["view_ids"]):
             raise ValueError(f"{meta_path}: 'transforms' must hold one entry per view ({len(arrays['view_ids'])}); "
                              "re-run page4d reconstruct to rewrite it")
-        return cls(**arrays, meta=meta)
+        tracks = None
+        if (path.parent / TrackedPoints.FILE).is_file():
+            with np.load(path.parent / TrackedPoints.FILE) as data:
+                tracks = TrackedPoints.from_arrays(dict(data))
+        return cls(**arrays, meta=meta, tracks=tracks)
 
 
 def _strict(values: np.ndarray) -> list:

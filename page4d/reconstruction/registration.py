@@ -111,15 +111,22 @@ class CameraRegistration(Registration):
         if self.seen is None or len(self.seen) < 2:
             return
         final = rig_poses(np.concatenate(self.seen))[None]
-        for t in range(len(out["extrinsic"])):
-            step = {k: np.array(out[k][t : t + 1]) for k in ("extrinsic", "depth", "world_points")}
-            re_express(step, final, 1.0)
-            out["extrinsic"][t] = step["extrinsic"][0]
-            if isinstance(out["world_points"], StepArray):
-                out["world_points"].write(t, step["world_points"][0])
-            else:
-                out["world_points"][t] = step["world_points"][0]
+        re_express_clip(out, final, 1.0)
         self.known = final
+
+
+def re_express_clip(out: dict[str, np.ndarray | StepArray], cameras: np.ndarray, scale: float | np.ndarray) -> None:
+    """:func:`re_express` over a whole clip's outputs (``[T, V, ...]``, dense ones possibly spooled), one step at a
+    time: ``cameras`` ``[T, V, 3, 4]`` or ``[1, V, 3, 4]`` for every step."""
+    for t in range(len(out["extrinsic"])):
+        step = {k: np.array(out[k][t : t + 1]) for k in ("extrinsic", "depth", "world_points")}
+        re_express(step, cameras[t if len(cameras) > 1 else 0][None], scale)
+        out["extrinsic"][t] = step["extrinsic"][0]
+        for key in ("depth", "world_points"):
+            if isinstance(out[key], StepArray):
+                out[key].write(t, step[key][0])
+            else:
+                out[key][t] = step[key][0]
 
 
 @dataclass(frozen=True)

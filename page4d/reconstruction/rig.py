@@ -147,18 +147,19 @@ def camera_errors(predicted: np.ndarray, known: np.ndarray, fit: Similarity) -> 
     return angles, np.linalg.norm(centres(placed) - centres(known), axis=1)
 
 
-def re_express(arrays: dict[str, np.ndarray], cameras: np.ndarray, scale: float) -> None:
+def re_express(arrays: dict[str, np.ndarray], cameras: np.ndarray, scale: float | np.ndarray) -> None:
     """Place every frame of one window on ``cameras`` ``[T', V, 3, 4]`` (module docstring), in place:
     ``extrinsic [T', V, 3, 4]``, ``depth [T', V, H, W]``, ``world_points [T', V, H, W, 3]``; points one time step
-    at a time in float64."""
+    at a time in float64. ``scale``: one for all frames, or one per view ``[V]``."""
     pred = arrays["extrinsic"].astype(np.float64)
     target = cameras.astype(np.float64)
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), pred.shape[1:2])[None, :]  # [1, V]
     # X' = M·X + b per frame, M = s·R_cᵀ·R_p, b = R_cᵀ·(s·t_p − t_c)
-    mix = scale * np.einsum("tvji,tvjk->tvik", target[..., :3], pred[..., :3])
-    shift = np.einsum("tvji,tvj->tvi", target[..., :3], scale * pred[..., 3] - target[..., 3])
+    mix = scale[..., None, None] * np.einsum("tvji,tvjk->tvik", target[..., :3], pred[..., :3])
+    shift = np.einsum("tvji,tvj->tvi", target[..., :3], scale[..., None] * pred[..., 3] - target[..., 3])
     points = arrays["world_points"]
     for t in range(len(points)):
         moved = np.einsum("vij,vhwj->vhwi", mix[t], points[t].astype(np.float64)) + shift[t][:, None, None]
         points[t] = moved
-    arrays["depth"] *= np.float32(scale)
+    arrays["depth"] *= scale.astype(np.float32)[..., None, None]
     arrays["extrinsic"] = target.astype(np.float32)

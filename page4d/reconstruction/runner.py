@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from page4d.reconstruction.registration import (
 )
 from page4d.reconstruction.spool import Spool
 from page4d.reconstruction.windows import plan_windows
+from page4d.refine.modes import REFINE_MODES
 
 SMALL = ("extrinsic", "intrinsic")
 """Outputs kept in memory even when the dense ones are spooled to disk."""
@@ -190,6 +192,7 @@ def reconstruct(
     rig: RigMode = "auto",
     calibration: Calibration | str | Path | None = None,
     attention: str = "auto",
+    refine: str = "none",
 ) -> Reconstruction:
     """Predict every (t, v) of ``clip``; window by window when ``plan`` cuts the clip (module docstring of
     ``page4d.reconstruction.windows``). The world frame is the predicted camera (t0, v0).
@@ -213,12 +216,20 @@ def reconstruct(
             ``factorised``, or ``auto``, the layout the weights were trained in. ``per-step`` runs each time step
             on its own and registers the steps through the rig's cameras (a static rig of two or more cameras, or
             calibrated poses); its windows need no overlap.
+        refine: ``ba`` adjusts the cameras on multi-view feature tracks (pycolmap bundle adjustment) and moves
+            depth and points with them (``page4d.refine``); a calibration's poses stay fixed. Where it cannot
+            run (too few tracks, one view) the note says why and the result is kept unrefined.
 
     The result's ``meta`` records the provenance: page4d version, model and weights source, ``untrained``, the
     config, device, pre-processing, the attention plan, windows, seconds, the rig decided, the output world, and
     with a calibration the model's error against it per camera.
     """
     _check_types(model, clip, plan)
+    if refine not in REFINE_MODES:
+        raise ValueError(f"refine {refine!r}: choose one of {', '.join(REFINE_MODES)}")
+    if refine == "ba" and importlib.util.find_spec("pycolmap") is None:
+        raise ValueError("refine ba needs pycolmap (feature tracks and bundle adjustment): pip install "
+                         "\"page4d[export]\"")
     note = log or (lambda _: None)
     if calibration is not None and not isinstance(calibration, Calibration):
         calibration = Calibration.for_clip(calibration, clip)
@@ -263,6 +274,8 @@ def reconstruct(
     store = Spool(spool) if spool is not None else None
     with store.removed_on_error() if store is not None else contextlib.nullcontext():
         recon = _stitch(model, clip, mode, size, windows, progress, store, rig, calibration, chosen)
+        if refine == "ba":
+            recon.meta["refine"] = _refined(recon, clip, calibration, note)
     note(f"rig: {recon.meta['rig']['mode']} ({recon.meta['rig']['reason']})")
     recon.meta.update({
         "page4d_version": __version__,
@@ -284,6 +297,24 @@ def _check_overlap(plan: WindowPlan, rig: RigMode, calibration: Calibration | No
     if rig != "static" or clip.num_views < 2:
         raise ValueError("overlap 0 leaves consecutive windows nothing to register on: it needs calibrated poses "
                          "or a static rig of two or more cameras (--rig static); give an overlap of 1 or more")
+
+
+def _refined(recon: Reconstruction, clip: MultiViewClip, calibration: Calibration | None,
+             note: Callable[[str], None]) -> dict:
+    """Run the bundle adjustment on ``recon`` (in place); its report, or why it was skipped."""
+    from page4d.refine.pipeline import RefinementError, refine_reconstruction
+
+    try:
+        report = refine_reconstruction(recon, clip, static=recon.meta["rig"]["mode"] == "static",
+                                       fixed_poses=calibration is not None and calibration.has_poses)
+    except RefinementError as err:
+        note(f"refine: skipped, the result is not refined: {err}")
+        return {"status": "skipped", "reason": str(err)}
+    error = report["reprojection_error_px"]
+    note(f"refine: {report['points']} points on tracks of mean length {report['mean_track_length']:.2f}, "
+         f"reprojection error {error['before']:.2f} -> {error['after']:.2f} px, {report['rejected_observations']} "
+         f"outlier observations removed, in {report['seconds']:.1f} s")
+    return report
 
 
 def _check_attention(attention: str, rig: RigMode, calibration: Calibration | None, clip: MultiViewClip) -> None:

@@ -1,0 +1,1 @@
+"""Refinement after the forward pass: multi-view tracks, bundle adjustment, dense outputs moved with the cameras."""
