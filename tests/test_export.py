@@ -255,7 +255,7 @@ def test_export_writes_every_format(tmp_path):
     recon = make_recon()
     out = tmp_path / "out"
     written = export(recon, out, FORMATS, progress=False)
-    colmap = [f"colmap/time_07/{name}.bin" for name in ("cameras", "frames", "images", "points3D", "rigs")]
+    colmap = [f"colmap/time_07/sparse/0/{name}.bin" for name in ("cameras", "frames", "images", "points3D", "rigs")]
     expected = [
         "points/time_03_static.ply", "points/time_03_dynamic.ply", "panels/time_03.png",
         "points/time_07_static.ply", "panels/time_07.png", "scene_time_07.glb", *colmap,
@@ -265,7 +265,7 @@ def test_export_writes_every_format(tmp_path):
     # The default percentile applies: the PLY files hold the default selection.
     sel = select_points(recon, 1)
     assert len(sel) < 2 * H * W and len(trimesh.load(out / "points/time_07_static.ply").vertices) == len(sel)
-    assert pycolmap.Reconstruction(out / "colmap/time_07").num_points3D() == len(sel)
+    assert pycolmap.Reconstruction(out / "colmap/time_07/sparse/0").num_points3D() == len(sel)
 
 
 def test_export_errors_write_nothing(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import pycolmap
 import pytest
 import torch
 from conftest import needs_shared
+from PIL import Image
 from rigs import RESIZED, mixed_resolution_clip
 
 from page4d.cli.main import main
@@ -85,7 +86,9 @@ def test_a_mixed_rig_reconstructs_and_every_output_is_per_view(mixed, tmp_path):
     for v, transform in enumerate(recon.transforms):
         k = transform.restore_intrinsics(recon.intrinsic[:, v].astype(np.float64))
         np.testing.assert_allclose(np.asarray(cameras["K"])[:, v], k, rtol=1e-5, atol=1e-4)
-    model = pycolmap.Reconstruction(str(out / "colmap" / "time_05"))
+    model = pycolmap.Reconstruction(str(out / "colmap" / "time_05" / "sparse" / "0"))
+    for v, (width, height) in enumerate(sizes):  # the step's frames beside the model, each at its own size
+        assert Image.open(out / "colmap" / "time_05" / "images" / f"view{v}.png").size == (width, height)
     assert [(model.cameras[i + 1].width, model.cameras[i + 1].height) for i in range(4)] == sizes
     for image in model.images.values():  # every observation inside its own camera's image
         width, height = sizes[image.camera_id - 1]

@@ -162,7 +162,7 @@ def _write(recon: Reconstruction, folder: Path, args: argparse.Namespace, format
 
         export_time = clip.time_ids.index(args.export_time) if args.export_time is not None else clip.num_times // 2
         files += export(recon, folder, formats, time_index=export_time, conf_percentile=args.conf_percentile,
-                        progress=not args.quiet)
+                        progress=not args.quiet, frames=clip.load_original)
     return files
 
 
@@ -203,7 +203,8 @@ def _run(args: argparse.Namespace, output: OutputFolder, plan: WindowPlan, forma
     with reconstruct(args.model, clip, mode=args.mode, size=args.size, plan=plan, progress=not args.quiet,
                      spool=tmp, device=device, seed=args.seed, log=log, rig=args.rig,
                      calibration=calibration, attention=args.attention, refine=args.refine) as recon:
-        files = _write(recon, tmp, args, formats, clip)
+        seen = clip if calibration is None else calibration.applied_to(clip)  # the frames as the model saw them
+        files = _write(recon, tmp, args, formats, seen)
     names = sorted({p.relative_to(tmp).parts[0] + ("/" if len(p.relative_to(tmp).parts) > 1 else "")
                     for p in files})
     total_mb = sum(p.stat().st_size for p in files) / 2**20

@@ -82,7 +82,8 @@ class CameraCalibration:
 
 def read_calibration(path: str | Path) -> list[CameraCalibration]:
     """The cameras of a calibration file or folder (format from the path: ``.toml``, ``.json``, a COLMAP model
-    folder, or a folder holding a ``cameras.json``); ``ValueError`` naming the file and what is wrong."""
+    folder or project (``sparse/0``), or a folder holding a ``cameras.json``); ``ValueError`` naming the file and
+    what is wrong."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such calibration file or folder")
@@ -92,6 +93,8 @@ def read_calibration(path: str | Path) -> list[CameraCalibration]:
         return read_cameras_json(path)
     if path.is_dir() and any((path / f"cameras{ext}").is_file() for ext in (".txt", ".bin")):
         return read_colmap(path)
+    if path.is_dir() and any((path / "sparse" / "0" / f"cameras{ext}").is_file() for ext in (".txt", ".bin")):
+        return read_colmap(path / "sparse" / "0")  # a COLMAP project: images/ and sparse/0/
     if path.is_dir() and (path / "cameras.json").is_file():
         return read_cameras_json(path / "cameras.json")
     raise ValueError(f"{path}: not a calibration page4d reads; give an anipose / Pose2Sim .toml file, a COLMAP "

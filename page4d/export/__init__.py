@@ -3,7 +3,7 @@ and PNG panels, written under one folder::
 
     points/time_XX_{static,dynamic}.ply   every time step (ply)
     scene_time_XX.glb                     one time step (glb)
-    colmap/time_XX/*.bin                  one time step (colmap)
+    colmap/time_XX/sparse/0/*.bin         one time step (colmap), with images/ of that step
     panels/time_XX.png                    every time step (png)
 
 XX is the time id. The writers import trimesh, pycolmap and matplotlib (the ``export`` extra), so this module
@@ -16,6 +16,8 @@ import importlib.util
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
 from page4d.export.points import (
@@ -61,12 +63,16 @@ def export(
     time_index: int | None = None,
     conf_percentile: float = DEFAULT_CONF_PERCENTILE,
     progress: bool = True,
+    frames: Callable[[int, int], np.ndarray] | None = None,
 ) -> list[Path]:
     """Write ``formats`` (a subset of :data:`FORMATS`) of ``recon`` under ``folder``; returns the files written.
 
     ``ply`` and ``png`` cover every time step; ``glb`` and ``colmap`` the time step at index ``time_index``
     (position in ``recon.time_ids``; default: the middle one). ``conf_percentile`` drops the least confident
-    points (see :func:`select_points`). ``progress`` shows a tqdm bar over the time steps.
+    points (see :func:`select_points`). ``progress`` shows a tqdm bar over the time steps. ``colmap`` is a COLMAP
+    project: the model in ``colmap/time_XX/sparse/0`` and, with ``frames`` (``frames(t, v)``: the original image
+    of step index ``t``, view ``v``, ``[H0, W0, 3]`` uint8), the step's images in ``colmap/time_XX/images``, the
+    layout COLMAP's GUI, gsplat and nerfstudio read.
     """
     formats = check_formats(formats)
     t = recon.num_times // 2 if time_index is None else time_index
@@ -93,8 +99,15 @@ def export(
         scene = folder / f"scene_{time_name(recon, t)}.glb"
         written.append(write_scene(recon, scene, t, conf_percentile=conf_percentile))
     if "colmap" in formats:
-        from page4d.export.colmap import write_colmap
+        from page4d.export.colmap import image_name, write_colmap
 
-        model = write_colmap(recon, folder / "colmap" / time_name(recon, t), t, conf_percentile=conf_percentile)
+        project = folder / "colmap" / time_name(recon, t)
+        model = write_colmap(recon, project / "sparse" / "0", t, conf_percentile=conf_percentile)
         written += sorted(model.iterdir())
+        if frames is not None:
+            (project / "images").mkdir()
+            for v, view_id in enumerate(recon.view_ids):
+                path = project / "images" / image_name(view_id)
+                Image.fromarray(frames(t, v)).save(path)
+                written.append(path)
     return written

@@ -3,8 +3,8 @@
 - Cameras: one PINHOLE camera per view at that view's ORIGINAL image resolution (``recon.original_sizes``, K
   from ``intrinsic_original``), camera id = view index + 1.
 - Images: ``view{N}.png`` (N = view id, image id = view index + 1), the names of the clip layout's
-  ``images/time_XX/viewN.png``, so COLMAP tools can take ``--image_path CLIP/images/time_XX``; pose =
-  the world-to-camera extrinsic as ``cam_from_world``.
+  ``images/time_XX/viewN.png`` and of the ``images/`` folder ``page4d.export.export`` writes beside the model;
+  pose = the world-to-camera extrinsic as ``cam_from_world``.
 - Points3D: after ``--refine ba``, the refined tracks' points with every observation made at that step (track
   length > 1: COLMAP, gsplat and nerfstudio can continue from them); otherwise the selected points of the dense
   depth with their colours, each observed once, by the pixel it came from, mapped to original-resolution pixels

@@ -3,9 +3,11 @@
 The problem: one pinhole camera per view (K shared over time, at the view's original resolution), one image per
 camera for a static rig (its observations of every step folded onto it) or one per frame otherwise, and the
 tracks' points triangulated from the starting cameras. Two passes with a Cauchy loss; between them the
-observations further than ``max_error_px`` from their point's projection are removed (outliers). The gauge
-keeps the first two cameras' frame and scale, so the output world stays the input's; with a calibration's
-poses (``fixed_poses``) only the points move and the cameras come out exactly as they went in.
+observations further than ``max_error_px`` from their point's projection are removed (outliers). Each group of
+images that share points has a gauge of its own (a moving rig's steps share none); afterwards each is placed back
+by the robust similarity that maps its cameras onto their starting poses, so the output world stays the input's,
+and a group seen by too few points keeps its cameras. With a calibration's poses (``fixed_poses``) only the
+points move and the cameras come out exactly as they went in.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import pycolmap
 
 from page4d.conventions import COLMAP_PIXEL_OFFSET
-from page4d.reconstruction.rig import rig_poses
+from page4d.reconstruction.rig import fit_cameras, moved, rig_poses
 from page4d.refine.tracks import Tracks
 
 
@@ -37,6 +39,9 @@ class BundleOptions:
     """Observations further than this from their point's projection after the first pass are outliers."""
     max_points: int = 20000
     """At most this many points enter the problem (the longest tracks first): memory stays bounded."""
+    min_group_points: int = 30
+    """Images that share fewer points than this with one another (a moving rig's step seen by few features) keep
+    their cameras: a few matches, one of them wrong, would move them more than they are off."""
 
 
 @dataclass
@@ -52,12 +57,11 @@ class BundleResult:
     tracks: Tracks
     """The observations kept; a static rig's have ``time`` -1 (seen at every step, folded onto its camera)."""
     error_before_px: float
-    """Mean reprojection error of the kept tracks on the starting cameras (points triangulated from them)."""
+    """Mean reprojection error of the kept tracks on the starting cameras (points triangulated from them), over
+    the observations in front of their camera."""
     error_after_px: float
     rejected: int
     """Observations removed as outliers."""
-    model: pycolmap.Reconstruction
-    """The adjusted problem as a COLMAP model (images ``image{i}``; renamed by the exporter)."""
 
 
 def triangulate(tracks: Tracks, extrinsic: np.ndarray, intrinsic: np.ndarray) -> np.ndarray:
@@ -88,7 +92,8 @@ def reprojection_errors(points: np.ndarray, tracks: Tracks, extrinsic: np.ndarra
 def adjust(tracks: Tracks, extrinsic: np.ndarray, intrinsic: np.ndarray, sizes: list[tuple[int, int]],
            options: BundleOptions) -> BundleResult:
     """Adjust the cameras ``extrinsic`` ``[T, V, 3, 4]`` and ``intrinsic`` ``[T, V, 3, 3]`` (original resolution;
-    each view of ``sizes`` (H, W)) on ``tracks`` (``view`` = view index). ``ValueError`` if too few tracks."""
+    each view of ``sizes`` (H, W)) on ``tracks`` (``view`` = view index). ``ValueError`` if no group of views
+    shares ``min_group_points`` points."""
     steps, views = extrinsic.shape[:2]
     if options.static:
         tracks = tracks.per_image(tracks.view)
@@ -101,11 +106,13 @@ def adjust(tracks: Tracks, extrinsic: np.ndarray, intrinsic: np.ndarray, sizes: 
     k = np.median(intrinsic.astype(np.float64), axis=0)  # [V, 3, 3] shared over time
     points = triangulate(tracks, poses, k[camera_of])
     model = _model(tracks, points, poses, k, camera_of, sizes)
-    rejected = _solve(model, poses, options)
+    rejected = _solve(model, options)
     kept, kept_points, adjusted, adjusted_k = _read(model, len(poses), views)
     if options.fixed_poses:
         adjusted = poses
     by_image = dataclasses.replace(kept, view=kept.view if options.static else kept.time * views + kept.view)
+    if not options.fixed_poses:
+        _regauge(adjusted, kept_points, by_image, poses)
     before = reprojection_errors(triangulate(by_image, poses, k[camera_of]), by_image, poses, k[camera_of])
     after = reprojection_errors(kept_points, by_image, adjusted, adjusted_k[camera_of])
     if options.fixed_poses:  # exactly the given cameras, not their round trip through a mean and quaternions
@@ -114,8 +121,38 @@ def adjust(tracks: Tracks, extrinsic: np.ndarray, intrinsic: np.ndarray, sizes: 
         out = np.broadcast_to(adjusted[None], (steps, views, 3, 4))
     else:
         out = adjusted.reshape(steps, views, 3, 4)
-    return BundleResult(np.ascontiguousarray(out), adjusted_k, kept_points, kept, float(np.mean(before)),
-                        float(np.mean(after)), rejected, model)
+    # a point triangulated from cameras far off can land behind one of them: its error there is unbounded
+    return BundleResult(np.ascontiguousarray(out), adjusted_k, kept_points, kept, float(np.mean(before[
+        np.isfinite(before)])), float(np.mean(after)), rejected)
+
+
+def _regauge(adjusted: np.ndarray, points: np.ndarray, tracks: Tracks, start: np.ndarray) -> None:
+    """Undo each group's gauge drift, in place: the images that share points (``tracks.view``: image index) are
+    moved, with their points, by the similarity that best maps their adjusted cameras ``[I, 3, 4]`` back onto the
+    ``start`` ones. A group fixes its cameras only up to a similarity (two cameras of one step say nothing of
+    their distance); so placed, its relative poses are the adjustment's, its frame and scale the input's."""
+    parent = np.arange(len(adjusted))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    order = np.argsort(tracks.point, kind="stable")
+    point, image = tracks.point[order], tracks.view[order]
+    for a, b, same in zip(image[:-1], image[1:], point[:-1] == point[1:], strict=True):
+        if same and root(int(a)) != root(int(b)):
+            parent[max(root(int(a)), root(int(b)))] = min(root(int(a)), root(int(b)))
+    group = np.array([root(i) for i in range(len(adjusted))])
+    point_group = np.zeros(len(points), dtype=np.int64)
+    point_group[tracks.point] = group[tracks.view]
+    for g in np.unique(group[tracks.view]):
+        members = np.flatnonzero(group == g)
+        fit = fit_cameras(adjusted[members], start[members])
+        adjusted[members] = moved(adjusted[members], fit)
+        rows = point_group == g
+        points[rows] = fit.scale * points[rows] @ fit.rotation.T + fit.translation
 
 
 def _capped(tracks: Tracks, max_points: int) -> Tracks:
@@ -154,7 +191,7 @@ def _model(tracks: Tracks, points: np.ndarray, poses: np.ndarray, k: np.ndarray,
     return model
 
 
-def _solve(model: pycolmap.Reconstruction, poses: np.ndarray, options: BundleOptions) -> int:
+def _solve(model: pycolmap.Reconstruction, options: BundleOptions) -> int:
     """Two robust passes with the outliers removed between them; returns the observations removed."""
     ba = pycolmap.BundleAdjustmentOptions()
     ba.refine_focal_length = options.refine_focal
@@ -164,22 +201,58 @@ def _solve(model: pycolmap.Reconstruction, poses: np.ndarray, options: BundleOpt
     ba.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
     ba.ceres.loss_function_scale = options.loss_scale_px
     config = pycolmap.BundleAdjustmentConfig()
-    # the gauge holds the first two images of the problem: the two that see the most points
-    seen = sorted(model.images, key=lambda i: -model.image(i).num_points3D)
-    for image_id in seen:
-        if model.image(image_id).num_points3D == 0:
-            continue
-        config.add_image(image_id)
-        if options.fixed_poses:
-            config.set_constant_rig_from_world_pose(model.image(image_id).frame_id)
+    components = _components(model)
+    sizes = [len({p for i in component for p in _point_ids(model, i)}) for component in components]
+    if not options.fixed_poses and max(sizes, default=0) < options.min_group_points:
+        raise ValueError(f"no group of views shares {options.min_group_points} tracked points (the most: "
+                         f"{max(sizes, default=0)}), too few to move a camera by")
+    for component, size in zip(components, sizes, strict=True):
+        weak = size < options.min_group_points
+        for image_id in component:
+            config.add_image(image_id)
+            if options.fixed_poses or weak:
+                config.set_constant_rig_from_world_pose(model.image(image_id).frame_id)
     if not options.fixed_poses:
+        # The gauge: the largest group of images that share points keeps its two most observed cameras (its
+        # frame and scale stay the input's); any other group (a moving rig's steps share no points) keeps its
+        # most observed camera, else it could drift as a whole at no cost.
         config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
+        for component in components[1:]:
+            config.set_constant_rig_from_world_pose(model.image(component[0]).frame_id)
     observations = model.compute_num_observations()
     manager = pycolmap.ObservationManager(model)
     for _ in range(2):
         pycolmap.create_default_bundle_adjuster(ba, config, model).solve()
         manager.filter_all_points3D(options.max_error_px, 0.0)
     return observations - model.compute_num_observations()
+
+
+def _point_ids(model: pycolmap.Reconstruction, image_id: int) -> set[int]:
+    return {p.point3D_id for p in model.image(image_id).points2D if p.has_point3D()}
+
+
+def _components(model: pycolmap.Reconstruction) -> list[list[int]]:
+    """Image ids that see points, in groups linked by shared points: largest group first, each group's images by
+    decreasing number of points seen."""
+    parent = {i: i for i in model.images if model.image(i).num_points3D > 0}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for point in model.points3D.values():
+        images = [e.image_id for e in point.track.elements]
+        for other in images[1:]:
+            a, b = root(images[0]), root(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    groups: dict[int, list[int]] = {}
+    for i in parent:
+        groups.setdefault(root(i), []).append(i)
+    ordered = [sorted(g, key=lambda i: -model.image(i).num_points3D) for g in groups.values()]
+    return sorted(ordered, key=lambda g: (-len(g), -model.image(g[0]).num_points3D))
 
 
 def _read(model: pycolmap.Reconstruction, images: int, views: int) -> tuple[Tracks, np.ndarray, np.ndarray,

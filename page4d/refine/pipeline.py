@@ -42,7 +42,8 @@ class RefineOptions:
     (cameras some degrees off move points by a few percent of the image)."""
     max_features: int = 4096
     min_points: int = 30
-    """Fewer tracked points than this cannot constrain the cameras: the refinement is skipped."""
+    """Fewer tracked points than this cannot constrain the cameras: the refinement is skipped; views that share
+    fewer (a moving rig's step) keep their cameras."""
     refine_focal: bool = False
     max_points: int = 20000
     max_error_px: float = 4.0
@@ -63,8 +64,12 @@ def refine_reconstruction(recon: Reconstruction, clip: MultiViewClip, static: bo
         raise RefinementError(f"only {tracks.num_across_views} points are tracked across views (at least "
                               f"{options.min_points} are needed; textureless or non-overlapping frames?)")
     bundle = BundleOptions(static=static, fixed_poses=fixed_poses, refine_focal=options.refine_focal,
-                           max_error_px=options.max_error_px, max_points=options.max_points)
-    result = adjust(tracks, recon.extrinsic, recon.intrinsic_original, recon.original_sizes, bundle)
+                           max_error_px=options.max_error_px, max_points=options.max_points,
+                           min_group_points=options.min_points)
+    try:
+        result = adjust(tracks, recon.extrinsic, recon.intrinsic_original, recon.original_sizes, bundle)
+    except ValueError as err:
+        raise RefinementError(str(err)) from None
     if result.tracks.num_points < options.min_points:
         raise RefinementError(f"only {result.tracks.num_points} tracked points survive the outlier rejection "
                               f"(at least {options.min_points} are needed)")
@@ -106,28 +111,27 @@ def _feature_tracks(recon: Reconstruction, clip: MultiViewClip, static: bool, op
 
 def depth_scales(recon: Reconstruction, result: BundleResult) -> np.ndarray:
     """``[V]`` median ratio, over each view's observations, of the refined point's depth in its refined camera to
-    the predicted depth at the observed pixel (1 for a view without usable observations)."""
+    the predicted depth at the observed pixel (1 for a view with fewer than 3 usable observations). A static
+    rig's observations count at every step."""
     tracks, transforms = result.tracks, recon.transforms
-    scales = np.ones(recon.num_views)
     height, width = recon.size
+    scales = np.ones(recon.num_views)
     for v in range(recon.num_views):
         rows = np.flatnonzero(tracks.view == v)
-        steps = [tracks.time[r] for r in rows]
-        camera = result.extrinsic[0, v] if result.extrinsic.shape[0] == 1 else None
-        refined, predicted = [], []
         grid = np.rint(transforms[v].map_pixels(tracks.xy[rows])).astype(np.int64)
         inside = (grid[:, 0] >= 0) & (grid[:, 0] < width) & (grid[:, 1] >= 0) & (grid[:, 1] < height)
-        for row, t, (x, y), ok in zip(rows, steps, grid, inside, strict=True):
-            if not ok:
-                continue
-            for s in range(recon.num_times) if t < 0 else (t,):
-                pose = camera if camera is not None else result.extrinsic[s, v]
-                refined.append(pose[2, :3] @ result.points[tracks.point[row]] + pose[2, 3])
-                predicted.append(float(recon.depth[s, v][y, x]))
-        refined, predicted = np.asarray(refined), np.asarray(predicted)
-        good = (predicted > 0) & (refined > 0)
-        if good.sum() >= 3:
-            scales[v] = float(np.median(refined[good] / predicted[good]))
+        rows, grid = rows[inside], grid[inside]
+        ratios = []
+        for t in range(recon.num_times):
+            at = (tracks.time[rows] == t) | (tracks.time[rows] < 0)
+            pose = result.extrinsic[t, v]
+            refined = result.points[tracks.point[rows[at]]] @ pose[2, :3] + pose[2, 3]
+            predicted = np.asarray(recon.depth[t, v])[grid[at, 1], grid[at, 0]]
+            good = (predicted > 0) & (refined > 0)
+            ratios.append(refined[good] / predicted[good])
+        ratios = np.concatenate(ratios) if ratios else np.zeros(0)
+        if len(ratios) >= 3:
+            scales[v] = float(np.median(ratios))
     return scales
 
 
