@@ -15,7 +15,7 @@ from rigs import TABLETOP
 from scipy.spatial.transform import Rotation
 
 from page4d.cli.main import main
-from page4d.data.sources import open_input
+from page4d.data.sources import TimeSelection, open_input
 from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.rig import camera_errors, fit_cameras, pose, rotation_angles_deg
 from page4d.reconstruction.runner import reconstruct
@@ -27,7 +27,7 @@ K = np.array([[300.0, 0, 160], [0, 300, 120], [0, 0, 1]])
 
 
 def _ring() -> np.ndarray:
-    """``[V, 3, 4]`` cameras on a ring of radius 4 looking at the origin (z up)."""
+    """``[V, 3, 4]`` cameras around the origin, at radii 3–5 and heights 0.3–2.5, looking at it (z up)."""
     def look(centre: np.ndarray) -> np.ndarray:
         z = -centre / np.linalg.norm(centre)
         x = np.cross([0.0, 0.0, 1.0], z)
@@ -35,7 +35,9 @@ def _ring() -> np.ndarray:
         return pose(np.stack([x, np.cross(z, x), z]), centre)
 
     angles = np.linspace(0, 2 * np.pi, VIEWS, endpoint=False) + 0.3
-    return np.stack([look(np.array([4 * np.cos(a), 4 * np.sin(a), 1.5])) for a in angles])
+    radii, heights = (4.0, 3.0, 5.0, 3.5), (1.5, 0.3, 2.5, 1.0)  # unequal, so no view is a turn of another
+    return np.stack([look(np.array([r * np.cos(a), r * np.sin(a), h])) for a, r, h in zip(angles, radii, heights,
+                                                                                          strict=True)])
 
 
 def _scene(seed: int = 0, points: int = 400, noise_px: float = 0.3) -> tuple[np.ndarray, Tracks]:
@@ -207,3 +209,36 @@ def test_refinement_that_cannot_run_keeps_the_result_and_says_why(tmp_path):
                                                                      "seen by two cameras"}
     with pytest.raises(ValueError, match="refine 'bundle': choose one of none, ba"):
         reconstruct("page4d-small", clip, progress=False, refine="bundle")
+
+
+def test_focal_lengths_are_refined_only_when_asked():
+    truth, tracks = _scene(seed=6)
+    wrong = np.broadcast_to(K @ np.diag([1.04, 1.04, 1.0]), (STEPS, VIEWS, 3, 3)).copy()
+    start = np.broadcast_to(truth, (STEPS, VIEWS, 3, 4)).copy()
+    fixed = adjust(tracks, start, wrong, [SIZE] * VIEWS, BundleOptions(static=True))
+    free = adjust(tracks, start, wrong, [SIZE] * VIEWS, BundleOptions(static=True, refine_focal=True))
+    np.testing.assert_allclose(fixed.intrinsic, wrong[0], atol=1e-9)
+    np.testing.assert_allclose(free.intrinsic[:, 0, 0], K[0, 0], rtol=2e-3)  # 4 % off -> within 0.2 %
+    assert free.error_after_px < fixed.error_after_px
+
+
+@needs_shared
+def test_a_calibration_s_poses_stay_exactly_unless_asked(tmp_path, capsys):
+    from rigs import tabletop_cameras, write_toml
+
+    names, intrinsics, extrinsics, size = tabletop_cameras()
+    toml = write_toml(tmp_path / "calibration.toml", list(zip(names, intrinsics, extrinsics, strict=True)), size)
+    common = ["reconstruct", str(TABLETOP), "--cameras", str(toml), "--frames", "8", "--export", "none",
+              "--refine", "ba"]
+    assert main([*common, "-o", str(tmp_path / "fixed")]) == 0
+    fixed = json.loads((tmp_path / "fixed" / "cameras.json").read_text())
+    plain = reconstruct("page4d-small", open_input([TABLETOP], TimeSelection(frames=8))[0], progress=False,
+                        calibration=toml)  # the calibrated cameras, unrefined
+    np.testing.assert_array_equal(np.asarray(fixed["E_w2c"]), plain.extrinsic.astype(np.float64).round(7))
+    assert json.loads((tmp_path / "fixed" / "meta.json").read_text())["refine"]["status"] == "refined"
+    assert main([*common, "-o", str(tmp_path / "free"), "--refine-calibrated"]) == 0
+    free = np.asarray(json.loads((tmp_path / "free" / "cameras.json").read_text())["E_w2c"])
+    assert 0 < np.abs(free - extrinsics).max() < 0.5
+    capsys.readouterr()
+    assert main(["reconstruct", str(TABLETOP), "-o", str(tmp_path / "no"), "--refine-focal"]) != 0
+    assert "--refine-focal changes what --refine ba adjusts" in capsys.readouterr().err

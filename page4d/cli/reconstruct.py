@@ -20,7 +20,7 @@ from page4d.reconstruction.calibrated import Calibration, check_lines
 from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.registration import RIG_MODES
 from page4d.reconstruction.runner import WindowPlan, reconstruct
-from page4d.refine.modes import REFINE_MODES
+from page4d.refine.modes import REFINE_MODES, RefineOptions
 from page4d.transaction import OutputFolder
 
 DEFAULT_EXPORTS = "ply,glb,colmap,png"
@@ -87,6 +87,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "stay fixed) and move depth and points with them; the COLMAP export then carries the tracks (default: "
         "none)",
     )
+    p.add_argument("--refine-focal", action="store_true",
+                   help="with --refine ba: adjust each camera's focal length too (one per camera over the clip)")
+    p.add_argument("--refine-calibrated", action="store_true",
+                   help="with --refine ba and --cameras poses: let the adjustment move the calibrated poses too "
+                   "(by default they stay exactly as calibrated)")
     p.add_argument("--mode", choices=("crop", "pad"), default="crop", help="VGGT pre-processing mode (default: crop)")
     p.add_argument("--size", type=int,
                    help="target width (crop) or longer side (pad), multiple of 14 (default: the width the model was "
@@ -170,6 +175,9 @@ def run(args: argparse.Namespace) -> int:
     if args.size is not None and (args.size <= 0 or args.size % 14):
         raise ValueError(f"--size {args.size} must be a positive multiple of 14 (e.g. 518)")
     plan = _plan(args.window, args.overlap)
+    if args.refine == "none" and (args.refine_focal or args.refine_calibrated):
+        flag = "--refine-focal" if args.refine_focal else "--refine-calibrated"
+        raise ValueError(f"{flag} changes what --refine ba adjusts; add --refine ba, or drop {flag}")
     formats = _exports(args.export)
     select = TimeSelection(start=args.start, frames=args.frames, every=args.every, fps=args.fps, sync=args.sync)
     with OutputFolder(args.output, overwrite=args.overwrite, inputs=_inputs(args)) as output:
@@ -202,7 +210,9 @@ def _run(args: argparse.Namespace, output: OutputFolder, plan: WindowPlan, forma
     # clip's length; the spool goes when the record is closed, before the output is swapped into place.
     with reconstruct(args.model, clip, mode=args.mode, size=args.size, plan=plan, progress=not args.quiet,
                      spool=tmp, device=device, seed=args.seed, log=log, rig=args.rig,
-                     calibration=calibration, attention=args.attention, refine=args.refine) as recon:
+                     calibration=calibration, attention=args.attention, refine=args.refine,
+                     refine_options=None if args.refine == "none" else RefineOptions(
+                         refine_focal=args.refine_focal, refine_calibrated=args.refine_calibrated)) as recon:
         seen = clip if calibration is None else calibration.applied_to(clip)  # the frames as the model saw them
         files = _write(recon, tmp, args, formats, seen)
     names = sorted({p.relative_to(tmp).parts[0] + ("/" if len(p.relative_to(tmp).parts) > 1 else "")

@@ -42,7 +42,7 @@ from page4d.reconstruction.registration import (
 )
 from page4d.reconstruction.spool import Spool
 from page4d.reconstruction.windows import plan_windows
-from page4d.refine.modes import REFINE_MODES
+from page4d.refine.modes import REFINE_MODES, RefineOptions
 
 SMALL = ("extrinsic", "intrinsic")
 """Outputs kept in memory even when the dense ones are spooled to disk."""
@@ -193,6 +193,7 @@ def reconstruct(
     calibration: Calibration | str | Path | None = None,
     attention: str = "auto",
     refine: str = "none",
+    refine_options: RefineOptions | None = None,
 ) -> Reconstruction:
     """Predict every (t, v) of ``clip``; window by window when ``plan`` cuts the clip (module docstring of
     ``page4d.reconstruction.windows``). The world frame is the predicted camera (t0, v0).
@@ -219,6 +220,7 @@ def reconstruct(
         refine: ``ba`` adjusts the cameras on multi-view feature tracks (pycolmap bundle adjustment) and moves
             depth and points with them (``page4d.refine``); a calibration's poses stay fixed. Where it cannot
             run (too few tracks, one view) the note says why and the result is kept unrefined.
+        refine_options: what the refinement may change (``RefineOptions``: focal lengths, calibrated poses, ...).
 
     The result's ``meta`` records the provenance: page4d version, model and weights source, ``untrained``, the
     config, device, pre-processing, the attention plan, windows, seconds, the rig decided, the output world, and
@@ -227,6 +229,9 @@ def reconstruct(
     _check_types(model, clip, plan)
     if refine not in REFINE_MODES:
         raise ValueError(f"refine {refine!r}: choose one of {', '.join(REFINE_MODES)}")
+    if refine_options is not None and refine != "ba":
+        raise ValueError(f"refine_options say what refine='ba' adjusts, and refine is {refine!r}; pass refine='ba' "
+                         "or drop refine_options")
     if refine == "ba" and importlib.util.find_spec("pycolmap") is None:
         raise ValueError("refine ba needs pycolmap (feature tracks and bundle adjustment): pip install "
                          "\"page4d[export]\"")
@@ -275,7 +280,7 @@ def reconstruct(
     with store.removed_on_error() if store is not None else contextlib.nullcontext():
         recon = _stitch(model, clip, mode, size, windows, progress, store, rig, calibration, chosen)
         if refine == "ba":
-            recon.meta["refine"] = _refined(recon, clip, calibration, note)
+            recon.meta["refine"] = _refined(recon, clip, calibration, refine_options or RefineOptions(), note)
     note(f"rig: {recon.meta['rig']['mode']} ({recon.meta['rig']['reason']})")
     recon.meta.update({
         "page4d_version": __version__,
@@ -299,14 +304,15 @@ def _check_overlap(plan: WindowPlan, rig: RigMode, calibration: Calibration | No
                          "or a static rig of two or more cameras (--rig static); give an overlap of 1 or more")
 
 
-def _refined(recon: Reconstruction, clip: MultiViewClip, calibration: Calibration | None,
+def _refined(recon: Reconstruction, clip: MultiViewClip, calibration: Calibration | None, options: RefineOptions,
              note: Callable[[str], None]) -> dict:
     """Run the bundle adjustment on ``recon`` (in place); its report, or why it was skipped."""
     from page4d.refine.pipeline import RefinementError, refine_reconstruction
 
     try:
+        calibrated = calibration is not None and calibration.has_poses
         report = refine_reconstruction(recon, clip, static=recon.meta["rig"]["mode"] == "static",
-                                       fixed_poses=calibration is not None and calibration.has_poses)
+                                       fixed_poses=calibrated and not options.refine_calibrated, options=options)
     except RefinementError as err:
         note(f"refine: skipped, the result is not refined: {err}")
         return {"status": "skipped", "reason": str(err)}

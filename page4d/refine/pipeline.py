@@ -14,7 +14,6 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pycolmap
@@ -26,27 +25,12 @@ from page4d.reconstruction.registration import re_express_clip
 from page4d.reconstruction.rig import centres, rotation_angles_deg
 from page4d.refine.bundle import BundleOptions, BundleResult, adjust
 from page4d.refine.features import Extractor, FrameGeometry, Keypoints, feature_tracks
+from page4d.refine.modes import RefineOptions
 from page4d.refine.tracks import TrackedPoints, Tracks
 
 
 class RefinementError(ValueError):
     """The refinement could not run (the message says why); the reconstruction is left as it was."""
-
-
-@dataclass(frozen=True)
-class RefineOptions:
-    """How tracks are found and what the adjustment may change."""
-
-    search_fraction: float = 0.15
-    """A keypoint's match is looked for within this fraction of the image diagonal of where the prediction puts it
-    (cameras some degrees off move points by a few percent of the image)."""
-    max_features: int = 4096
-    min_points: int = 30
-    """Fewer tracked points than this cannot constrain the cameras: the refinement is skipped; views that share
-    fewer (a moving rig's step) keep their cameras."""
-    refine_focal: bool = False
-    max_points: int = 20000
-    max_error_px: float = 4.0
 
 
 def refine_reconstruction(recon: Reconstruction, clip: MultiViewClip, static: bool, fixed_poses: bool,
