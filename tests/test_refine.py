@@ -242,3 +242,21 @@ def test_a_calibration_s_poses_stay_exactly_unless_asked(tmp_path, capsys):
     capsys.readouterr()
     assert main(["reconstruct", str(TABLETOP), "-o", str(tmp_path / "no"), "--refine-focal"]) != 0
     assert "--refine-focal changes what --refine ba adjusts" in capsys.readouterr().err
+
+
+@needs_shared
+def test_tracks_round_trip_through_the_output_folder_and_a_broken_file_is_named(tmp_path):
+    from page4d.reconstruction.ground_truth import reconstruction_from_clip
+    from page4d.refine.tracks import TrackedPoints
+
+    recon = reconstruction_from_clip(open_input([TABLETOP], TimeSelection(frames=2))[0], size=168)
+    _, tracks = _scene(seed=7, points=20)
+    recon.tracks = TrackedPoints(tracks, np.random.default_rng(0).normal(size=(tracks.num_points, 3)))
+    recon.save(tmp_path)
+    loaded = Reconstruction.load(tmp_path).tracks
+    for name in ("point", "time", "view", "xy"):
+        np.testing.assert_array_equal(getattr(loaded.tracks, name), getattr(tracks, name))
+    np.testing.assert_array_equal(loaded.xyz, recon.tracks.xyz)
+    (tmp_path / "tracks.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="tracks.npz: cannot read the tracks"):
+        Reconstruction.load(tmp_path)

@@ -190,8 +190,12 @@ class Reconstruction:
                              "re-run page4d reconstruct to rewrite it")
         tracks = None
         if (path.parent / TrackedPoints.FILE).is_file():
-            with np.load(path.parent / TrackedPoints.FILE) as data:
-                tracks = TrackedPoints.from_arrays(dict(data))
+            try:
+                with np.load(path.parent / TrackedPoints.FILE) as data:
+                    tracks = TrackedPoints.from_arrays(dict(data))
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
+                raise ValueError(f"{path.parent / TrackedPoints.FILE}: cannot read the tracks ({err}); re-run page4d "
+                                 "reconstruct --refine ba, or remove the file to load the rest") from None
         return cls(**arrays, meta=meta, tracks=tracks)
 
 
