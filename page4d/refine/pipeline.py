@@ -11,9 +11,11 @@ as it was.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pycolmap
@@ -39,7 +41,23 @@ def refine_reconstruction(recon: Reconstruction, clip: MultiViewClip, static: bo
 
     ``static``: one pose per camera (a static rig); ``fixed_poses``: the cameras are a calibration's and stay as
     they are (only the points and the depth scales are fitted). Raises :class:`RefinementError`."""
-    options = options or RefineOptions()
+    with _quiet_colmap():  # the run reports what matters; COLMAP's info lines would land in the middle of it
+        return _refine(recon, clip, static, fixed_poses, options or RefineOptions())
+
+
+@contextlib.contextmanager
+def _quiet_colmap() -> Iterator[None]:
+    """pycolmap's (glog) messages below ERROR silenced for the block, the level restored after it."""
+    level = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 2
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = level
+
+
+def _refine(recon: Reconstruction, clip: MultiViewClip, static: bool, fixed_poses: bool,
+            options: RefineOptions) -> dict:
     start, memory = time.perf_counter(), _peak_rss_mb()
     if recon.num_views < 2:
         raise RefinementError("a single view: tracks need the same point seen by two cameras")
