@@ -19,6 +19,7 @@ import numpy as np
 import pycolmap
 import torch
 
+from page4d.conventions import COLMAP_PIXEL_OFFSET
 from page4d.refine.tracks import Tracks, from_matches
 
 MIN_MATCHES = 8
@@ -59,7 +60,7 @@ class Extractor:
 
     def __call__(self, grey: np.ndarray) -> Keypoints:
         keypoints, descriptors = self.extractor.extract_from_float32_array(np.ascontiguousarray(grey, np.float32))
-        xy = np.array([[k.x, k.y] for k in keypoints], dtype=np.float64).reshape(-1, 2) - 0.5  # COLMAP's centre
+        xy = np.array([[k.x, k.y] for k in keypoints], dtype=np.float64).reshape(-1, 2) - COLMAP_PIXEL_OFFSET
         values = descriptors.data.astype(np.float32).reshape(-1, 128)
         return Keypoints(xy, values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-9))
 
@@ -104,8 +105,8 @@ def verified(a: Keypoints, b: Keypoints, pairs: np.ndarray, camera_a: pycolmap.C
     """The ``pairs`` one two-view geometry explains (pycolmap's RANSAC; too few: none)."""
     if len(pairs) < MIN_MATCHES:
         return pairs[:0]
-    geometry = pycolmap.estimate_two_view_geometry(camera_a, a.xy + 0.5, camera_b, b.xy + 0.5,
-                                                   pairs.astype(np.uint32))
+    geometry = pycolmap.estimate_two_view_geometry(camera_a, a.xy + COLMAP_PIXEL_OFFSET, camera_b,
+                                                   b.xy + COLMAP_PIXEL_OFFSET, pairs.astype(np.uint32))
     inliers = np.asarray(geometry.inlier_matches, dtype=np.int64).reshape(-1, 2)
     return inliers if len(inliers) >= MIN_MATCHES else pairs[:0]
 
