@@ -20,7 +20,7 @@ import pycolmap
 
 from page4d.conventions import COLMAP_PIXEL_OFFSET
 from page4d.reconstruction.rig import fit_cameras, moved, rig_poses
-from page4d.refine.tracks import Tracks
+from page4d.refine.tracks import Tracks, connected
 
 
 @dataclass(frozen=True)
@@ -131,20 +131,10 @@ def _regauge(adjusted: np.ndarray, points: np.ndarray, tracks: Tracks, start: np
     moved, with their points, by the similarity that best maps their adjusted cameras ``[I, 3, 4]`` back onto the
     ``start`` ones. A group fixes its cameras only up to a similarity (two cameras of one step say nothing of
     their distance); so placed, its relative poses are the adjustment's, its frame and scale the input's."""
-    parent = np.arange(len(adjusted))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
     order = np.argsort(tracks.point, kind="stable")
     point, image = tracks.point[order], tracks.view[order]
-    for a, b, same in zip(image[:-1], image[1:], point[:-1] == point[1:], strict=True):
-        if same and root(int(a)) != root(int(b)):
-            parent[max(root(int(a)), root(int(b)))] = min(root(int(a)), root(int(b)))
-    group = np.array([root(i) for i in range(len(adjusted))])
+    same = point[:-1] == point[1:]  # consecutive observations of one point link their images
+    group = connected(len(adjusted), np.stack([image[:-1][same], image[1:][same]], axis=1))
     point_group = np.zeros(len(points), dtype=np.int64)
     point_group[tracks.point] = group[tracks.view]
     for g in np.unique(group[tracks.view]):
@@ -234,23 +224,16 @@ def _point_ids(model: pycolmap.Reconstruction, image_id: int) -> set[int]:
 def _components(model: pycolmap.Reconstruction) -> list[list[int]]:
     """Image ids that see points, in groups linked by shared points: largest group first, each group's images by
     decreasing number of points seen."""
-    parent = {i: i for i in model.images if model.image(i).num_points3D > 0}
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    seeing = [i for i in model.images if model.image(i).num_points3D > 0]
+    position = {image_id: n for n, image_id in enumerate(seeing)}
+    links = []
     for point in model.points3D.values():
-        images = [e.image_id for e in point.track.elements]
-        for other in images[1:]:
-            a, b = root(images[0]), root(other)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
+        images = [position[e.image_id] for e in point.track.elements]
+        links += [(images[0], other) for other in images[1:]]
+    group = connected(len(seeing), np.asarray(links, dtype=np.int64).reshape(-1, 2))
     groups: dict[int, list[int]] = {}
-    for i in parent:
-        groups.setdefault(root(i), []).append(i)
+    for image_id, g in zip(seeing, group, strict=True):
+        groups.setdefault(int(g), []).append(image_id)
     ordered = [sorted(g, key=lambda i: -model.image(i).num_points3D) for g in groups.values()]
     return sorted(ordered, key=lambda g: (-len(g), -model.image(g[0]).num_points3D))
 

@@ -74,11 +74,10 @@ class Tracks:
         return folded.subset(spread <= tolerance_px)
 
 
-def from_matches(nodes: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Union-find over keypoints: ``nodes`` ``[N]`` ids, ``pairs`` ``[P, 2]`` matched positions into ``nodes``;
-    returns ``[N]`` the track of each keypoint (its smallest matched position), -1 for unmatched ones, and -1 for
-    a whole track that holds two keypoints of one frame (``nodes`` equal: an ambiguous chain of matches)."""
-    parent = np.arange(len(nodes))
+def connected(count: int, pairs: np.ndarray) -> np.ndarray:
+    """Union-find: ``[count]`` the group of each of ``count`` items linked by ``pairs`` ``[P, 2]`` (indices),
+    each group named by its smallest member."""
+    parent = np.arange(count)
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -90,7 +89,14 @@ def from_matches(nodes: np.ndarray, pairs: np.ndarray) -> np.ndarray:
         ra, rb = root(int(a)), root(int(b))
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([root(i) for i in range(len(nodes))], dtype=np.int64)
+    return np.array([root(i) for i in range(count)], dtype=np.int64)
+
+
+def from_matches(nodes: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Keypoints joined into tracks: ``nodes`` ``[N]`` frame ids, ``pairs`` ``[P, 2]`` matched positions into
+    ``nodes``; returns ``[N]`` the track of each keypoint (its smallest matched position), -1 for unmatched ones,
+    and -1 for a whole track that holds two keypoints of one frame (``nodes`` equal: an ambiguous chain)."""
+    roots = connected(len(nodes), pairs)
     matched = np.zeros(len(nodes), dtype=bool)
     matched[pairs.reshape(-1)] = True
     track = np.where(matched, roots, -1)
