@@ -1,9 +1,12 @@
-"""The one place that turns a device name from the command line or a config into a ``torch.device``."""
+"""The one place that turns a device name from the command line or a config into a ``torch.device``, and that
+reads how much memory a run has taken at its peak."""
 
 from __future__ import annotations
 
 import os
 import re
+import resource
+import sys
 
 import torch
 
@@ -32,3 +35,11 @@ def resolve_device(name: str) -> torch.device:
             raise ValueError(f"device {device}: this machine has {count} GPU(s); use cuda:0 to cuda:{count - 1}")
         torch.cuda.set_device(device)
     return device
+
+
+def peak_memory_mb(device: torch.device | None = None) -> float:
+    """Peak memory in MB so far: CUDA's allocated peak on a CUDA ``device``, else this process's peak RSS."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20

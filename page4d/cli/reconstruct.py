@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import resource
-import sys
 from pathlib import Path
-
-import torch
 
 from page4d.attention_plans import ATTENTION_PLANS
 from page4d.checkpoints.pretrained import DEFAULT_MODEL, resolve
 from page4d.data.clip import MultiViewClip
 from page4d.data.sources import TimeSelection, open_input
 from page4d.data.sync import SYNC_MODES
-from page4d.devices import resolve_device
+from page4d.devices import peak_memory_mb, resolve_device
 from page4d.presets import PRESETS
 from page4d.reconstruction.calibrated import Calibration, check_lines
 from page4d.reconstruction.record import Reconstruction
@@ -148,13 +144,6 @@ def _inputs(args: argparse.Namespace) -> list[Path]:
     return paths + ([weights] if isinstance(weights, Path) else [])
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-
-
 def _write(recon: Reconstruction, folder: Path, args: argparse.Namespace, formats: list[str],
            clip: MultiViewClip) -> list[Path]:
     """Save ``recon`` with the command's own provenance and the requested exports into ``folder``; returns the
@@ -224,7 +213,7 @@ def _run(args: argparse.Namespace, output: OutputFolder, plan: WindowPlan, forma
         f"done: {recon.num_times * recon.num_views} frames ({recon.num_times}×{recon.num_views}) at {width}×{height} "
         f"in {recon.meta['seconds']:.1f} s on {device}, {len(windows)} window(s) of "
         f"{max(stop - start for start, stop in windows)} steps, attention {recon.meta['attention']}; peak memory "
-        f"{_peak_memory_mb(device):.0f} MB",
+        f"{peak_memory_mb(device):.0f} MB",
         f"wrote {args.output}: {', '.join(names)} ({len(files)} files, {total_mb:.0f} MB)",
     ]
     if calibration is not None:

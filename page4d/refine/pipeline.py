@@ -12,8 +12,6 @@ as it was.
 from __future__ import annotations
 
 import contextlib
-import resource
-import sys
 import time
 from collections.abc import Iterator
 
@@ -22,6 +20,7 @@ import pycolmap
 
 from page4d.conventions import COLMAP_PIXEL_OFFSET
 from page4d.data.clip import MultiViewClip
+from page4d.devices import peak_memory_mb
 from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.registration import re_express_clip
 from page4d.reconstruction.rig import centres, rotation_angles_deg
@@ -58,7 +57,7 @@ def _quiet_colmap() -> Iterator[None]:
 
 def _refine(recon: Reconstruction, clip: MultiViewClip, static: bool, fixed_poses: bool,
             options: RefineOptions) -> dict:
-    start, memory = time.perf_counter(), _peak_rss_mb()
+    start, memory = time.perf_counter(), peak_memory_mb()
     if recon.num_views < 2:
         raise RefinementError("a single view: tracks need the same point seen by two cameras")
     tracks = _feature_tracks(recon, clip, static, options)
@@ -86,7 +85,7 @@ def _refine(recon: Reconstruction, clip: MultiViewClip, static: bool, fixed_pose
                                                                         strict=True)])
     recon.intrinsic = np.broadcast_to(recon.intrinsic, recon.extrinsic.shape[:2] + (3, 3)).astype(np.float32)
     recon.tracks = TrackedPoints(result.tracks, result.points)
-    return _report(recon, result, before, scales, time.perf_counter() - start, _peak_rss_mb() - memory)
+    return _report(recon, result, before, scales, time.perf_counter() - start, peak_memory_mb() - memory)
 
 
 def _feature_tracks(recon: Reconstruction, clip: MultiViewClip, static: bool, options: RefineOptions) -> Tracks:
@@ -156,8 +155,3 @@ def _report(recon: Reconstruction, result: BundleResult, before: np.ndarray, sca
                                  "depth_scale": round(float(scales[v]), 5)} for v, name in enumerate(names)},
         "seconds": round(seconds, 3), "peak_memory_added_mb": round(max(memory_mb, 0.0), 1),
     }
-
-
-def _peak_rss_mb() -> float:
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
