@@ -28,6 +28,9 @@ FLOOR, WALLS, BOXES, SPHERES = 0, 1, 2, 3
 """Surface kinds, in the order of ``_Hits.kind``."""
 
 
+TEXTURES = ("checker", "noise")
+
+
 @dataclass(frozen=True)
 class SceneConfig:
     """Ranges that scenes are drawn from (uniformly); one seed gives one scene."""
@@ -48,6 +51,9 @@ class SceneConfig:
     camera_height: tuple[float, float] = (1.2, 2.4)
     fov_deg: tuple[float, float] = (55.0, 75.0)
     """Horizontal field of view."""
+    texture: str = "checker"
+    """``checker``: two-colour cells per surface (what the shipped model was trained on); ``noise``: a smooth
+    non-repeating pattern (a sum of random plane waves), which feature matching can tell apart everywhere."""
 
 
 @dataclass
@@ -115,6 +121,8 @@ class _Scene:
     """``[8, 3]`` colours: floor (2), walls (2), boxes (2), spheres (2)."""
     checker: torch.Tensor
     """``[2]`` floor and box checker sizes."""
+    waves: torch.Tensor
+    """``[NOISE_WAVES, 4]`` the ``noise`` texture's plane waves: wave vector (x, y, z) and phase."""
 
 
 def _scene(config: SceneConfig, gen: torch.Generator) -> _Scene:
@@ -132,8 +140,19 @@ def _scene(config: SceneConfig, gen: torch.Generator) -> _Scene:
     return _Scene(
         boxes=torch.stack([lows, highs], 1), start=start, velocity=velocity, radius=radius,
         spin=_uniform(gen, (-0.4, 0.4), spheres), palette=torch.rand(8, 3, generator=gen, dtype=torch.float64),
-        checker=_uniform(gen, (0.3, 0.9), 2),
+        checker=_uniform(gen, (0.3, 0.9), 2), waves=_waves(gen),
     )
+
+
+NOISE_WAVES = 48
+
+
+def _waves(gen: torch.Generator) -> torch.Tensor:
+    """Random directions, wavelengths from 0.08 to 1.5 units (log-uniform) and phases."""
+    direction = torch.nn.functional.normalize(torch.randn(NOISE_WAVES, 3, generator=gen, dtype=torch.float64), dim=1)
+    wavelength = torch.exp(_uniform(gen, (math.log(0.2), math.log(2.0)), NOISE_WAVES))
+    return torch.cat([direction * (2 * math.pi / wavelength[:, None]), _uniform(gen, (0, 2 * math.pi), NOISE_WAVES)[
+        :, None]], 1)
 
 
 @dataclass
@@ -195,22 +214,36 @@ def _cast(origin: torch.Tensor, rays: torch.Tensor, scene: _Scene, centres: torc
     return hits
 
 
-def _shade(points: torch.Tensor, hits: _Hits, scene: _Scene, centres: torch.Tensor, t: int) -> torch.Tensor:
+def _shade(points: torch.Tensor, hits: _Hits, scene: _Scene, centres: torch.Tensor, t: int,
+           texture: str = "checker") -> torch.Tensor:
     """``[N, 3]`` colours: a two-colour pattern per surface kind, Lambert-shaded; ``SKY_COLOUR`` for no hit."""
-    palette, pattern = scene.palette, torch.zeros(len(points), dtype=torch.bool)
-    floor_cells = torch.floor(points[:, :2] / scene.checker[0]).sum(1)
-    wall_cells = torch.floor((points[:, 0] + points[:, 1]) / 0.4) + torch.floor(points[:, 2] / 0.75)
-    box_cells = torch.floor(points / scene.checker[1]).sum(1)
+    palette = scene.palette
     local = points - centres[hits.index.clamp(max=len(centres) - 1)] if len(centres) else points
     angle = scene.spin[hits.index.clamp(max=len(scene.spin) - 1)] * t if len(scene.spin) else torch.zeros(len(points))
-    azimuth = torch.atan2(local[:, 1], local[:, 0]) - angle
-    sphere_cells = torch.floor(azimuth / (math.pi / 4)) + torch.floor(local[:, 2] / 0.25)
     base = torch.zeros(len(points), dtype=torch.long)
-    for kind, cells in ((FLOOR, floor_cells), (WALLS, wall_cells), (BOXES, box_cells), (SPHERES, sphere_cells)):
-        at = hits.kind == kind
-        pattern = torch.where(at, cells.remainder(2) > 0.5, pattern)
-        base = torch.where(at, 2 * kind, base)
-    colour = palette[base + pattern.long()]
+    for kind in (FLOOR, WALLS, BOXES, SPHERES):
+        base = torch.where(hits.kind == kind, 2 * kind, base)
+    if texture == "noise":
+        # a sphere's pattern turns with it: its points are read in its own frame, turned back by its spin
+        cos, sin = angle.cos(), angle.sin()
+        turned = torch.stack([cos * local[:, 0] + sin * local[:, 1], -sin * local[:, 0] + cos * local[:, 1],
+                              local[:, 2]], 1)
+        where = torch.where((hits.kind == SPHERES)[:, None], turned, points)
+        waves = torch.sin(where @ scene.waves[:, :3].T + scene.waves[:, 3]).sum(1)
+        mix = torch.sigmoid(3 * waves / math.sqrt(len(scene.waves)))[:, None]
+    elif texture == "checker":
+        floor_cells = torch.floor(points[:, :2] / scene.checker[0]).sum(1)
+        wall_cells = torch.floor((points[:, 0] + points[:, 1]) / 0.4) + torch.floor(points[:, 2] / 0.75)
+        box_cells = torch.floor(points / scene.checker[1]).sum(1)
+        azimuth = torch.atan2(local[:, 1], local[:, 0]) - angle
+        sphere_cells = torch.floor(azimuth / (math.pi / 4)) + torch.floor(local[:, 2] / 0.25)
+        pattern = torch.zeros(len(points), dtype=torch.bool)
+        for kind, cells in ((FLOOR, floor_cells), (WALLS, wall_cells), (BOXES, box_cells), (SPHERES, sphere_cells)):
+            pattern = torch.where(hits.kind == kind, cells.remainder(2) > 0.5, pattern)
+        mix = pattern[:, None].double()
+    else:
+        raise ValueError(f"texture {texture!r}: choose one of {', '.join(TEXTURES)}")
+    colour = palette[base] * (1 - mix) + palette[base + 1] * mix
     light = torch.nn.functional.normalize(torch.tensor([0.4, 0.3, 1.0], dtype=torch.float64), dim=0)
     colour = colour * (0.45 + 0.55 * (hits.normal @ light).clamp(min=0))[:, None]
     return torch.where((hits.kind == SKY)[:, None], SKY_COLOUR, colour).clamp(0, 1)
@@ -240,7 +273,8 @@ def generate_clip(config: SceneConfig, seed: int) -> SyntheticClip:
             origin = -rot.T @ trans
             hits = _cast(origin, rays, scene, centres, config)
             points = origin + torch.where(torch.isfinite(hits.depth), hits.depth, 0)[:, None] * rays
-            images[t, v] = _shade(points, hits, scene, centres, t).T.reshape(3, config.height, config.width).float()
+            colour = _shade(points, hits, scene, centres, t, config.texture)
+            images[t, v] = colour.T.reshape(3, config.height, config.width).float()
             hit = torch.isfinite(hits.depth)
             depth[t, v] = torch.where(hit, hits.depth, 0).reshape(config.height, config.width).float()
             moving[t, v] = (hits.kind == SPHERES).reshape(config.height, config.width)

@@ -256,3 +256,19 @@ def _read(model: pycolmap.Reconstruction, images: int, views: int) -> tuple[Trac
     k = np.stack([model.camera(v + 1).calibration_matrix() for v in range(views)])
     k[:, :2, 2] -= COLMAP_PIXEL_OFFSET
     return kept, np.asarray(xyz).reshape(-1, 3), poses, k
+
+
+def agreeing(tracks: Tracks, extrinsic: np.ndarray, intrinsic: np.ndarray, static: bool,
+             max_error_px: float) -> int:
+    """How many observations of ``tracks`` (``view`` = view index) cameras ``extrinsic`` ``[T, V, 3, 4]`` and
+    ``intrinsic`` ``[V, 3, 3]`` explain: each track triangulated from them, the observations within
+    ``max_error_px`` of its projection (a consensus count, as RANSAC scores a model)."""
+    steps, views = extrinsic.shape[:2]
+    if static:
+        tracks, poses = tracks.per_image(tracks.view), extrinsic[0].astype(np.float64)
+    else:
+        tracks = dataclasses.replace(tracks, view=tracks.time * views + tracks.view)
+        poses = extrinsic.reshape(-1, 3, 4).astype(np.float64)
+    k = intrinsic.astype(np.float64)[np.arange(len(poses)) % views]
+    errors = reprojection_errors(triangulate(tracks, poses, k), tracks, poses, k)
+    return int((errors <= max_error_px).sum())
