@@ -1,6 +1,7 @@
 """Refinement when the predicted cameras are too far off (issue 15): pycolmap's mapper on exact tracks, the
-fallback on a rendered scene whose cameras are 20° off, and the refusal of an adjustment that rejects most of its
-observations (repetitive texture), with the forward pass kept."""
+fallback on a rendered scene whose cameras are 20° off, the refusal of an adjustment that rejects most of its
+observations (repetitive texture) with the forward pass kept; and the predicted depth checking the tracks (a
+match off the surface removed) and setting each group's scale."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from page4d.data.synthetic import SceneConfig, generate_clip, write_clip
 from page4d.reconstruction.ground_truth import reconstruction_from_clip
 from page4d.reconstruction.rig import camera_errors, fit_cameras
 from page4d.reconstruction.runner import reconstruct
+from page4d.refine import pipeline
+from page4d.refine.bundle import BundleOptions, BundleResult, reprojection_errors
 from page4d.refine.mapper import register
 from page4d.refine.modes import RefineOptions
 from page4d.refine.pipeline import refine_reconstruction
+from page4d.refine.tracks import Tracks
 
 
 @pytest.mark.parametrize("static", [True, False])
@@ -96,3 +100,76 @@ def test_an_adjustment_that_rejects_most_observations_is_refused_and_the_forward
     for name in ("extrinsic", "intrinsic", "depth", "world_points"):
         assert np.array_equal(getattr(refined, name), getattr(plain, name)), name
     assert refined.tracks is None
+
+
+def _two_view_tracks(tmp_path) -> tuple:
+    """A rendered pair of views with its true depth and cameras, and exact tracks: pixels of view 0 that view 1
+    sees too (the true depth agrees there), projected into view 1 through the truth."""
+    config = SceneConfig(num_times=1, num_views=2, height=120, width=160, texture="noise", moving_spheres=(0, 0))
+    clip = open_input([write_clip(generate_clip(config, seed=3), tmp_path / "pair")])[0]
+    recon = reconstruction_from_clip(clip, size=154)
+    e, k = clip.extrinsics.numpy().astype(np.float64)[0], clip.intrinsics.numpy().astype(np.float64)[0]
+    u, _, vt = np.linalg.svd(e[:, :, :3])
+    e[:, :, :3] = u @ vt  # float32 rotations are orthonormal to 1e-7 only; centre <-> translation then round-trips
+    depth = clip.load_depths(recon.transforms).numpy()[0]
+    rng = np.random.default_rng(0)
+    xy = np.stack([rng.uniform(5, 155, 4000), rng.uniform(5, 115, 4000)], axis=1)
+    grid = np.rint(recon.transforms[0].map_pixels(xy)).astype(np.int64)
+    z = depth[0][grid[:, 1].clip(0, depth.shape[1] - 1), grid[:, 0].clip(0, depth.shape[2] - 1)]
+    world = ((np.c_[xy, np.ones(len(xy))] @ np.linalg.inv(k[0]).T) * z[:, None] - e[0, :, 3]) @ e[0, :, :3]
+    seen = world @ e[1, :, :3].T + e[1, :, 3]
+    other = seen @ k[1].T
+    other = other[:, :2] / other[:, 2:]
+    back = np.rint(recon.transforms[1].map_pixels(other)).astype(np.int64)
+    inside = (other >= 5).all(1) & (other[:, 0] < 155) & (other[:, 1] < 115) & (z > 0)
+    z1 = depth[1][back[:, 1].clip(0, depth.shape[1] - 1), back[:, 0].clip(0, depth.shape[2] - 1)]
+    keep = inside & (np.abs(z1 - seen[:, 2]) < 0.02 * seen[:, 2])  # not hidden in view 1
+    xy, other, world = xy[keep][:300], other[keep][:300], world[keep][:300]
+    n = len(xy)
+    tracks = Tracks(np.repeat(np.arange(n), 2), np.zeros(2 * n, dtype=np.int64), np.tile([0, 1], n),
+                    np.stack([xy, other], axis=1).reshape(-1, 2))
+    return recon, tracks, world, e, k
+
+
+def test_a_match_off_the_predicted_surface_is_removed(tmp_path):
+    """A two-view match slid along its epipolar line triangulates exactly (no reprojection error shows it) but off
+    the surface: the predicted depth disagrees, so the point goes; with the check off it stays."""
+    recon, tracks, world, e, k = _two_view_tracks(tmp_path)
+    assert tracks.num_points >= 100
+    # slide the first track's view-1 pixel along the epipolar line of its view-0 pixel, to a point 2.5x as far
+    centre = -e[0, :, :3].T @ e[0, :, 3]
+    far = centre + 2.5 * (world[0] - centre)
+    pixel = k[1] @ (e[1, :, :3] @ far + e[1, :, 3])
+    xy = tracks.xy.copy()
+    xy[1] = pixel[:2] / pixel[2]
+    wrong = Tracks(tracks.point, tracks.time, tracks.view, xy)
+    bundle = BundleOptions(static=True, fixed_poses=True)
+    extrinsic = recon.extrinsic.astype(np.float64)
+    kept = pipeline._adjusted(recon, wrong, extrinsic, bundle, RefineOptions())
+    assert 0 not in set(_sources(kept.tracks, xy))
+    assert kept.tracks.num_points == tracks.num_points - 1
+    unchecked = pipeline._adjusted(recon, wrong, extrinsic, bundle, RefineOptions(max_depth_disagreement=np.inf))
+    assert unchecked.tracks.num_points == tracks.num_points and 0 in set(_sources(unchecked.tracks, xy))
+
+
+def _sources(kept: Tracks, xy: np.ndarray) -> list[int]:
+    """The input track of each kept point, found by its view-1 pixel."""
+    rows = np.flatnonzero(kept.view == 1)
+    return [int(np.argmin(np.linalg.norm(xy[1::2] - kept.xy[r], axis=1))) for r in rows]
+
+
+def test_a_group_of_cameras_is_scaled_to_the_predicted_depth(tmp_path):
+    """Cameras and points of a result twice the true size (the adjustment leaves a group's scale free): scaled
+    to the predicted (here true) depth, the points' depths match it, and every reprojection and rotation is as
+    it was."""
+    recon, tracks, world, e, k = _two_view_tracks(tmp_path)
+    big = e.copy()
+    big[:, :, 3] *= 2.0
+    result = BundleResult(big[None], k, 2.0 * world, tracks, 0.0, 0.0, 0)
+    assert np.nanmedian(pipeline.depth_ratios(recon, result)) == pytest.approx(2.0, rel=1e-3)
+    scaled = pipeline.scaled_to_depth(recon, result, static=True)
+    ratios = pipeline.depth_ratios(recon, scaled)
+    assert np.nanmedian(ratios) == pytest.approx(1.0, rel=1e-3)
+    np.testing.assert_allclose(scaled.extrinsic[0, :, :, :3], e[:, :, :3], atol=1e-12)
+    np.testing.assert_allclose(reprojection_errors(scaled.points, tracks, scaled.extrinsic[0], k),
+                               reprojection_errors(result.points, tracks, big, k), atol=1e-9)
