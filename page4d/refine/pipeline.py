@@ -91,8 +91,6 @@ def _refine(recon: Reconstruction, clip: MultiViewClip, static: bool, fixed_pose
         result, method = guided, {"method": "ba"}
     else:
         result, method = _fallback(recon, clip, static, options, bundle, guided, failure)
-    if not fixed_poses:
-        result = scaled_to_depth(recon, result, static)
     before = recon.extrinsic.astype(np.float64).copy()
     scales = np.nan_to_num(depth_scales(recon, result), nan=1.0)  # a view without tracks keeps its depth
     out = {"extrinsic": recon.extrinsic, "depth": recon.depth, "world_points": recon.world_points}
@@ -113,7 +111,8 @@ def _adjusted(recon: Reconstruction, tracks: Tracks, extrinsic: np.ndarray, bund
     """The adjustment of ``extrinsic`` ``[T, V, 3, 4]`` on ``tracks``, checked against the predicted depth (points
     off the predicted surfaces removed, then adjusted again); :class:`RefinementError` if too few points are
     tracked or survive, if it rejects so many observations that it cannot have converged, or if its points put the
-    views' depths at scales too far apart."""
+    views of one group at depth scales too far apart. Each group of cameras comes out scaled to the predicted
+    depth (:func:`scaled_to_depth`), unless the poses are fixed."""
     if tracks.num_across_views < options.min_points:
         raise RefinementError(f"only {tracks.num_across_views} points are tracked across views (at least "
                               f"{options.min_points} are needed; textureless or non-overlapping frames?)")
@@ -127,7 +126,9 @@ def _adjusted(recon: Reconstruction, tracks: Tracks, extrinsic: np.ndarray, bund
         wrong = np.isin(result.tracks.point, result.tracks.point[disagree])
         again = _solved(recon, result.tracks.subset(~wrong), extrinsic, bundle, options)
         result = dataclasses.replace(again, rejected=result.rejected + int(wrong.sum()) + again.rejected)
-        scales = depth_scales(recon, result)
+    if not bundle.fixed_poses:
+        result = scaled_to_depth(recon, result, bundle.static)
+    scales = depth_scales(recon, result)  # each group's median is now 1: what is left is within groups
     measured = scales[np.isfinite(scales)]
     if len(measured) and measured.max() > options.max_depth_scale_spread * measured.min():
         raise RefinementError(f"the refined points lie at {measured.min():.2f} to {measured.max():.2f} times the "
