@@ -4,10 +4,12 @@ The steps: SIFT keypoints of every frame at its original resolution (as the mode
 views of each step under the guidance of the predicted geometry and verified by their own two-view geometry
 (``page4d.refine.features``); bundle adjustment of the cameras on the tracks (``page4d.refine.bundle``); then each
 frame's depth and points re-expressed on its refined camera, each view's depth rescaled by the median ratio of its
-tracks' refined depths to the predicted ones, so cameras, depth and points stay consistent.
+tracks' refined depths to the predicted ones, so cameras, depth and points stay consistent. The predicted depth
+also checks the tracks (a point off the predicted surface is a wrong match) and sets the scale of each group of
+cameras that share tracks, which the adjustment leaves free.
 
-When the adjustment from the predicted cameras fails (too few tracks found near where they put each keypoint, more
-than half of its observations rejected as outliers) or turns a camera further than the guided search allows for,
+When the adjustment from the predicted cameras fails (too few tracks found near where they put each keypoint, half
+of its observations or more rejected as outliers) or turns a camera further than the guided search allows for,
 the fallback matches every pair of views exhaustively, starts from the cameras pycolmap's mapper registers
 (``page4d.refine.mapper``) and adjusts from them; of the two results, the one more of the exhaustive matches agree
 with is kept (the report's ``method``: ``ba`` or ``mapper+ba``). Where both fail (textureless frames, a single
