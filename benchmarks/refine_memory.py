@@ -76,7 +76,10 @@ def main() -> None:
             print(f"{steps:>4} × {views}: without {plain[0]:7.1f} s, {plain[1]:6.0f} MB | --refine ba "
                   f"{refined[0]:7.1f} s, {refined[1]:6.0f} MB; refinement {report['seconds']:.1f} s, "
                   f"+{report['peak_memory_added_mb']:.0f} MB, {report['points']} points, track length "
-                  f"{report['mean_track_length']:.2f}, error {error['before']:.2f} -> {error['after']:.2f} px")
+                  f"{report['mean_track_length']:.2f}, error {error['before']:.2f} -> {error['after']:.2f} px, "
+                  f"method {report['method']}")
+            if "fallback" in report:
+                print(f"           fallback: {report['fallback']}")
 
 
 if __name__ == "__main__":

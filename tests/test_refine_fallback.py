@@ -14,12 +14,11 @@ from page4d.data.sources import open_input
 from page4d.data.synthetic import SceneConfig, generate_clip, write_clip
 from page4d.reconstruction.ground_truth import reconstruction_from_clip
 from page4d.reconstruction.rig import camera_errors, fit_cameras
-from page4d.reconstruction.runner import reconstruct
+from page4d.reconstruction.runner import _refined, reconstruct
 from page4d.refine import pipeline
 from page4d.refine.bundle import BundleOptions, BundleResult, reprojection_errors
 from page4d.refine.mapper import register
 from page4d.refine.modes import RefineOptions
-from page4d.refine.pipeline import refine_reconstruction
 from page4d.refine.tracks import Tracks
 
 
@@ -66,20 +65,24 @@ def test_cameras_too_far_off_for_the_guided_search_fall_back_to_the_mapper(tmp_p
     clip = open_input([write_clip(generate_clip(config, seed=12), tmp_path / "ring")])[0]
     truth = clip.extrinsics.numpy().astype(np.float64)
 
-    def refined(options: RefineOptions | None) -> tuple[dict, np.ndarray]:
+    def refined(options: RefineOptions) -> tuple[dict, np.ndarray, list[str]]:
         recon = reconstruction_from_clip(clip, size=224)
         recon.extrinsic = _turned(recon.extrinsic, 20.0)
+        recon.meta["rig"] = {"mode": "static"}
         assert _worst_error(recon.extrinsic, truth) > 20
-        return refine_reconstruction(recon, clip, static=True, fixed_poses=False, options=options), recon.extrinsic
+        lines: list[str] = []
+        return _refined(recon, clip, None, options, lines.append), recon.extrinsic, lines
 
-    report, extrinsic = refined(None)
+    report, extrinsic, lines = refined(RefineOptions())
     fallback = report["fallback"]
     assert report["method"] == "mapper+ba" and "further than the guided search could follow" in fallback["reason"]
     assert fallback["registered_images"] == fallback["images"] == 8
+    assert (f"pycolmap's mapper registered 8 of 8 images in {fallback['models']} model(s), and the mapper+ba result "
+            "is kept") in lines[0]
     agree = fallback["agreeing_observations"]
     assert agree["mapper+ba"] > 1.2 * agree["ba"]
     assert _worst_error(extrinsic, truth) < 1.5
-    report, extrinsic = refined(RefineOptions(fallback=False))
+    report, extrinsic, _ = refined(RefineOptions(fallback=False))
     assert report["method"] == "ba" and "fallback" not in report
     assert _worst_error(extrinsic, truth) > 10
 

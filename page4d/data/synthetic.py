@@ -148,7 +148,8 @@ NOISE_WAVES = 48
 
 
 def _waves(gen: torch.Generator) -> torch.Tensor:
-    """Random directions, wavelengths from 0.08 to 1.5 units (log-uniform) and phases."""
+    """Random directions, wavelengths from 0.2 to 2 units (log-uniform; finer ones alias at rig resolutions) and
+    phases."""
     direction = torch.nn.functional.normalize(torch.randn(NOISE_WAVES, 3, generator=gen, dtype=torch.float64), dim=1)
     wavelength = torch.exp(_uniform(gen, (math.log(0.2), math.log(2.0)), NOISE_WAVES))
     return torch.cat([direction * (2 * math.pi / wavelength[:, None]), _uniform(gen, (0, 2 * math.pi), NOISE_WAVES)[

@@ -324,8 +324,8 @@ def _refined(recon: Reconstruction, clip: MultiViewClip, calibration: Calibratio
     elif fallback is not None:
         agree = fallback["agreeing_observations"]
         note(f"refine: {fallback['reason']}; pycolmap's mapper registered {fallback['registered_images']} of "
-             f"{fallback['images']} images, and the {report['method']} result is kept (exhaustive matches it "
-             f"explains: {', '.join(f'{k} {n}' for k, n in agree.items())})")
+             f"{fallback['images']} images in {fallback['models']} model(s), and the {report['method']} result is "
+             f"kept (exhaustive matches it explains: {', '.join(f'{k} {n}' for k, n in agree.items())})")
     note(f"refine: {report['points']} points on tracks of mean length {report['mean_track_length']:.2f}, "
          f"reprojection error {error['before']:.2f} -> {error['after']:.2f} px, {report['rejected_observations']} "
          f"outlier observations removed, in {report['seconds']:.1f} s")

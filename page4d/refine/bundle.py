@@ -263,7 +263,7 @@ def agreeing(tracks: Tracks, extrinsic: np.ndarray, intrinsic: np.ndarray, stati
     """How many observations of ``tracks`` (``view`` = view index) cameras ``extrinsic`` ``[T, V, 3, 4]`` and
     ``intrinsic`` ``[V, 3, 3]`` explain: each track triangulated from them, the observations within
     ``max_error_px`` of its projection (a consensus count, as RANSAC scores a model)."""
-    steps, views = extrinsic.shape[:2]
+    views = extrinsic.shape[1]
     if static:
         tracks, poses = tracks.per_image(tracks.view), extrinsic[0].astype(np.float64)
     else:

@@ -6,7 +6,9 @@ one per frame) with the keypoints and verified matches of the tracks, and camera
 intrinsics (kept fixed unless the focal lengths are refined). It builds the poses from the matches alone: the
 predicted poses that failed are not used as priors, which would pull it back towards them. Each model it builds is
 placed by the robust similarity that maps its cameras onto the predicted ones of the same images, so the world
-stays the forward pass's; images it leaves unregistered keep their predicted cameras.
+stays the forward pass's; images it leaves unregistered keep their predicted cameras. Separate models (images the
+matches do not connect) are each placed so: where they are, relative to one another, is only as good as the
+predicted cameras.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from page4d.refine.tracks import Tracks
 @dataclass(frozen=True)
 class Registration:
     """The mapper's cameras placed in the input's world, ``[T, V, 3, 4]`` world-to-camera (a static rig's: one per
-    camera), and how many of the images it registered."""
+    camera), how many of the images it registered and in how many separate models (each placed on its own)."""
 
     extrinsic: np.ndarray
     registered: int
     images: int
+    models: int
 
 
 def register(tracks: Tracks, extrinsic: np.ndarray, intrinsic: np.ndarray, sizes: list[tuple[int, int]],
@@ -50,7 +53,7 @@ def register(tracks: Tracks, extrinsic: np.ndarray, intrinsic: np.ndarray, sizes
         _write_database(database, by_image, len(start), views, intrinsic, sizes)
         options = _options(refine_focal, min_inliers)
         models = pycolmap.incremental_mapping(str(database), folder, folder, options)
-    placed, registered = start.copy(), np.zeros(len(start), dtype=bool)
+    placed, registered, used = start.copy(), np.zeros(len(start), dtype=bool), 0
     for model in sorted(models.values(), key=lambda m: -m.num_reg_images()):
         ids = [i - 1 for i in sorted(model.reg_image_ids()) if not registered[i - 1]]
         if len(ids) < 2:
@@ -58,11 +61,12 @@ def register(tracks: Tracks, extrinsic: np.ndarray, intrinsic: np.ndarray, sizes
         poses = np.stack([model.image(i + 1).cam_from_world().matrix() for i in ids])
         placed[ids] = moved(poses, fit_cameras(poses, start[ids]))
         registered[ids] = True
+        used += 1
     if not registered.any():
         raise ValueError(f"pycolmap's mapper registered no two of the {len(start)} images (too few matches to "
                          f"start from, at least {min_inliers} between two images)")
     out = np.broadcast_to(placed[None], (steps, views, 3, 4)) if static else placed.reshape(steps, views, 3, 4)
-    return Registration(np.ascontiguousarray(out), int(registered.sum()), len(start))
+    return Registration(np.ascontiguousarray(out), int(registered.sum()), len(start), used)
 
 
 def _options(refine_focal: bool, min_inliers: int) -> pycolmap.IncrementalPipelineOptions:

@@ -188,7 +188,7 @@ def _fallback(recon: Reconstruction, clip: MultiViewClip, static: bool, options:
     chosen = max(agree, key=lambda name: agree[name])  # a tie keeps the guided result (first)
     return candidates[chosen], {"method": chosen, "fallback": {
         "reason": failure, "registered_images": mapped.registered, "images": mapped.images,
-        "agreeing_observations": agree}}
+        "models": mapped.models, "agreeing_observations": agree}}
 
 
 def _feature_tracks(recon: Reconstruction, clip: MultiViewClip, static: bool, options: RefineOptions,
