@@ -83,7 +83,8 @@ def _refine(recon: Reconstruction, clip: MultiViewClip, static: bool, fixed_pose
         followed = np.degrees(np.arctan(search / focal))  # [V] the turn that moves points by the search radius
         if (turn > followed).any():
             v = int(np.argmax(turn.max(axis=0) - followed))
-            failure = (f"the adjustment turned view {v} by {turn[:, v].max():.1f}°, further than the guided search "
+            name = recon.meta.get("view_names", [f"view{w}" for w in recon.view_ids])[v]
+            failure = (f"the adjustment turned {name} by {turn[:, v].max():.1f}°, further than the guided search "
                        f"could follow ({followed[v]:.1f}°)")
     except RefinementError as err:
         failure = str(err)
