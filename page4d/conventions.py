@@ -29,6 +29,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 COLMAP_PIXEL_OFFSET = 0.5
 """COLMAP's pixel coordinate of the centre of pixel (0, 0) (page4d's, VGGT's and OpenCV's is 0)."""
 
+
+def colmap_pinhole_params(k) -> list[float]:
+    """COLMAP PINHOLE parameters ``[fx, fy, cx, cy]`` of page4d's K ``[3, 3]`` (the principal point shifted by
+    :data:`COLMAP_PIXEL_OFFSET`)."""
+    return [float(k[0][0]), float(k[1][1]), float(k[0][2]) + COLMAP_PIXEL_OFFSET, float(k[1][2]) + COLMAP_PIXEL_OFFSET]
+
 POSE_ENCODING_DIM = 9
 """Channels of VGGT's ``absT_quaR_FoV`` pose encoding: t (3) + quaternion xyzw (4) + fov_h + fov_w."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from page4d.conventions import COLMAP_PIXEL_OFFSET
+from page4d.conventions import COLMAP_PIXEL_OFFSET, colmap_pinhole_params
 from page4d.export.points import DEFAULT_CONF_PERCENTILE, PointSource, select_points
 from page4d.reconstruction.record import Reconstruction
 
@@ -78,10 +78,8 @@ def _cameras_and_images(recon: Reconstruction, t: int, keypoints: list[np.ndarra
     for v, (view_id, transform) in enumerate(zip(recon.view_ids, recon.transforms, strict=True)):
         height, width = transform.original_size
         k = recon.intrinsic_original[t, v].astype(np.float64)
-        params = [k[0, 0], k[1, 1], k[0, 2] + COLMAP_PIXEL_OFFSET, k[1, 2] + COLMAP_PIXEL_OFFSET]
-        model.add_camera_with_trivial_rig(
-            pycolmap.Camera(model="PINHOLE", width=width, height=height, params=params, camera_id=v + 1)
-        )
+        model.add_camera_with_trivial_rig(pycolmap.Camera(
+            model="PINHOLE", width=width, height=height, params=colmap_pinhole_params(k), camera_id=v + 1))
         image = pycolmap.Image(name=image_name(view_id), keypoints=keypoints[v], camera_id=v + 1, image_id=v + 1)
         w2c = recon.extrinsic[t, v].astype(np.float64)
         model.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[:, :3]), w2c[:, 3]))

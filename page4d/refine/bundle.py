@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pycolmap
 
-from page4d.conventions import COLMAP_PIXEL_OFFSET
+from page4d.conventions import COLMAP_PIXEL_OFFSET, colmap_pinhole_params
 from page4d.reconstruction.rig import fit_cameras, moved, rig_poses
-from page4d.refine.tracks import Tracks, connected
+from page4d.refine.tracks import Tracks, connected, image_groups
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,18 @@ class BundleResult:
     """Observations removed as outliers."""
 
 
+def onto_images(tracks: Tracks, extrinsic: np.ndarray, static: bool) -> tuple[Tracks, np.ndarray]:
+    """``tracks`` (``view`` = view index) with ``view`` the image each observation belongs to, and those images'
+    poses ``[I, 3, 4]`` from ``extrinsic`` ``[T, V, 3, 4]``: one image per camera for a ``static`` rig (its
+    observations of every step folded onto it, its pose the robust one over the steps), else image ``t·V + v``
+    per frame."""
+    if static:
+        return tracks.per_image(tracks.view), rig_poses(extrinsic)
+    views = extrinsic.shape[1]
+    return (dataclasses.replace(tracks, view=tracks.time * views + tracks.view),
+            extrinsic.reshape(-1, 3, 4).astype(np.float64))
+
+
 def triangulate(tracks: Tracks, extrinsic: np.ndarray, intrinsic: np.ndarray) -> np.ndarray:
     """``[N, 3]`` linear (DLT) triangulation of each track; ``extrinsic`` ``[I, 3, 4]``, ``intrinsic``
     ``[I, 3, 3]`` per image, ``tracks.view`` the image of each observation."""
@@ -95,12 +107,7 @@ def adjust(tracks: Tracks, extrinsic: np.ndarray, intrinsic: np.ndarray, sizes: 
     each view of ``sizes`` (H, W)) on ``tracks`` (``view`` = view index). ``ValueError`` if no group of views
     shares ``min_group_points`` points."""
     steps, views = extrinsic.shape[:2]
-    if options.static:
-        tracks = tracks.per_image(tracks.view)
-        poses = rig_poses(extrinsic)
-    else:
-        tracks = dataclasses.replace(tracks, view=tracks.time * views + tracks.view)
-        poses = extrinsic.reshape(-1, 3, 4).astype(np.float64)
+    tracks, poses = onto_images(tracks, extrinsic, options.static)
     tracks = _capped(tracks, options.max_points)
     camera_of = np.arange(len(poses)) % views
     k = np.median(intrinsic.astype(np.float64), axis=0)  # [V, 3, 3] shared over time
@@ -131,10 +138,7 @@ def _regauge(adjusted: np.ndarray, points: np.ndarray, tracks: Tracks, start: np
     moved, with their points, by the similarity that best maps their adjusted cameras ``[I, 3, 4]`` back onto the
     ``start`` ones. A group fixes its cameras only up to a similarity (two cameras of one step say nothing of
     their distance); so placed, its relative poses are the adjustment's, its frame and scale the input's."""
-    order = np.argsort(tracks.point, kind="stable")
-    point, image = tracks.point[order], tracks.view[order]
-    same = point[:-1] == point[1:]  # consecutive observations of one point link their images
-    group = connected(len(adjusted), np.stack([image[:-1][same], image[1:][same]], axis=1))
+    group = image_groups(tracks.point, tracks.view, len(adjusted))
     point_group = np.zeros(len(points), dtype=np.int64)
     point_group[tracks.point] = group[tracks.view]
     for g in np.unique(group[tracks.view]):
@@ -160,9 +164,8 @@ def _model(tracks: Tracks, points: np.ndarray, poses: np.ndarray, k: np.ndarray,
     """The pycolmap problem: camera ``v + 1`` per view, image ``i + 1`` per pose, point per track."""
     model = pycolmap.Reconstruction()
     for v, (height, width) in enumerate(sizes):
-        params = [k[v, 0, 0], k[v, 1, 1], k[v, 0, 2] + COLMAP_PIXEL_OFFSET, k[v, 1, 2] + COLMAP_PIXEL_OFFSET]
         model.add_camera_with_trivial_rig(pycolmap.Camera(model="PINHOLE", width=width, height=height,
-                                                          params=params, camera_id=v + 1))
+                                                          params=colmap_pinhole_params(k[v]), camera_id=v + 1))
     index = np.empty(len(tracks.point), dtype=np.int64)  # each observation's point2D index in its image
     for i, pose in enumerate(poses):
         rows = np.flatnonzero(tracks.view == i)
@@ -263,12 +266,7 @@ def agreeing(tracks: Tracks, extrinsic: np.ndarray, intrinsic: np.ndarray, stati
     """How many observations of ``tracks`` (``view`` = view index) cameras ``extrinsic`` ``[T, V, 3, 4]`` and
     ``intrinsic`` ``[V, 3, 3]`` explain: each track triangulated from them, the observations within
     ``max_error_px`` of its projection (a consensus count, as RANSAC scores a model)."""
-    views = extrinsic.shape[1]
-    if static:
-        tracks, poses = tracks.per_image(tracks.view), extrinsic[0].astype(np.float64)
-    else:
-        tracks = dataclasses.replace(tracks, view=tracks.time * views + tracks.view)
-        poses = extrinsic.reshape(-1, 3, 4).astype(np.float64)
-    k = intrinsic.astype(np.float64)[np.arange(len(poses)) % views]
+    tracks, poses = onto_images(tracks, extrinsic, static)
+    k = intrinsic.astype(np.float64)[np.arange(len(poses)) % extrinsic.shape[1]]
     errors = reprojection_errors(triangulate(tracks, poses, k), tracks, poses, k)
     return int((errors <= max_error_px).sum())

@@ -14,14 +14,15 @@ predicted cameras.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pycolmap
 
-from page4d.conventions import COLMAP_PIXEL_OFFSET
-from page4d.reconstruction.rig import fit_cameras, moved, rig_poses
+from page4d.conventions import COLMAP_PIXEL_OFFSET, colmap_pinhole_params
+from page4d.reconstruction.rig import fit_cameras, moved
+from page4d.refine.bundle import onto_images
 from page4d.refine.tracks import Tracks
 
 
@@ -43,14 +44,10 @@ def register(tracks: Tracks, extrinsic: np.ndarray, intrinsic: np.ndarray, sizes
     ``[V, 3, 3]`` at the original resolution of each view of ``sizes`` (H, W). ``ValueError`` when no two images
     register: ``min_inliers`` matches are needed to start."""
     steps, views = extrinsic.shape[:2]
-    if static:
-        by_image, start = tracks.per_image(tracks.view), rig_poses(extrinsic)
-    else:
-        by_image = replace(tracks, view=tracks.time * views + tracks.view)
-        start = extrinsic.reshape(-1, 3, 4).astype(np.float64)
+    images, start = onto_images(tracks, extrinsic, static)
     with tempfile.TemporaryDirectory(prefix="page4d-mapper-") as folder:
         database = Path(folder) / "database.db"
-        _write_database(database, by_image, len(start), views, intrinsic, sizes)
+        _write_database(database, images, len(start), views, intrinsic, sizes)
         options = _options(refine_focal, min_inliers)
         models = pycolmap.incremental_mapping(str(database), folder, folder, options)
     placed, registered, used = start.copy(), np.zeros(len(start), dtype=bool), 0
@@ -94,10 +91,8 @@ def _write_database(path: Path, tracks: Tracks, images: int, views: int, intrins
     try:
         rigs = []
         for v, (height, width) in enumerate(sizes):
-            k = intrinsic[v]
-            params = [k[0, 0], k[1, 1], k[0, 2] + COLMAP_PIXEL_OFFSET, k[1, 2] + COLMAP_PIXEL_OFFSET]
             camera = pycolmap.Camera(model="PINHOLE", width=width, height=height, camera_id=v + 1,
-                                     has_prior_focal_length=True, params=params)
+                                     has_prior_focal_length=True, params=colmap_pinhole_params(intrinsic[v]))
             database.write_camera(camera, use_camera_id=True)
             rig = pycolmap.Rig()
             rig.add_ref_sensor(camera.sensor_id)

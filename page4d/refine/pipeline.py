@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import numpy as np
 import pycolmap
 
-from page4d.conventions import COLMAP_PIXEL_OFFSET
+from page4d.conventions import colmap_pinhole_params
 from page4d.data.clip import MultiViewClip
 from page4d.devices import peak_memory_mb
 from page4d.reconstruction.record import Reconstruction
@@ -37,7 +37,7 @@ from page4d.refine.bundle import BundleOptions, BundleResult, adjust, agreeing
 from page4d.refine.features import Extractor, FrameGeometry, Keypoints, feature_tracks
 from page4d.refine.mapper import register
 from page4d.refine.modes import RefineOptions
-from page4d.refine.tracks import TrackedPoints, Tracks, connected
+from page4d.refine.tracks import TrackedPoints, Tracks, image_groups
 
 
 class RefinementError(ValueError):
@@ -199,9 +199,8 @@ def _feature_tracks(recon: Reconstruction, clip: MultiViewClip, static: bool, op
     transforms, sizes = recon.transforms, recon.original_sizes
     extractor = Extractor(options.max_features)
     k = np.median(recon.intrinsic_original.astype(np.float64), axis=0)
-    cameras = [pycolmap.Camera(model="PINHOLE", width=w, height=h, params=[
-        k[v, 0, 0], k[v, 1, 1], k[v, 0, 2] + COLMAP_PIXEL_OFFSET, k[v, 1, 2] + COLMAP_PIXEL_OFFSET])
-        for v, (h, w) in enumerate(sizes)]
+    cameras = [pycolmap.Camera(model="PINHOLE", width=w, height=h, params=colmap_pinhole_params(k[v]))
+               for v, (h, w) in enumerate(sizes)]
 
     def frame(t: int) -> tuple[list[Keypoints], list[FrameGeometry]]:
         keypoints = [extractor(clip.load_original(t, v).mean(axis=2) / 255) for v in range(recon.num_views)]
@@ -246,9 +245,7 @@ def scaled_to_depth(recon: Reconstruction, result: BundleResult, static: bool) -
     views, tracks = recon.num_views, result.tracks
     image = tracks.view if static else tracks.time * views + tracks.view
     cameras = (result.extrinsic[0] if static else result.extrinsic.reshape(-1, 3, 4)).astype(np.float64).copy()
-    order = np.argsort(tracks.point, kind="stable")
-    same = tracks.point[order][:-1] == tracks.point[order][1:]
-    group = connected(len(cameras), np.stack([image[order][:-1][same], image[order][1:][same]], axis=1))
+    group = image_groups(tracks.point, image, len(cameras))
     ratios, points = depth_ratios(recon, result), result.points.copy()
     point_group = np.zeros(len(points), dtype=np.int64)
     point_group[tracks.point] = group[image]

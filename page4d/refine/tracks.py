@@ -74,6 +74,15 @@ class Tracks:
         return folded.subset(spread <= tolerance_px)
 
 
+def image_groups(point: np.ndarray, image: np.ndarray, count: int) -> np.ndarray:
+    """``[count]`` the group of each of ``count`` images, images linked where they observe one point (observation
+    ``i`` sees ``point[i]`` in ``image[i]``), each group named by its smallest image."""
+    order = np.argsort(point, kind="stable")
+    point, image = point[order], image[order]
+    same = point[:-1] == point[1:]  # consecutive observations of one point link their images
+    return connected(count, np.stack([image[:-1][same], image[1:][same]], axis=1))
+
+
 def connected(count: int, pairs: np.ndarray) -> np.ndarray:
     """Union-find: ``[count]`` the group of each of ``count`` items linked by ``pairs`` ``[P, 2]`` (indices),
     each group named by its smallest member."""
