@@ -87,8 +87,8 @@ class DynamicMaskConfig:
     At λ = 0 both streams equal the single stream exactly.
 
     Heads: ``fin10`` and ``release`` (PAGE-4D's two, reference key names) and ``fusion`` (the design
-    documents' head, fusing its own estimate with an external mask: ``M = sigmoid(alpha·z(M̃) + beta·M_ext)``,
-    gates ``scalar`` or per-frame ``mlp``).
+    documents' head, fusing its own estimate with an external mask: ``M = sigmoid(alpha·M̃ + b + beta·M_ext)``,
+    gates ``scalar`` or per-frame ``mlp``; ``normalise`` z-scores M̃ per frame first).
     """
 
     head: MaskHeadName = "release"
@@ -106,6 +106,8 @@ class DynamicMaskConfig:
     lambda_bound: float = 4.0
     gate: Literal["scalar", "mlp"] = "scalar"
     """How the fusion head weighs its own logit and the external mask."""
+    normalise: bool = False
+    """Fusion head: z-score M̃ per frame before the gate (page4d-small's first weights were trained so)."""
     streams: Literal["shared", "dual"] = "shared"
     dual_from_block: int = 0
     dual_weights: Literal["shared", "branched"] = "shared"

@@ -86,7 +86,7 @@ def new_parameter_grads(model: Page4D, with_mask_loss: bool) -> dict[str, bool]:
     terms = [*pred.pose_enc_list, pred.depth, pred.world_points] + ([pred.dynamic_mask] if with_mask_loss else [])
     sum((x * torch.randn_like(x)).sum() for x in terms).backward()
     new = {n: p for n, p in model.named_parameters() if n.split(".")[1] in ("dynamic_mask_head", "mask_bias")}
-    assert len(new) == 12
+    assert len(new) == 13  # the head: 3 convs (weight, bias), α, β, b; the four λ
     return {n: p.grad is not None and bool(p.grad.abs().sum() > 0) for n, p in new.items()}
 
 

@@ -22,6 +22,7 @@ NEW_KEYS = {
     **{f"aggregator.dynamic_mask_head.convs.{i}.{p}": None for i in (0, 2, 4) for p in ("weight", "bias")},
     "aggregator.dynamic_mask_head.alpha": [],
     "aggregator.dynamic_mask_head.beta": [],
+    "aggregator.dynamic_mask_head.bias": [],
     "aggregator.mask_bias.lambda_pose": [],
     "aggregator.mask_bias.lambda_geo": [],
     "aggregator.mask_bias.lambda_pose_t": [],

@@ -7,11 +7,13 @@ the attention bias it produces (and through a mask loss, when one is used). Thre
   m; ``suppress = sigmoid(-m / tau)`` and the key value is ``-0.5 · clamp(alpha · suppress, 0, 1)``.
 * ``release`` (PAGE-4D, kaichen-z/PAGE4D): per-channel standardisation, depthwise 3×3, 1×1 to a hidden
   width, 1×1 to one channel; the key value is ``sigmoid(logit + channel-mean) - 0.5``.
-* ``fusion`` (the design documents): depthwise 3×3, 3×3 to C/2, 1×1 to one channel gives M̃, z-scored
-  per frame; ``M = sigmoid(alpha·z(M̃) + beta·m_ext)`` with ``m_ext = 2·M_ext - 1`` (the external mask,
-  1 = moving, pooled to patches and centred so that static patches push M down as moving ones push
-  it up). ``alpha, beta`` are learnable scalars (``scalar`` gate) or per-frame values from a small
-  MLP on the frame's mean token (``mlp`` gate). The key value is M.
+* ``fusion`` (the design documents): depthwise 3×3, 3×3 to C/2, 1×1 to one channel gives M̃;
+  ``M = sigmoid(alpha·M̃ + b + beta·m_ext)`` with a learnable bias ``b`` and ``m_ext = 2·M_ext - 1`` (the
+  external mask, 1 = moving, pooled to patches and centred so that static patches push M down as moving
+  ones push it up; the bias absorbs the shift). ``alpha, beta`` are learnable scalars (``scalar`` gate) or
+  per-frame values from a small MLP on the frame's mean token (``mlp`` gate). The key value is M.
+  ``normalise`` z-scores M̃ per frame first (off by default: it makes about half of every frame read
+  "moving" whatever it shows, and a one-patch frame has no spread to divide by).
 
 ``moving`` (1 = moving) is ``suppress`` for fin10, ``0.5 - key`` for the release (keys the pose queries
 are pushed away from count as moving) and M for the fusion head.
@@ -90,10 +92,12 @@ class ReleaseMaskHead(nn.Module):
 
 
 class FusionMaskHead(nn.Module):
-    """Keys ``convs.{0,2,4}``, ``alpha`` / ``beta`` (scalar gate) or ``gate.{0,2}`` (MLP gate)."""
+    """Keys ``convs.{0,2,4}``, ``bias``, and ``alpha`` / ``beta`` (scalar gate) or ``gate.{0,2}`` (MLP gate)."""
 
-    def __init__(self, dim: int, gate: str):
+    def __init__(self, dim: int, gate: str, normalise: bool = False):
         super().__init__()
+        self.normalise = normalise
+        self.bias = nn.Parameter(torch.tensor(0.0))
         self.convs = nn.Sequential(
             nn.Conv2d(dim, dim, 3, padding=1, groups=dim), nn.GELU(),
             nn.Conv2d(dim, dim // 2, 3, padding=1), nn.GELU(),
@@ -111,24 +115,30 @@ class FusionMaskHead(nn.Module):
     def forward(self, image: torch.Tensor, external: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """Patch image ``[N, C, h, w]`` (+ external mask ``[N, h, w]`` in [0, 1]) -> (logits, M, M)."""
         logits = self.convs(image)[:, 0]
-        flat = logits.flatten(1)
-        z = ((flat - flat.mean(1, keepdim=True)) / (flat.std(1, keepdim=True) + 1e-6)).view_as(logits)
+        estimate = _z_scored(logits) if self.normalise else logits
         if hasattr(self, "gate"):
             alpha, beta = self.gate(image.mean(dim=(-2, -1))).unbind(-1)
             alpha, beta = alpha[:, None, None], beta[:, None, None]
         else:
             alpha, beta = self.alpha, self.beta
-        fused = alpha * z
+        fused = alpha * estimate + self.bias
         if external is not None:
             fused = fused + beta * (2.0 * external - 1.0)
         moving = torch.sigmoid(fused)
         return logits, moving, moving
 
 
+def _z_scored(logits: torch.Tensor) -> torch.Tensor:
+    """``[N, h, w]`` standardised per frame (a frame of one patch, which has no spread, gives 0)."""
+    flat = logits.flatten(1)
+    spread = flat.std(1, keepdim=True) if flat.shape[1] > 1 else torch.zeros_like(flat)
+    return ((flat - flat.mean(1, keepdim=True)) / (spread + 1e-6)).view_as(logits)
+
+
 _BUILDERS: dict[str, Callable[[DynamicMaskConfig, int], nn.Module]] = {
     "fin10": lambda cfg, dim: Fin10MaskHead(dim),
     "release": lambda cfg, dim: ReleaseMaskHead(dim, cfg.release_hidden),
-    "fusion": lambda cfg, dim: FusionMaskHead(dim, cfg.gate),
+    "fusion": lambda cfg, dim: FusionMaskHead(dim, cfg.gate, cfg.normalise),
 }
 
 
