@@ -225,6 +225,10 @@ class AggregatorConfig:
     dynamic_mask: DynamicMaskConfig | None = None
     temporal_rope: bool = False
     """Relative time encoding in the time bank (learnable RoPE-style rotation by t, identity at init)."""
+    temporal_frequencies: Literal["own", "spatial"] = "own"
+    """The time rotation's frequency per channel pair: ``own`` (the spatial set reversed, so no time step is a
+    spatial shift) or ``spatial`` (the 2-D RoPE's: a step by Δt is the diagonal shift (sΔt, sΔt); page4d-small's
+    first weights were trained so)."""
     sparse_global: SparseGlobalConfig | None = None
     epipolar: EpipolarConfig | None = None
 
@@ -251,6 +255,7 @@ class AggregatorConfig:
         for bank, kind in self.bank_kinds.items():
             if kind not in get_args(AttentionKind):
                 raise ValueError(f"unknown attention kind {kind!r} for bank {bank!r}")
+        _check_choice("aggregator", "temporal_frequencies", self.temporal_frequencies, ("own", "spatial"))
         for part in (self.dynamic_mask, self.sparse_global, self.epipolar):
             if part is not None:
                 part.validate(self.depth)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 from conftest import fused_and_dense, perturbed, twin
 
@@ -86,3 +87,36 @@ def test_fused_equals_dense_with_time_rotation():
     fused, dense = fused_and_dense(model, IMAGES)
     assert torch.allclose(fused.pose_enc, dense.pose_enc, atol=1e-5)
     assert torch.allclose(fused.depth, dense.depth, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("s", [0.5, 1.0, 3.0])
+def test_a_time_step_is_not_a_spatial_shift(s):
+    """A key at (Δy, Δx, Δt) = (s, s, 1) under a time scale of -s: with the spatial frequencies its rotation
+    cancels exactly (it reads as the key at (0, 0, 0), the confound the own frequencies remove); with the
+    time rotation's own frequencies it does not."""
+    rope = RotaryEmbedding2D(100.0)
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 2, 1, 16, generator=gen, dtype=torch.double)
+    k = torch.randn(1, 2, 1, 16, generator=gen, dtype=torch.double)
+    scale = torch.full((2,), -s, dtype=torch.double)
+
+    def score(key_at: tuple[float, float], t: float, own: bool) -> torch.Tensor:
+        moved = rope(k, torch.tensor([key_at], dtype=torch.double))
+        moved = rope.rotate_time(moved, TimeRotation(torch.tensor([t]), scale, own_frequencies=own))
+        return (q * moved).sum(-1)
+
+    at_origin = (q * k).sum(-1)
+    assert torch.allclose(score((s, s), 1.0, own=False), at_origin, atol=1e-12)
+    assert (score((s, s), 1.0, own=True) - at_origin).abs().max() > 1e-2
+    for own in (False, True):  # either frequency set still rotates by t - t' only
+        assert torch.allclose(score((0.0, 0.0), 0.0, own), at_origin, atol=1e-12)
+
+
+def test_the_model_uses_the_own_frequencies_unless_told():
+    """The configured frequency set reaches the time blocks: the two settings give different outputs for T > 1
+    and the same for T = 1."""
+    model = temporal_model(0.7)
+    spatial = twin(model, temporal_frequencies="spatial")
+    with torch.no_grad():
+        assert not torch.allclose(model(IMAGES).pose_enc, spatial(IMAGES).pose_enc, atol=1e-5)
+        assert outputs_equal(model(IMAGES[:, :1]), spatial(IMAGES[:, :1]))

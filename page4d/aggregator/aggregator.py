@@ -216,7 +216,8 @@ class Aggregator(nn.Module):
             bias = run.biases[cache]
         rotation = None
         if step.bank == "time" and run.times.get(stream.layout) is not None:
-            rotation = TimeRotation(run.times[stream.layout], self.temporal_rope.scale[step.index])
+            rotation = TimeRotation(run.times[stream.layout], self.temporal_rope.scale[step.index],
+                                    self.cfg.temporal_frequencies == "own")
         extras = AttentionExtras(bias, run.epipolar if step.epipolar else None, rotation)
         block = partial(self._block(stream, step.bank, step.index), extras=extras)
         if self.gradient_checkpointing and torch.is_grad_enabled():

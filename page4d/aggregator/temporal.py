@@ -2,7 +2,8 @@
 
 Each time-bank block has one angle scale per head (key ``aggregator.temporal_rope.scale``
 ``[depth, heads]``, initialised to 0). Queries and keys are rotated by ``scale · t`` on the same channel
-pairs as the 2-D RoPE, so logits depend only on t - t'. Chosen over an ALiBi-style ``-m·|t - t'|``
+pairs as the 2-D RoPE, at the time rotation's own frequencies (``page4d.nn.rope``; a step in time is then
+no shift in space), so logits depend only on t - t'. Chosen over an ALiBi-style ``-m·|t - t'|``
 bias because it costs one rotation, keeps the fused attention kernels and needs no extra channels,
 whereas an exact ALiBi bias over T time steps needs T extra q/k channels (|t - t'| has rank up to T).
 With T = 1, or all scales 0, it is the identity and is skipped.

@@ -4,9 +4,12 @@ The head dimension D is split in halves: the first half is rotated by the row (y
 second by the column (x) position. Within a half of size d, channel pairs are (i, i + d/2) with
 frequency ``base^(-2i/d)``. Position (0, 0) is the identity, which is what special tokens get.
 
-A time rotation (``TimeRotation``) turns the same channel pairs further by ``scale_h · t · base^(-2i/d)``
-per head h. Rotations of the same planes commute, so q·k depends on t - t' (and on y - y', x - x')
-only; ``t = 0`` for every token, or ``scale = 0``, is the identity.
+A time rotation (``TimeRotation``) turns the same channel pairs further by ``scale_h · t · ω_i`` per head h.
+With the spatial frequencies (``ω_i = base^(-2i/d)``) a time step is exactly a diagonal spatial shift, so
+time and position are confounded; the time rotation's own frequencies are the same set in reverse order
+(``ω_i = base^(-2(d/2-1-i)/d)``), whose ratio to the spatial ones differs from pair to pair, so no spatial
+shift reproduces a time step. Rotations of the same planes commute, so q·k depends on t - t' (and on
+y - y', x - x') only; ``t = 0`` for every token, or ``scale = 0``, is the identity.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class TimeRotation:
     """``[L]`` time index of each token of a sequence."""
     scale: torch.Tensor
     """``[heads]`` angle per unit of time, in units of each channel pair's frequency."""
+    own_frequencies: bool = True
+    """The spatial frequencies in reverse order (else the spatial ones)."""
 
 
 class RotaryEmbedding2D(nn.Module):
@@ -34,9 +39,12 @@ class RotaryEmbedding2D(nn.Module):
         super().__init__()
         self.base = base
 
-    def _tables(self, pos: torch.Tensor, dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos / sin tables ``[..., L, dim]`` for positions ``[..., L]``."""
+    def _tables(self, pos: torch.Tensor, dim: int, dtype: torch.dtype,
+                reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos / sin tables ``[..., L, dim]`` for positions ``[..., L]`` (``reverse``: frequencies reversed)."""
         inv_freq = 1.0 / (self.base ** (torch.arange(0, dim, 2, device=pos.device).float() / dim))
+        if reverse:
+            inv_freq = inv_freq.flip(0)
         angles = (pos.float()[..., None] * inv_freq).to(dtype)
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos(), angles.sin()
@@ -50,7 +58,7 @@ class RotaryEmbedding2D(nn.Module):
         """Rotate ``x`` ``[N, heads, L, D]`` by ``scale_h · t_l`` on the channel pairs of both halves."""
         angle = rotation.scale[:, None].float() * rotation.times[None, :].float()  # [heads, L]
         half = x.shape[-1] // 2
-        cos, sin = self._tables(angle, half, x.dtype)
+        cos, sin = self._tables(angle, half, x.dtype, rotation.own_frequencies)
         return torch.cat([part * cos + self._rotate_half(part) * sin for part in (x[..., :half], x[..., half:])], -1)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
