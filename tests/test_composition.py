@@ -237,3 +237,33 @@ def test_pi3_tiny_and_page4d_tiny_cannot_share_one_model_and_the_recipe_says_why
     paths = {"pi3": FIXTURES / "pi3_tiny" / "model.safetensors", "page4d": PAGE4D}
     with pytest.raises(ValueError, match=r"stage 0 \(pi3\): the source does not provide 576 claimed keys"):
         compose(recipe, paths)
+
+
+@needs_shared
+def test_branched_pose_blocks_start_as_the_loaded_blocks_they_branch_from():
+    """Seed 004, stage 3: importing PAGE-4D into a model with branched dual streams fills every pose-stream block
+    from the same source tensors as its shared block (checked against the file itself), and the report says so;
+    a recipe that lists them in ``initialise`` keeps them at the model's initialisation instead."""
+    target = tiny_mv_target()
+    target["aggregator"]["dynamic_mask"].update(streams="dual", dual_weights="branched", dual_from_block=20)
+    recipe = Recipe("page4d-branched", target, {"page4d": "page4d-reference"},
+                    (Stage("page4d", ("aggregator.patch_embed.*", "aggregator.time_blocks.*",
+                                      "aggregator.view_blocks.*", "aggregator.camera_token",
+                                      "aggregator.register_token", "camera_head.*", "depth_head.*",
+                                      "point_head.*")),),
+                    initialise=dict(PI3_PAGE4D.initialise))
+    model, report = compose(recipe, {"page4d": PAGE4D})
+    source = load_file(str(PAGE4D))
+    state = model.state_dict()
+    pose = sorted(k for k in state if k.startswith("aggregator.pose_"))
+    assert len(pose) == 2 * 4 * 18  # blocks 20..23 of both banks, 18 tensors each
+    for key in pose:
+        bank, rest = key.removeprefix("aggregator.pose_").split("_blocks.", 1)
+        assert report.copies[key] == f"aggregator.{bank}_blocks.{rest}"
+        assert report.mapped[key] == report.mapped[report.copies[key]]
+        assert torch.equal(state[key], source[report.mapped[key].split(":", 1)[1]])
+    assert f"copied {len(pose)} branched pose-stream keys" in report.summary()
+    kept = dataclasses.replace(recipe, initialise={**recipe.initialise, "aggregator.pose_*": "trained from scratch"})
+    fresh, fresh_report = compose(kept, {"page4d": PAGE4D})
+    assert not fresh_report.copies and all(fresh_report.initialised[k] == "trained from scratch" for k in pose)
+    assert not torch.equal(fresh.state_dict()[pose[0]], state[pose[0]])

@@ -212,6 +212,12 @@ def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tupl
             if k in owner:
                 raise ValueError(f"recipe {recipe.name}: {k} is claimed by stage {owner[k]} and listed in initialise")
             report.initialised[k] = why
+    for k in keys:  # seed 004, stage 3: a branched pose-stream block starts as the loaded block it branches from
+        branched_from = _branched_from(k)
+        if branched_from in owner and k not in owner and k not in report.initialised:
+            owner[k] = owner[branched_from]
+            report.mapped[k] = report.mapped[branched_from]
+            report.copies[k] = branched_from
     orphans = sorted(set(keys) - set(owner) - set(report.initialised))
     if orphans:
         raise ValueError(
@@ -222,6 +228,15 @@ def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tupl
     return owner, report
 
 
+def _branched_from(key: str) -> str | None:
+    """``aggregator.pose_time_blocks.3.x`` -> ``aggregator.time_blocks.3.x`` (None for any other key)."""
+    for bank in ("time", "view"):
+        prefix = f"aggregator.pose_{bank}_blocks."
+        if key.startswith(prefix):
+            return f"aggregator.{bank}_blocks." + key[len(prefix):]
+    return None
+
+
 def _account_sources(
     recipe: Recipe, converted: dict, owner: dict[str, int], target_keys: set[str], report: LoadReport
 ) -> None:
@@ -230,7 +245,8 @@ def _account_sources(
     stages_of: dict[tuple[str, str], set[int]] = {}
     for target, index in owner.items():
         label = recipe.stages[index].source
-        stages_of.setdefault((label, converted[label][1].mapped[target]), set()).add(index)
+        source_key = converted[label][1].mapped[report.copies.get(target, target)]
+        stages_of.setdefault((label, source_key), set()).add(index)
     shared = sorted(f"{label}:{key}" for (label, key), used in stages_of.items() if len(used) > 1)
     if shared and not recipe.allow_shared_sources:
         raise ValueError(
@@ -259,7 +275,7 @@ def compose(
         owner, report = plan(recipe, sources, Page4D(config))
     model = Page4D(config)
     params = model.state_dict()
-    items = sorted(owner.items(), key=lambda item: item[1])
+    items = sorted(((k, i) for k, i in owner.items() if k not in report.copies), key=lambda item: item[1])
     derived: dict[str, dict[str, torch.Tensor]] = {}
     for target, index in progress(items, desc=f"{recipe.name}: copying", unit="tensor") if progress else items:
         label = recipe.stages[index].source
@@ -278,6 +294,9 @@ def compose(
             params[target].copy_(value)
         if target not in report.notes:
             src.release(source_key)
+    with torch.no_grad():
+        for target, branched_from in report.copies.items():
+            params[target].copy_(params[branched_from])
     return model.eval(), report
 
 

@@ -15,6 +15,8 @@ class LoadReport:
     ``mapped``: target key -> source key. ``initialised``: target key -> reason it was not loaded.
     ``unused``: source key -> reason it was dropped. ``notes``: mapped target key -> how its value was
     derived, for targets that are more than a renamed copy of their source (e.g. a slice of it).
+    ``copies``: mapped target key -> the target key whose loaded value it copies (a branched pose-stream
+    block starts as the shared block it branches from).
     """
 
     source: str
@@ -23,6 +25,7 @@ class LoadReport:
     initialised: dict[str, str] = field(default_factory=dict)
     unused: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    copies: dict[str, str] = field(default_factory=dict)
 
     @property
     def untrained(self) -> bool:
@@ -41,6 +44,9 @@ class LoadReport:
             f"({len(self.renamed)} renamed), {len(self.initialised)} initialised, {len(self.unused)} unused",
         ]
         lines += [f"  derived {k} <- {self.mapped[k]}: {how}" for k, how in sorted(self.notes.items())]
+        if self.copies:
+            lines.append(f"  copied {len(self.copies)} branched pose-stream keys from the blocks they branch from, "
+                         f"e.g. {min(self.copies)} <- {self.copies[min(self.copies)]}")
         lines += [f"  initialised {k}: {why}" for k, why in sorted(self.initialised.items())]
         lines += [f"  unused {k}: {why}" for k, why in sorted(self.unused.items())]
         return "\n".join(lines)
