@@ -141,7 +141,9 @@ class SparseGlobalConfig:
     """Sparse global attention: extra blocks over all T·V·P tokens, each run after one (time, view) pair.
 
     ``landmark``: every token attends to ``num_landmarks`` anchor patches per (t, v) (the most static
-    patches by the dynamic mask, or given keypoints, or the largest tokens). ``dilated``: the tokens of
+    patches by the dynamic mask, or given keypoints, or the largest tokens): N·T·V·K pairs, quadratic in the
+    frames; with ``landmark_pool = "clip"`` to the ``num_landmarks`` best-ranked patches of the whole clip
+    instead, a fixed pool: N·K pairs, linear in the frames. ``dilated``: the tokens of
     frame (t, v) attend to the frames at time and view offsets ``0, ±l`` for l in ``dilation_levels``.
     ``memory``: ``num_memory_tokens`` learned tokens gather from all tokens, then every token reads them.
     With ``keypoint_bias``, patch queries get ``+λ_kpt · K_ext`` on keypoint keys (λ_kpt learnable, 0 at
@@ -151,6 +153,8 @@ class SparseGlobalConfig:
     strategy: SparseStrategyName = "landmark"
     after_pairs: tuple[int, ...] = (11,)
     num_landmarks: int = 16
+    landmark_pool: Literal["frame", "clip"] = "frame"
+    """``frame``: ``num_landmarks`` anchors from every frame; ``clip``: ``num_landmarks`` anchors in all."""
     dilation_levels: tuple[int, ...] = (1, 2, 4)
     num_memory_tokens: int = 32
     keypoint_bias: bool = False
@@ -160,6 +164,7 @@ class SparseGlobalConfig:
         """Raise ``ValueError`` for settings that cannot be built in an aggregator of ``depth`` pairs."""
         _check_choice("sparse_global", "strategy", self.strategy, SPARSE_STRATEGIES)
         _check_blocks("sparse_global", "after_pairs", self.after_pairs, depth)
+        _check_choice("sparse_global", "landmark_pool", self.landmark_pool, ("frame", "clip"))
         if self.strategy == "landmark" and self.num_landmarks < 1:
             raise ValueError(f"sparse_global.num_landmarks must be at least 1, got {self.num_landmarks}")
         if self.strategy == "dilated" and (not self.dilation_levels or min(self.dilation_levels) < 1):

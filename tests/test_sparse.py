@@ -8,7 +8,13 @@ import torch
 
 from page4d.aggregator import sparse_strategies
 from page4d.aggregator.sparse import SparseCall, SparseGlobalBlock
-from page4d.aggregator.sparse_strategies import dilated_groups, dilated_mask, landmark_anchors, sparse_block
+from page4d.aggregator.sparse_strategies import (
+    dilated_groups,
+    dilated_mask,
+    landmark_anchors,
+    pooled_landmark_index,
+    sparse_block,
+)
 from page4d.aggregator.tokens import frame_positions
 from page4d.config import SPARSE_STRATEGIES, AggregatorConfig, SparseGlobalConfig
 from page4d.nn import RotaryEmbedding2D, attend, set_attention_backend
@@ -204,20 +210,76 @@ def test_every_parameter_gets_a_gradient(strategy):
 
 
 @pytest.mark.parametrize(("t", "v"), [(16, 2), (8, 4)])
-def test_cost_is_subquadratic(t, v, monkeypatch):
+def test_cost_of_each_strategy_and_which_are_subquadratic(t, v, monkeypatch):
+    """(query, key) pairs counted from the attention calls: the per-frame landmark pool costs N·T·V·K (quadratic
+    in the frames, as stated), the clip pool N·K, dilated its neighbour mask, memory M·(M + N) + N·M; all but the
+    per-frame pool stay under a quarter of N² here, and no call is ever N × N."""
     n, b = t * v * P, 1
     grid = tokens(t, v, b=b)
     counts = {}
-    for strategy in STRATEGIES:
+    variants = {**{name: {} for name in STRATEGIES}, "landmark-clip": {"landmark_pool": "clip", "num_landmarks": 8}}
+    for name, extra in variants.items():
         spy = Spy(monkeypatch)
-        blk = make_block(strategy, dilation_levels=(1, 2, 4), num_memory_tokens=32, num_landmarks=3)
+        settings = {"dilation_levels": (1, 2, 4), "num_memory_tokens": 32, "num_landmarks": 3, **extra}
+        blk = make_block(name.split("-")[0], **settings)
         blk(grid, POS, SPECIAL)
-        counts[strategy] = spy.pairs(b)
+        counts[name] = spy.pairs(b)
         assert all(c["q"].shape[2] * c["k"].shape[2] < n * n for c in spy.calls)  # never N×N
     assert counts["landmark"] == n * t * v * 3
+    assert counts["landmark-clip"] == n * 8
     assert counts["dilated"] == dilated_mask(t, v, P, (1, 2, 4)).sum()
     assert counts["memory"] == 32 * (32 + n) + n * 32
-    assert counts["dilated"] < 0.25 * n * n and counts["memory"] < 0.25 * n * n
+    assert all(counts[name] < 0.25 * n * n for name in ("dilated", "memory", "landmark-clip"))
+
+
+def test_clip_landmark_pairs_per_query_stay_fixed_as_the_clip_grows(monkeypatch):
+    """The clip pool is sub-quadratic: keys per query do not grow with T (the per-frame pool's grow as T·V·K)."""
+    per_query = {}
+    for pool in ("frame", "clip"):
+        blk = make_block("landmark", landmark_pool=pool, num_landmarks=4)
+        for t in (4, 32):
+            spy = Spy(monkeypatch)
+            blk(tokens(t, 2, b=1), POS, SPECIAL)
+            per_query[pool, t] = spy.pairs(1) / (t * 2 * P)
+    assert per_query["clip", 4] == per_query["clip", 32] == 4
+    assert per_query["frame", 32] == 8 * per_query["frame", 4] == 32 * 2 * 4
+
+
+@pytest.mark.parametrize(("t", "v", "keypoint_bias"), [(3, 2, False), (2, 4, True)])
+def test_clip_landmark_pool_equals_dense_reference(t, v, keypoint_bias):
+    blk = make_block("landmark", keypoint_bias, landmark_pool="clip", num_landmarks=5)
+    grid = tokens(t, v)
+    kwargs = {"keypoints": keypoint_map(t, v)} if keypoint_bias else {}
+    out = blk(grid, POS, SPECIAL, **kwargs)
+    assert torch.allclose(out, blk.dense_reference(grid, POS, SPECIAL, **kwargs), atol=1e-10, rtol=0)
+    assert not torch.allclose(out, grid, atol=1e-3)
+
+
+def test_clip_pool_takes_the_best_ranked_patches_of_the_clip_and_only_they_are_read():
+    """The pool is the K best scores over every (t, v, patch), by an independent sort of all candidates (ties
+    to the earlier frame and patch); a patch outside the pool changes nothing but its own output."""
+    t, v, k = 3, 2, 4
+    blk = make_block("landmark", landmark_pool="clip", num_landmarks=k)
+    grid = tokens(t, v)
+    scores = torch.rand(2, t, v, H * W, generator=torch.Generator().manual_seed(5)).double()
+    scores[1, 2, 1, :3] = 2.0  # batch 1: three ties at the top, then the rest
+    pool = pooled_landmark_index(SparseCall(grid, SPECIAL, scores, None, None), k)
+    for batch in range(2):
+        candidates = sorted((-scores[batch, ti, vi, p].item(), ti, vi, p) for ti in range(t) for vi in range(v)
+                             for p in range(H * W))
+        expected = [(ti * v + vi) * P + SPECIAL + p for _, ti, vi, p in candidates[:k]]
+        assert pool[batch].tolist() == expected
+    out = blk(grid, POS, SPECIAL, scores=scores)
+    chosen = set(pool[0].tolist()) | set(pool[1].tolist())
+    idle = next(i for i in range(t * v * P) if i % P >= SPECIAL and i not in chosen)
+    ti, vi, pi = idle // (v * P), idle // P % v, idle % P
+    changed = blk(_perturb(grid, ti, vi, pi), POS, SPECIAL, scores=scores)
+    keep = torch.ones(t, v, P, dtype=torch.bool)
+    keep[ti, vi, pi] = False
+    assert torch.allclose(changed[:, keep], out[:, keep], atol=1e-12, rtol=0)
+    first = pool[0, 0].item()
+    moved = blk(_perturb(grid, first // (v * P), first // P % v, first % P), POS, SPECIAL, scores=scores)
+    assert not torch.allclose(moved[0], out[0], atol=1e-6)
 
 
 def test_dilated_pairs_per_query_are_bounded_as_time_grows(monkeypatch):

@@ -1,6 +1,7 @@
 """The sparse global strategies, one ``SparseGlobalBlock`` subclass each, over the global token order ``(t, v, p)``:
 
     landmark : every token -> the K anchor patches of every frame        O(N·T·V·K)
+               (pool "clip": -> the K best-ranked patches of the clip)  O(N·K)
     dilated  : frame (t, v) -> frames (t ± l, v), (t, v ± l), itself      O(T·V·n·P²), n ≤ 1 + 4·len(levels)
     memory   : M learned tokens <- all tokens, then every token -> M      O(N·M)
 
@@ -20,18 +21,31 @@ from page4d.config import AggregatorConfig, SparseGlobalConfig
 from page4d.nn import AttentionExtras, RotaryEmbedding2D, RowKeyBias, attend
 
 
-def landmark_anchors(call: SparseCall, num_landmarks: int) -> torch.Tensor:
-    """Patch indices ``[B, T, V, K]`` (in ``0..h·w-1``) of the K highest-ranked patches of every frame.
-
-    Ranked by ``call.scores`` (higher = better) if given, else by ``call.keypoints``, else by the L2 norm
-    of the patch tokens. Ties go to the lower patch index (stable sort), so the choice is deterministic on
-    every device.
-    """
+def landmark_scores(call: SparseCall) -> torch.Tensor:
+    """``[B, T, V, h·w]`` how good an anchor each patch is (higher = better): ``call.scores`` if given, else
+    ``call.keypoints``, else the L2 norm of the patch tokens (detached: the ranking is a choice, not a path)."""
     scores = call.scores
     if scores is None:
         scores = call.keypoints if call.keypoints is not None else call.grid[..., call.num_special:, :].norm(dim=-1)
-    order = torch.sort(scores.detach(), dim=-1, descending=True, stable=True).indices
+    return scores.detach()
+
+
+def landmark_anchors(call: SparseCall, num_landmarks: int) -> torch.Tensor:
+    """Patch indices ``[B, T, V, K]`` (in ``0..h·w-1``) of the K highest-ranked patches of every frame
+    (:func:`landmark_scores`). Ties go to the lower patch index (stable sort), so the choice is deterministic
+    on every device."""
+    order = torch.sort(landmark_scores(call), dim=-1, descending=True, stable=True).indices
     return order[..., :num_landmarks]
+
+
+def pooled_landmark_index(call: SparseCall, num_landmarks: int) -> torch.Tensor:
+    """Global token positions ``[B, K]`` of the K highest-ranked patches of the whole clip (all of them if it
+    has fewer); ties to the earlier frame and patch."""
+    scores = landmark_scores(call)
+    patches = scores.shape[-1]
+    order = torch.sort(rearrange(scores, "b t v p -> b (t v p)"), dim=-1, descending=True, stable=True).indices
+    best = order[:, :num_landmarks]
+    return (best // patches) * call.frames[2] + call.num_special + best % patches
 
 
 def landmark_token_index(anchors: torch.Tensor, tokens_per_frame: int, num_special: int) -> torch.Tensor:
@@ -70,17 +84,20 @@ def dilated_mask(t: int, v: int, tokens_per_frame: int, levels: tuple[int, ...])
 
 
 class LandmarkBlock(SparseGlobalBlock):
-    """Every token attends to the ``num_landmarks`` anchor patches of every frame."""
+    """Every token attends to the ``num_landmarks`` anchor patches of every frame (``landmark_pool = "clip"``:
+    of the whole clip)."""
 
     def reads_keypoints(self, call: SparseCall) -> bool:
         return call.scores is None  # the keypoints rank the anchors
 
     @classmethod
     def min_patches(cls, cfg: SparseGlobalConfig) -> int:
-        return cfg.num_landmarks  # each frame gives that many anchors
+        return cfg.num_landmarks if cfg.landmark_pool == "frame" else 1  # a frame pool: each frame gives K
 
     def _index(self, call: SparseCall) -> torch.Tensor:
-        """Global token positions of the anchors ``[B, T·V·K]``."""
+        """Global token positions of the anchors ``[B, T·V·K]`` (``clip`` pool: ``[B, K]``)."""
+        if self.cfg.landmark_pool == "clip":
+            return pooled_landmark_index(call, self.cfg.num_landmarks)
         return landmark_token_index(landmark_anchors(call, self.cfg.num_landmarks), call.frames[2], call.num_special)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: SparseCall) -> torch.Tensor:
