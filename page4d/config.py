@@ -439,8 +439,21 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     alone). The one place old names are accepted: nothing else in the library knows them."""
     data = dict(data)
     aggregator = data.get("aggregator")
-    mask = aggregator.get("dynamic_mask") if isinstance(aggregator, dict) else None
-    if isinstance(mask, dict) and mask.get("head") in _RENAMED_MASK_HEADS:
-        data["aggregator"] = {**aggregator, "dynamic_mask": {**mask, "head": _RENAMED_MASK_HEADS[mask["head"]]}}
+    if not isinstance(aggregator, dict):
+        return data
+    aggregator = dict(aggregator)
+    mask = aggregator.get("dynamic_mask")
+    if isinstance(mask, dict):
+        mask = dict(mask)
+        if mask.get("head") in _RENAMED_MASK_HEADS:
+            mask["head"] = _RENAMED_MASK_HEADS[mask["head"]]
+        # A full dump (it names every field of its version) from before ``normalise`` existed: those fusion
+        # heads z-scored M̃. A hand-written partial config gets today's default.
+        if "dual_weights" in mask and "normalise" not in mask:
+            mask["normalise"] = True
+        aggregator["dynamic_mask"] = mask
+    if "epipolar" in aggregator and aggregator.get("temporal_rope") and "temporal_frequencies" not in aggregator:
+        aggregator["temporal_frequencies"] = "spatial"  # a full dump from before the time rotation's own frequencies
+    data["aggregator"] = aggregator
     return data
 

@@ -12,9 +12,11 @@ import pytest
 import torch
 from conftest import EXAMPLE, REPO
 from huggingface_hub.errors import LocalEntryNotFoundError
+from safetensors.torch import load_file, save_file
 
 import page4d
 from page4d.checkpoints import hub, native
+from page4d.checkpoints.pretrained import load_pretrained
 from page4d.config import DynamicMaskConfig, ModelConfig, migrate
 from page4d.data.layout import load_clip
 from page4d.inputs import ForwardInputs
@@ -191,3 +193,36 @@ def test_a_given_config_replaces_a_native_folders_own(tmp_path):
     assert model.config.input_width == 2 * shipped.input_width and report.converter == native.CONVERTER
     assert torch.equal(model.state_dict()["aggregator.camera_token"],
                        page4d.load_pretrained(SHIPPED)[0].state_dict()["aggregator.camera_token"])
+
+
+def test_a_model_saved_before_the_mask_bias_and_the_own_time_frequencies_keeps_its_outputs(tmp_path):
+    """An earlier version's folder: its config dump names no ``normalise`` / ``temporal_frequencies`` (then: the
+    z-score and the spatial frequencies) and its weights have no fusion-head bias. It loads, migrated to what it
+    was (not to today's defaults), with the same outputs as the shipped folder; a hand-written partial config
+    gets today's defaults."""
+    old = tmp_path / "old"
+    old.mkdir()
+    data = json.loads((SHIPPED / native.CONFIG_NAME).read_text())
+    del data["aggregator"]["dynamic_mask"]["normalise"], data["aggregator"]["temporal_frequencies"]
+    (old / native.CONFIG_NAME).write_text(json.dumps(data))
+    state = load_file(str(SHIPPED / native.WEIGHTS_NAME))
+    del state["aggregator.dynamic_mask_head.bias"]
+    save_file(state, str(old / native.WEIGHTS_NAME))
+    migrated = native.read_config(old / native.CONFIG_NAME).aggregator
+    assert migrated.dynamic_mask.normalise is True and migrated.temporal_frequencies == "spatial"
+    model, report = load_pretrained(old)
+    assert "aggregator.dynamic_mask_head.bias" in report.notes
+    images = torch.rand(1, 3, 2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    a, b = model.infer(images), Page4D.from_pretrained(SHIPPED).infer(images)
+    assert torch.equal(a.depth, b.depth) and torch.equal(a.dynamic_mask, b.dynamic_mask)
+    assert torch.equal(a.pose_enc, b.pose_enc)
+    file_model, _ = load_pretrained(old / native.WEIGHTS_NAME)  # the file alone, its config beside it
+    assert torch.equal(file_model.infer(images).depth, a.depth)
+    partial = preset("tiny-mv").to_dict()  # written by hand: only some fields named
+    partial["aggregator"]["temporal_rope"] = True
+    for section, names in ((partial["aggregator"]["dynamic_mask"], ("normalise", "dual_weights")),
+                           (partial["aggregator"], ("temporal_frequencies", "epipolar"))):
+        for name in names:
+            del section[name]
+    fresh = ModelConfig.from_dict(partial).aggregator
+    assert fresh.dynamic_mask.normalise is False and fresh.temporal_frequencies == "own"

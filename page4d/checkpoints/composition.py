@@ -41,9 +41,7 @@ CONVERTERS: dict[str, Callable] = {
     "vggt": vggt.convert,
     "page4d-reference": page4d_reference.convert,
     "pi3": pi3.convert,
-    native.CONVERTER: lambda state, source=native.CONVERTER: (
-        dict(state), LoadReport(source, native.CONVERTER, {k: k for k in state})
-    ),
+    native.CONVERTER: native.convert,
 }
 """Converter name (= checkpoint family, ``io.detect_family``) -> pure ``convert(state_dict, source)``."""
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 from torch import nn
 
@@ -22,6 +23,27 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CONVERTER = "native"
 """The converter name a native load reports (no key is renamed)."""
+
+
+ADDED_KEYS: dict[str, tuple[str, str]] = {
+    "aggregator.dynamic_mask_head.bias": (
+        "aggregator.dynamic_mask_head.convs.4.bias",
+        "the fusion head's bias b, which earlier versions did not have: 0 keeps their outputs"),
+}
+"""Keys that checkpoints of earlier versions lack -> (a key they have whenever the module exists, why the value
+is 0)."""
+
+
+def convert(state_dict: dict[str, torch.Tensor], source: str = CONVERTER) -> tuple[dict[str, torch.Tensor],
+                                                                                  LoadReport]:
+    """A native state dict as today's model takes it: every key as it is, plus the ``ADDED_KEYS`` an earlier
+    version's file lacks (zeros, reported as derived from the key beside them)."""
+    state, report = dict(state_dict), LoadReport(source, CONVERTER, {k: k for k in state_dict})
+    for key, (beside, why) in ADDED_KEYS.items():
+        if key not in state and beside in state:
+            state[key] = torch.zeros((), dtype=state[beside].dtype, device=state[beside].device)
+            report.mapped[key], report.notes[key] = beside, why
+    return state, report
 
 
 def save(model: nn.Module, folder: Path) -> None:
@@ -58,7 +80,8 @@ def read_folder(folder: Path, config: ModelConfig | None = None) -> tuple[Path, 
 
 
 def load_into(model: nn.Module, weights: Path) -> LoadReport:
-    """Load the native ``weights`` file into ``model`` strictly (every key, shape and dtype checked)."""
-    report = LoadReport(source=str(weights), converter=CONVERTER, mapped={k: k for k in model.state_dict()})
-    load_strict(model, read_state_dict(weights), report)
+    """Load the native ``weights`` file into ``model`` strictly (every key, shape and dtype checked; an earlier
+    version's file completed by :func:`convert`)."""
+    state, report = convert(read_state_dict(weights), str(weights))
+    load_strict(model, state, report)
     return report
