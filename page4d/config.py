@@ -200,6 +200,25 @@ class EpipolarConfig:
 
 
 @dataclass
+class TokenReductionConfig:
+    """Run the listed time / view blocks on patch tokens average-pooled in ``factor × factor`` windows (camera and
+    register tokens untouched); each block's update is spread back over its windows, so every layer output, and
+    every DPT tap, keeps its full resolution (``page4d.aggregator.reduction``)."""
+
+    factor: int = 2
+    time_blocks: tuple[int, ...] = ()
+    view_blocks: tuple[int, ...] = ()
+
+    def validate(self, depth: int) -> None:
+        """Raise ``ValueError`` for settings that cannot be built in an aggregator of ``depth`` blocks per bank."""
+        if self.factor < 2:
+            raise ValueError(f"token_reduction.factor must be at least 2 (a window of factor × factor patches), "
+                             f"got {self.factor}")
+        _check_blocks("token_reduction", "time_blocks", self.time_blocks, depth)
+        _check_blocks("token_reduction", "view_blocks", self.view_blocks, depth)
+
+
+@dataclass
 class AggregatorConfig:
     """Alternating-attention aggregator over tokens ``[B, T, V, P, C]``.
 
@@ -236,6 +255,7 @@ class AggregatorConfig:
     first weights were trained so)."""
     sparse_global: SparseGlobalConfig | None = None
     epipolar: EpipolarConfig | None = None
+    token_reduction: TokenReductionConfig | None = None
 
     def block_order(self) -> list[tuple[BlockBank, int]]:
         """The (bank, index) of every time and view block in running order: groups of ``aa_block_size``
@@ -261,9 +281,14 @@ class AggregatorConfig:
             if kind not in get_args(AttentionKind):
                 raise ValueError(f"unknown attention kind {kind!r} for bank {bank!r}")
         _check_choice("aggregator", "temporal_frequencies", self.temporal_frequencies, ("own", "spatial"))
-        for part in (self.dynamic_mask, self.sparse_global, self.epipolar):
+        for part in (self.dynamic_mask, self.sparse_global, self.epipolar, self.token_reduction):
             if part is not None:
                 part.validate(self.depth)
+        if self.epipolar is not None and self.token_reduction is not None:
+            both = sorted(set(self.epipolar.view_blocks) & set(self.token_reduction.view_blocks))
+            if both:
+                raise ValueError(f"view blocks {both} take both the epipolar prior and token reduction; the prior "
+                                 "is built per full-size patch: reduce other blocks")
         if self.dynamic_mask is not None:
             self._check_mask_order(self.dynamic_mask)
         if self.epipolar is not None and self.epipolar.view_blocks and self.bank_kinds["view"] != "view":
@@ -427,6 +452,7 @@ _NESTED: dict[tuple[type, str], type] = {
     (AggregatorConfig, "dynamic_mask"): DynamicMaskConfig,
     (AggregatorConfig, "sparse_global"): SparseGlobalConfig,
     (AggregatorConfig, "epipolar"): EpipolarConfig,
+    (AggregatorConfig, "token_reduction"): TokenReductionConfig,
 }
 
 

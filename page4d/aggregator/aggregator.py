@@ -21,6 +21,7 @@ from page4d.aggregator import kinds
 from page4d.aggregator.epipolar import EpipolarBias
 from page4d.aggregator.mask_bias import BIASES, StreamRole, grid_bias
 from page4d.aggregator.mask_head import HEAD_KEYS, MaskOutput, build_mask_head, compute_mask
+from page4d.aggregator.reduction import TokenPooling
 from page4d.aggregator.schedule import BlockStep, LayerSchedule
 from page4d.aggregator.sparse_strategies import sparse_block
 from page4d.aggregator.streams import DualStreams, Entries, SharedStreams, Stream, Streams
@@ -58,6 +59,10 @@ class _Run:
     biases: dict[tuple[StreamRole, str, str], RowKeyBias] = field(default_factory=dict)
     mask: MaskOutput | None = None
     epipolar: EpipolarBias | None = None
+    pooling: TokenPooling | None = None
+    """With token reduction: how reduced blocks pool the patch tokens, and their positions and time indices."""
+    pooled_positions: dict[str, torch.Tensor] = field(default_factory=dict)
+    pooled_times: dict[str, torch.Tensor | None] = field(default_factory=dict)
 
 
 class Aggregator(nn.Module):
@@ -187,6 +192,13 @@ class Aggregator(nn.Module):
         if self.cfg.temporal_rope and self.temporal_rope.active():
             times = {k: token_times(k, t, v, pos.shape[0], device) for k in kinds_used}
         run = _Run(b, t, v, positions, times, pos, inputs)
+        fewer = self.cfg.token_reduction
+        if fewer is not None:
+            run.pooling = TokenPooling(fewer.factor, patch_grid, self.patch_start_idx)
+            pooled = run.pooling.pool(pos[None].to(torch.float32))[0]  # a window's mean position, in patch units
+            run.pooled_positions = {k: pooled.repeat(kinds.frames_per_sequence(k, t, v), 1) for k in kinds_used}
+            if times:
+                run.pooled_times = {k: token_times(k, t, v, pooled.shape[0], device) for k in kinds_used}
         if inputs.camera_priors is not None:
             run.epipolar = EpipolarBias(
                 *inputs.camera_priors, patch_grid, self.patch_size, self.patch_start_idx, self.cfg.epipolar, grid_shape
@@ -206,25 +218,38 @@ class Aggregator(nn.Module):
             self._run_sparse(step.index, stream, run)
             return
         stream.x, stream.layout = kinds.convert(stream.x, stream.layout, step.kind, run.b, run.t, run.v), step.kind
+        layout, pooling = stream.layout, run.pooling if step.reduced else None
         bias = None
         if step.biased and step.bank in stream.rows:  # no rows: every weight is 0, plain attention exactly
-            cache = (stream.role, step.bank, stream.layout)
+            cache = (stream.role, step.bank, layout, pooling is not None)
             if cache not in run.biases:
                 grids = grid_bias(stream.rows[step.bank], self.mask_bias.key_values(run.mask), self.patch_start_idx)
-                row, key = (kinds.to_sequences(g[..., None], stream.layout)[..., 0] for g in grids)
+                if pooling is not None:
+                    grids = tuple(pooling.pool_values(g) for g in grids)
+                row, key = (kinds.to_sequences(g[..., None], layout)[..., 0] for g in grids)
                 run.biases[cache] = RowKeyBias(rows=row, keys=key)
             bias = run.biases[cache]
+        times = run.times if pooling is None else run.pooled_times
         rotation = None
-        if step.bank == "time" and run.times.get(stream.layout) is not None:
-            rotation = TimeRotation(run.times[stream.layout], self.temporal_rope.scale[step.index],
+        if step.bank == "time" and times.get(layout) is not None:
+            rotation = TimeRotation(times[layout], self.temporal_rope.scale[step.index],
                                     self.cfg.temporal_frequencies == "own")
         extras = AttentionExtras(bias, run.epipolar if step.epipolar else None, rotation)
         block = partial(self._block(stream, step.bank, step.index), extras=extras)
+        x, positions = stream.x, run.positions[layout]
+        if pooling is not None:
+            full = kinds.from_sequences(stream.x, layout, run.b, run.t, run.v)
+            pooled = pooling.pool(full)
+            x, positions = kinds.to_sequences(pooled, layout), run.pooled_positions[layout]
         if self.gradient_checkpointing and torch.is_grad_enabled():
             # Keep only the block's input; its activations are recomputed in the backward pass.
-            stream.x = checkpoint(block, stream.x, run.positions[stream.layout], use_reentrant=False)
+            x = checkpoint(block, x, positions, use_reentrant=False)
         else:
-            stream.x = block(stream.x, run.positions[stream.layout])
+            x = block(x, positions)
+        if pooling is not None:
+            out = kinds.from_sequences(x, layout, run.b, run.t, run.v)
+            x = kinds.to_sequences(pooling.restore(full, pooled, out), layout)
+        stream.x = x
         if step.index in stream.keep:
             tokens = kinds.from_sequences(stream.x, stream.layout, run.b, run.t, run.v)
             stream.record(step.bank, step.index, tokens)

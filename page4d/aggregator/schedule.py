@@ -20,6 +20,7 @@ class BlockStep:
 
     ``emits_mask``: the dynamic-mask head reads this block's output. ``biased``: this block's attention
     takes the mask bias. ``epipolar``: this block takes the epipolar prior when cameras are given.
+    ``reduced``: this block runs on pooled patch tokens (``page4d.aggregator.reduction``).
     """
 
     bank: str
@@ -28,6 +29,7 @@ class BlockStep:
     emits_mask: bool = False
     biased: bool = False
     epipolar: bool = False
+    reduced: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,15 @@ class LayerSchedule:
         """VGGT's alternating schedule (``cfg.block_order()``) with the dynamic-mask placement of
         ``cfg.dynamic_mask`` (if any) and each sparse block right after the group that completes its pair.
         ``cfg.validate`` has checked that every biased block runs after the one that feeds the mask head."""
-        mask, sparse, epi = cfg.dynamic_mask, cfg.sparse_global, cfg.epipolar
+        mask, sparse, epi, fewer = cfg.dynamic_mask, cfg.sparse_global, cfg.epipolar, cfg.token_reduction
         k = cfg.aa_block_size
         steps = []
         for position, (bank, i) in enumerate(cfg.block_order()):
             emits = mask is not None and bank == "time" and i == mask.after_block
             biased = mask is not None and i in (mask.biased_view_blocks if bank == "view" else mask.biased_time_blocks)
             epipolar = epi is not None and bank == "view" and i in epi.view_blocks
-            steps.append(BlockStep(bank, i, cfg.bank_kinds[bank], emits, biased, epipolar))
+            reduced = fewer is not None and i in (fewer.view_blocks if bank == "view" else fewer.time_blocks)
+            steps.append(BlockStep(bank, i, cfg.bank_kinds[bank], emits, biased, epipolar, reduced))
             if sparse is not None and (position + 1) % (2 * k) == 0:  # a group of both banks is complete
                 done = range(i - k + 1, i + 1)
                 steps += [BlockStep("sparse", j, "global") for j, pair in enumerate(sparse.after_pairs) if pair in done]
