@@ -59,12 +59,39 @@ def test_lambdas_change_outputs_and_fused_equals_dense():
         assert torch.allclose(getattr(fused, name), getattr(dense, name), atol=1e-5, rtol=1e-5), name
 
 
-def test_time_lambdas_act_in_time_blocks_only():
-    """λ_t bias only time blocks: with T = 1 every time block sees one frame per view, but the bias still
-    changes them; with the view λ zero and time λ non-zero the output differs from the plain model."""
-    model = fusion_model(lambdas=(0.0, 0.0, 2.0, 2.0))
-    with torch.no_grad():
-        assert not torch.allclose(model(IMAGES).pose_enc, plain_twin(model)(IMAGES).pose_enc, atol=1e-4)
+@pytest.mark.parametrize("bank", ["time", "view"])
+def test_time_lambdas_act_in_time_blocks_only(bank: str, one_torch_thread: None) -> None:
+    """The λ of one bank (time: λ_pose_t, λ_geo_t; view: λ_pose, λ_geo) act in that bank's blocks only. Each
+    block is re-run without any bias on the very input it got in the biased forward (float64): the biased
+    blocks (1..3) of that bank change, every block of the other bank is unchanged (to rounding: a bank whose
+    λ are 0 still takes the bias path, with zero rows), and the unbiased blocks 0 are bit-exact."""
+    lambdas = (0.0, 0.0, 2.0, 1.5) if bank == "time" else (2.0, 1.5, 0.0, 0.0)
+    aggregator = fusion_model(lambdas=lambdas).aggregator.double()
+    blocks = {(kind, i): getattr(aggregator, f"{kind}_blocks")[i] for kind in ("time", "view") for i in range(4)}
+    seen: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def keep(key: tuple[str, int]):
+        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+            seen[key] = (args[0], args[1], output)
+        return hook
+
+    handles = [block.register_forward_hook(keep(key)) for key, block in blocks.items()]
+    try:
+        with torch.no_grad():
+            aggregator(IMAGES.double(), {3})
+    finally:
+        for handle in handles:
+            handle.remove()
+    for (kind, i), block in blocks.items():
+        x, pos, out = seen[(kind, i)]
+        with torch.no_grad():
+            change = float((block(x, pos) - out).abs().max())  # block(x, pos): plain attention, no bias
+        if i == 0:  # not in biased_*_blocks: no bias at all, the plain path itself
+            assert change == 0.0, (kind, i)
+        elif kind == bank:
+            assert change > 1e-4, (kind, i, change)
+        else:
+            assert change < 1e-12, (kind, i, change)
 
 
 def test_row_values_signs_and_clamp():
