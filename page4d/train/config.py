@@ -13,6 +13,7 @@ import yaml
 from page4d.data.synthetic import SceneConfig
 from page4d.fileio import read_yaml
 from page4d.presets import PRESETS, preset
+from page4d.train.inputs import InputsConfig
 
 
 @dataclass
@@ -76,6 +77,9 @@ class TrainConfig:
     """Photometric jitter strength (brightness, contrast, saturation in 1 ± jitter); 0 = off."""
     zoom: float = 1.0
     """Largest random zoom-in per sample (K adjusted to match); 1 = off."""
+    inputs: InputsConfig = field(default_factory=InputsConfig)
+    """Optional forward inputs made from the ground truth (external masks, coarse cameras, keypoints), so the
+    mechanisms that read them train; all off by default (``page4d.train.inputs``)."""
     batch_size: int = 1
     steps: int = 100
     seed: int = 0
@@ -107,6 +111,7 @@ class TrainConfig:
               "an integer >= 1 when eval_every > 0")
         _need(0 <= self.jitter < 1, "jitter", self.jitter, "a number in [0, 1) (0: off)")
         _need(self.zoom >= 1, "zoom", self.zoom, "a number >= 1 (1: off)")
+        self.inputs.validate()
         _check_optim(self.optim.lr, self.optim.weight_decay, self.optim.warmup_steps, "optim")
         _need(0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", self.optim.min_lr_ratio, "a number in [0, 1]")
         _need(self.optim.grad_clip > 0, "optim.grad_clip", self.optim.grad_clip, "a number > 0")
@@ -122,6 +127,7 @@ class TrainConfig:
                 raise ValueError(f"config.model: unknown preset {self.model!r}; use one of {', '.join(sorted(PRESETS))}"
                                  " or set init to a checkpoint")
             check_scene_size(self.scene, preset(self.model).patch_size, f"model {self.model}")
+            self.inputs.check_model(preset(self.model))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

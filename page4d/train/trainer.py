@@ -30,7 +30,6 @@ from page4d.data.sources import TimeSelection, select_clip
 from page4d.data.synthetic import SceneConfig, generate_clip, write_clip
 from page4d.devices import resolve_device
 from page4d.eval.runner import evaluate, report_value
-from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
 from page4d.outputs import Predictions
 from page4d.patterns import match_patterns
@@ -38,6 +37,7 @@ from page4d.presets import preset
 from page4d.reconstruction.runner import reconstruct
 from page4d.train.config import DataSource, OptimConfig, TrainConfig, check_scene_size
 from page4d.train.freeze import train_only
+from page4d.train.inputs import forward_inputs, sample_inputs
 from page4d.train.losses import Terms, camera_loss, dense_loss, mask_loss, weighted_sum
 from page4d.train.targets import Targets, make_targets
 from page4d.transaction import OutputFolder, disk_full_error, is_disk_full
@@ -93,7 +93,7 @@ class Batches:
 
     def sample(self, step: int, i: int) -> dict[str, torch.Tensor]:
         """Sample ``i`` of step ``step``: ``images [T, V, 3, H, W]``, ``depth``, ``dynamic_mask``,
-        ``intrinsics``, ``extrinsics``."""
+        ``intrinsics``, ``extrinsics`` and the optional inputs of the step."""
         rng = np.random.default_rng([self.config.seed, step, i])
         source = self.sources[int(rng.choice(len(self.sources), p=self.probabilities))]
         if source is None:
@@ -104,10 +104,12 @@ class Batches:
             sample = source.sample(*self.sampler.draw(rng, *source.shape))
         sample = zoom(sample, rng, self.config.zoom)
         sample["images"] = colour_jitter(sample["images"], rng, self.config.jitter)
-        return sample
+        return sample | sample_inputs(sample, rng, self.config.inputs, self.config.inputs.present(self.config.seed,
+                                                                                                  step))
 
     def batch(self, step: int, samples: range | None = None) -> dict[str, torch.Tensor]:
-        """Samples ``samples`` (default: all ``batch_size``) of step ``step``, stacked ``[B, ...]``."""
+        """Samples ``samples`` (default: all ``batch_size``) of step ``step``, stacked ``[B, ...]`` (with the
+        optional inputs the step's batch carries: ``page4d.train.inputs``)."""
         samples = range(self.config.batch_size) if samples is None else samples
         drawn = [self.sample(step, i) for i in samples]
         return {name: torch.stack([d[name] for d in drawn]) for name in drawn[0]}
@@ -131,7 +133,7 @@ def compute_losses(model: nn.Module, batch: dict[str, torch.Tensor], step: int, 
                    ) -> tuple[torch.Tensor, Terms]:
     """Total loss and its named terms for one batch, each the mean over samples of that sample's term (so that
     data-parallel ranks averaging their gradients reproduce the whole batch). Mask terms only with a mask head."""
-    pred = model(batch["images"], ForwardInputs(mask_step=float(step)))
+    pred = model(batch["images"], forward_inputs(batch, step))
     targets = make_targets(batch["extrinsics"], batch["intrinsics"], batch["depth"], batch["dynamic_mask"])
     per_sample = [_sample_terms(pred, targets, i) for i in range(len(batch["images"]))]
     terms = {k: torch.stack([t[k] for t in per_sample]).mean() for k in per_sample[0]}
@@ -208,6 +210,7 @@ class Trainer:
 
             self.model = load_pretrained(config.init)[0]
             check_scene_size(config.scene, self.model.config.patch_size, config.init)
+            config.inputs.check_model(self.model.config)
         else:
             self.model = Page4D(preset(config.model))
         self.model.to(self.device)
