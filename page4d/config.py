@@ -107,10 +107,19 @@ class DynamicMaskConfig:
     gate: Literal["scalar", "mlp"] = "scalar"
     """How the fusion head weighs its own logit and the external mask."""
     normalise: bool = False
-    """Fusion head: z-score M̃ per frame before the gate (page4d-small's first weights were trained so)."""
+    """Fusion gate: z-score M̃ per frame first (page4d-small's first weights were trained so)."""
+    fuse: bool = False
+    """fin10 / release: fuse the head's moving logit with an external mask through a fusion gate (keys
+    ``mask_fusion.*``), whose M the pose/geometry bias reads: PAGE-4D's trained head in the multi-view model. The
+    fusion head always fuses."""
     streams: Literal["shared", "dual"] = "shared"
     dual_from_block: int = 0
     dual_weights: Literal["shared", "branched"] = "shared"
+
+    @property
+    def takes_external_mask(self) -> bool:
+        """Whether a fusion gate reads an external mask (the fusion head, or a fused PAGE-4D head)."""
+        return self.head == "fusion" or self.fuse
 
     def validate(self, depth: int) -> None:
         """Raise ``ValueError`` for settings that cannot be built in an aggregator of ``depth`` blocks per bank."""
@@ -120,6 +129,10 @@ class DynamicMaskConfig:
         _check_choice("dynamic_mask", "gate", self.gate, ("scalar", "mlp"))
         _check_choice("dynamic_mask", "streams", self.streams, ("shared", "dual"))
         _check_choice("dynamic_mask", "dual_weights", self.dual_weights, ("shared", "branched"))
+        if self.fuse and (self.head == "fusion" or self.bias != "pose_geo"):
+            raise ValueError("dynamic_mask.fuse wraps a PAGE-4D head (fin10, release) for the pose/geometry bias: "
+                             f"use it with bias 'pose_geo' and head fin10 or release, not {self.head!r} / "
+                             f"{self.bias!r} (the fusion head always fuses)")
         if not 0 <= self.after_block < depth:
             raise ValueError(f"dynamic_mask.after_block {self.after_block} is outside 0..{depth - 1}")
         _check_blocks("dynamic_mask", "biased_view_blocks", self.biased_view_blocks, depth)

@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from page4d.aggregator import kinds
 from page4d.aggregator.epipolar import EpipolarBias
 from page4d.aggregator.mask_bias import BIASES, StreamRole, grid_bias
-from page4d.aggregator.mask_head import HEAD_KEYS, MaskOutput, build_mask_head, compute_mask
+from page4d.aggregator.mask_head import HEAD_KEYS, FusionGate, MaskOutput, build_mask_head, compute_mask
 from page4d.aggregator.reduction import TokenPooling
 from page4d.aggregator.schedule import BlockStep, LayerSchedule
 from page4d.aggregator.sparse_strategies import sparse_block
@@ -70,7 +70,8 @@ class Aggregator(nn.Module):
 
     Keys: ``camera_token`` [1,2,1,C], ``register_token`` [1,2,R,C], ``patch_embed.*``,
     ``time_blocks.{i}.*``, ``view_blocks.{i}.*`` and, with a dynamic mask, its head
-    (``spatial_mask_head.*`` for PAGE-4D's, ``dynamic_mask_head.*`` for the fusion head) and its bias
+    (``spatial_mask_head.*`` for PAGE-4D's, ``dynamic_mask_head.*`` for the fusion head; ``mask_fusion.*``, a
+    fused PAGE-4D head's gate) and its bias
     strategy's parameters (``mask_bias.*``, none for PAGE-4D); with branched dual streams
     ``pose_time_blocks.{i}`` / ``pose_view_blocks.{i}``; with a temporal encoding ``temporal_rope.scale``;
     with sparse global attention ``sparse_blocks.{j}.*``.
@@ -108,6 +109,8 @@ class Aggregator(nn.Module):
         if mask is None:
             return partial(SharedStreams)
         self.add_module(HEAD_KEYS[mask.head], build_mask_head(mask, cfg.embed_dim))
+        if mask.fuse:
+            self.mask_fusion = FusionGate(cfg.embed_dim, mask.gate, mask.normalise)
         self.mask_bias = BIASES[mask.bias](mask)
         if mask.streams == "shared":
             return partial(SharedStreams)
@@ -167,14 +170,16 @@ class Aggregator(nn.Module):
             if step.emits_mask:
                 source = streams.geometry()
                 tokens = kinds.from_sequences(source.x, source.layout, b, t, v)
-                run.mask = compute_mask(self.mask_head, tokens, patch_grid, self.patch_start_idx, inputs.external_mask)
+                run.mask = compute_mask(self.mask_head, tokens, patch_grid, self.patch_start_idx, inputs.external_mask,
+                                        getattr(self, "mask_fusion", None))
         pose, geometry = streams.entries()
         return AggregatorOutput(pose, geometry, run.mask)
 
     def _check_inputs(self, inputs: ForwardInputs) -> None:
         mask = self.cfg.dynamic_mask
-        if inputs.external_mask is not None and (mask is None or mask.head != "fusion"):
-            raise ValueError("an external dynamic mask needs a model whose dynamic_mask head is 'fusion'")
+        if inputs.external_mask is not None and (mask is None or not mask.takes_external_mask):
+            raise ValueError("an external dynamic mask needs a model whose dynamic_mask head is 'fusion' (or a "
+                             "PAGE-4D head with dynamic_mask.fuse)")
         if inputs.keypoints is not None and self.cfg.sparse_global is None:
             raise ValueError("keypoints feed the sparse global blocks, which this model's config does not use")
         if inputs.camera_priors is not None and (self.cfg.epipolar is None or not self.cfg.epipolar.view_blocks):

@@ -16,7 +16,10 @@ the attention bias it produces (and through a mask loss, when one is used). Thre
   "moving" whatever it shows, and a one-patch frame has no spread to divide by).
 
 ``moving`` (1 = moving) is ``suppress`` for fin10, ``0.5 - key`` for the release (keys the pose queries
-are pushed away from count as moving) and M for the fusion head.
+are pushed away from count as moving) and M for the fusion head. Every head also gives its moving logit M̃
+(``σ(M̃)`` = moving), which a ``FusionGate`` fuses with an external mask: the fusion head's own, or, with
+``DynamicMaskConfig.fuse``, one around a PAGE-4D head (so PAGE-4D's trained head can feed the design documents'
+biases and take an external mask).
 """
 
 from __future__ import annotations
@@ -62,12 +65,12 @@ class Fin10MaskHead(nn.Module):
         self.tau_logit = nn.Parameter(torch.tensor(math.log(2.0)))
 
     def forward(self, image: torch.Tensor, external: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """Patch image ``[N, C, h, w]`` -> (logits, key value, moving), each ``[N, h, w]``."""
+        """Patch image ``[N, C, h, w]`` -> (logits, key value, moving, moving logit), each ``[N, h, w]``."""
         logits = self.head0(image)[:, 0]
         alpha = F.softplus(self.alpha_logit) + 1e-6
         tau = torch.clamp(F.softplus(self.tau_logit) + 1e-6, min=1e-3)
         suppress = torch.sigmoid(-logits / tau)
-        return logits, -0.5 * torch.clamp(alpha * suppress, 0.0, 1.0), suppress
+        return logits, -0.5 * torch.clamp(alpha * suppress, 0.0, 1.0), suppress, -logits / tau
 
 
 class ReleaseMaskHead(nn.Module):
@@ -82,27 +85,25 @@ class ReleaseMaskHead(nn.Module):
         )
 
     def forward(self, image: torch.Tensor, external: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """Patch image ``[N, C, h, w]`` -> (logits, key value, moving), each ``[N, h, w]``."""
+        """Patch image ``[N, C, h, w]`` -> (logits, key value, moving, moving logit), each ``[N, h, w]``."""
         mean = image.mean(dim=(-2, -1), keepdim=True)
         std = image.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
         normed = (image - mean) / std
         logits = self.head0(normed)[:, 0]
-        key = torch.sigmoid(logits + normed.mean(dim=1).detach()) - 0.5
-        return logits, key, 0.5 - key
+        keep = logits + normed.mean(dim=1).detach()
+        key = torch.sigmoid(keep) - 0.5
+        return logits, key, 0.5 - key, -keep  # 0.5 - key = 1 - σ(keep) = σ(-keep)
 
 
-class FusionMaskHead(nn.Module):
-    """Keys ``convs.{0,2,4}``, ``bias``, and ``alpha`` / ``beta`` (scalar gate) or ``gate.{0,2}`` (MLP gate)."""
+class FusionGate(nn.Module):
+    """``M = sigmoid(alpha·M̃ + b + beta·m_ext)`` on a head's moving logit M̃. Keys ``bias`` and ``alpha`` /
+    ``beta`` (scalar gate) or ``gate.{0,2}`` (MLP gate on the frame's mean token). At initialisation (α = β = 1,
+    b = 0) and without an external mask, M is the head's own moving probability σ(M̃)."""
 
     def __init__(self, dim: int, gate: str, normalise: bool = False):
         super().__init__()
         self.normalise = normalise
         self.bias = nn.Parameter(torch.tensor(0.0))
-        self.convs = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, padding=1, groups=dim), nn.GELU(),
-            nn.Conv2d(dim, dim // 2, 3, padding=1), nn.GELU(),
-            nn.Conv2d(dim // 2, 1, 1),
-        )
         if gate == "scalar":
             self.alpha = nn.Parameter(torch.tensor(1.0))
             self.beta = nn.Parameter(torch.tensor(1.0))
@@ -112,10 +113,10 @@ class FusionMaskHead(nn.Module):
             with torch.no_grad():
                 self.gate[2].bias.fill_(1.0)
 
-    def forward(self, image: torch.Tensor, external: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """Patch image ``[N, C, h, w]`` (+ external mask ``[N, h, w]`` in [0, 1]) -> (logits, M, M)."""
-        logits = self.convs(image)[:, 0]
-        estimate = _z_scored(logits) if self.normalise else logits
+    def fuse(self, image: torch.Tensor, estimate: torch.Tensor, external: torch.Tensor | None) -> torch.Tensor:
+        """Patch image ``[N, C, h, w]``, moving logit ``[N, h, w]`` (+ external mask ``[N, h, w]`` in [0, 1]) ->
+        M ``[N, h, w]``."""
+        estimate = _z_scored(estimate) if self.normalise else estimate
         if hasattr(self, "gate"):
             alpha, beta = self.gate(image.mean(dim=(-2, -1))).unbind(-1)
             alpha, beta = alpha[:, None, None], beta[:, None, None]
@@ -124,8 +125,25 @@ class FusionMaskHead(nn.Module):
         fused = alpha * estimate + self.bias
         if external is not None:
             fused = fused + beta * (2.0 * external - 1.0)
-        moving = torch.sigmoid(fused)
-        return logits, moving, moving
+        return torch.sigmoid(fused)
+
+
+class FusionMaskHead(FusionGate):
+    """Keys ``convs.{0,2,4}`` and the gate's (``FusionGate``): its own conv stack gives M̃."""
+
+    def __init__(self, dim: int, gate: str, normalise: bool = False):
+        super().__init__(dim, gate, normalise)
+        self.convs = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, padding=1, groups=dim), nn.GELU(),
+            nn.Conv2d(dim, dim // 2, 3, padding=1), nn.GELU(),
+            nn.Conv2d(dim // 2, 1, 1),
+        )
+
+    def forward(self, image: torch.Tensor, external: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Patch image ``[N, C, h, w]`` (+ external mask ``[N, h, w]`` in [0, 1]) -> (logits, M, M, logits)."""
+        logits = self.convs(image)[:, 0]
+        moving = self.fuse(image, logits, external)
+        return logits, moving, moving, logits
 
 
 def _z_scored(logits: torch.Tensor) -> torch.Tensor:
@@ -149,15 +167,20 @@ def build_mask_head(cfg: DynamicMaskConfig, dim: int) -> nn.Module:
 
 def compute_mask(
     head: nn.Module, tokens: torch.Tensor, grid: tuple[int, int], num_special: int,
-    external: torch.Tensor | None = None,
+    external: torch.Tensor | None = None, fusion: FusionGate | None = None,
 ) -> MaskOutput:
     """Run ``head`` on the patch tokens of ``tokens`` ``[B, T, V, P, C]`` (detached).
 
     ``external``: optional ``[B, T, V, h, w]`` mask in [0, 1] (1 = moving), already pooled to patches.
+    ``fusion``: a gate around a PAGE-4D head's moving logit (``DynamicMaskConfig.fuse``); its M is then both the
+    key value and the moving probability.
     """
     b, t, v = tokens.shape[:3]
     h, w = grid
     image = rearrange(tokens[:, :, :, num_special:].detach(), "b t v (h w) c -> (b t v) c h w", h=h, w=w)
     ext = None if external is None else rearrange(external, "b t v h w -> (b t v) h w").to(image.dtype)
-    logits, key, moving = (rearrange(x, "(b t v) h w -> b t v h w", b=b, t=t, v=v) for x in head(image, ext))
+    logits, key, moving, estimate = head(image, ext)
+    if fusion is not None:
+        key = moving = fusion.fuse(image, estimate, ext)
+    logits, key, moving = (rearrange(x, "(b t v) h w -> b t v h w", b=b, t=t, v=v) for x in (logits, key, moving))
     return MaskOutput(logits=logits, key=key, moving=moving)

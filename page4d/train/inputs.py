@@ -62,8 +62,8 @@ class InputsConfig:
         """``ValueError`` when an input is asked for that ``config`` (a ``ModelConfig``) has nothing to read it."""
         agg = config.aggregator
         needs = {
-            "external_mask": (agg.dynamic_mask is not None and agg.dynamic_mask.head == "fusion",
-                              "fusion dynamic-mask head"),
+            "external_mask": (agg.dynamic_mask is not None and agg.dynamic_mask.takes_external_mask,
+                              "fusion dynamic-mask head (or fused PAGE-4D head)"),
             "camera_priors": (agg.epipolar is not None and bool(agg.epipolar.view_blocks),
                               "epipolar prior in any view block"),
             "keypoints": (agg.sparse_global is not None, "sparse global blocks"),
