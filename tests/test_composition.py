@@ -11,8 +11,19 @@ from conftest import FIXTURES, load_fixture, needs_shared
 from safetensors.torch import load_file, save_file
 
 from page4d.checkpoints import page4d_reference
-from page4d.checkpoints.composition import PI3_PAGE4D, Recipe, Stage, compose, load_recipe
+from page4d.checkpoints.composition import (
+    PI3_PAGE4D,
+    RECIPES,
+    Recipe,
+    Stage,
+    compose,
+    load_recipe,
+    plan,
+    with_sparse_from_view,
+)
 from page4d.config import DynamicMaskConfig, ModelConfig, SparseGlobalConfig
+from page4d.inputs import ForwardInputs
+from page4d.model import Page4D
 from page4d.patterns import expand
 
 PAGE4D = FIXTURES / "page4d_tiny" / "model.safetensors"
@@ -267,3 +278,170 @@ def test_branched_pose_blocks_start_as_the_loaded_blocks_they_branch_from():
     fresh, fresh_report = compose(kept, {"page4d": PAGE4D})
     assert not fresh_report.copies and all(fresh_report.initialised[k] == "trained from scratch" for k in pose)
     assert not torch.equal(fresh.state_dict()[pose[0]], state[pose[0]])
+
+
+def mv_target(cfg: ModelConfig, split: int, sparse_after: int, **mask_changes) -> dict:
+    """``cfg`` with page4d-mv's mechanisms: the mask head after block ``split - 1``, the sparse block after pair
+    ``sparse_after`` (what page4d-mv is at full size: 8 and 11)."""
+    depth = cfg.aggregator.depth
+    blocks = tuple(range(split, depth))
+    cfg.aggregator.dynamic_mask = DynamicMaskConfig(head="fusion", bias="pose_geo", after_block=split - 1,
+                                                    biased_view_blocks=blocks, biased_time_blocks=blocks)
+    cfg.aggregator.dynamic_mask = dataclasses.replace(cfg.aggregator.dynamic_mask, **mask_changes)
+    cfg.aggregator.temporal_rope = True
+    cfg.aggregator.sparse_global = SparseGlobalConfig(after_pairs=(sparse_after,), num_landmarks=4)
+    cfg.validate()
+    return cfg.to_dict()
+
+
+def without_track_head(recipe: Recipe) -> Recipe:
+    """``recipe`` for page4d_tiny, which has no track head."""
+    stages = tuple(dataclasses.replace(s, keys=tuple(k for k in s.keys if k != "track_head.*")) for s in recipe.stages)
+    return dataclasses.replace(recipe, stages=stages)
+
+
+def source_of(report) -> dict[str, str]:
+    return {k: v.split(":", 1)[0] for k, v in report.mapped.items()}
+
+
+@needs_shared
+def test_page4d_pi3_recipe_takes_everything_from_page4d_and_says_pi3_added_nothing(pi3_page4d_tiny):
+    """Seed 002's plan: PAGE-4D first for every block, token and head; Pi3 only where PAGE-4D gives nothing,
+    which at one size is nowhere: its block keys are listed as taken from the other source."""
+    _, files = pi3_page4d_tiny
+    recipe = without_track_head(dataclasses.replace(RECIPES["page4d-pi3"], target=tiny_mv_target()))
+    model, report = compose(recipe, {"page4d": files["page4d"], "pi3": files["pi3"]})
+    state, ref = model.state_dict(), load_file(str(PAGE4D))
+    source = source_of(report)
+    for k in state:
+        if k.startswith(("aggregator.time_blocks.", "aggregator.view_blocks.", "aggregator.patch_embed.",
+                         "camera_head.", "depth_head.", "point_head.", "aggregator.register_token",
+                         "aggregator.camera_token")):
+            assert source[k] == "page4d", k
+        else:
+            assert k in report.initialised, k
+    assert torch.equal(state["aggregator.time_blocks.3.attn.qkv.weight"],
+                       ref["aggregator.frame_blocks.3.attn.qkv.weight"])
+    assert "from another source" in report.unused["pi3:decoder.6.attn.qkv.weight"]
+    assert "from another source" in report.unused["pi3:register_token"]
+
+
+@needs_shared
+@pytest.mark.parametrize("sparse_from_view", [False, True])
+def test_vggt_mv_recipe_imports_every_vggt_key_and_starts_the_new_modules_as_the_identity(sparse_from_view):
+    """page4d-mv from VGGT: every VGGT key loaded from the file, every new key initialised with a reason; with the
+    sparse block copied from the view block before it, its attention is that block's and its LayerScale 0, so the
+    model's outputs are those of the model with the block at its initialisation."""
+    from page4d.checkpoints import vggt
+
+    path = FIXTURES / "vggt_dinov2_tiny" / "model.safetensors"
+    target = mv_target(vggt.model_config_from_reference(load_fixture("vggt_dinov2_tiny")["config"]), 2, 1)
+    base = RECIPES["vggt-mv-sparse-from-view" if sparse_from_view else "vggt-mv"]
+    recipe = dataclasses.replace(base, target=target,
+                                 copies={"aggregator.sparse_blocks.0.block.": "aggregator.view_blocks.1."}
+                                 if sparse_from_view else {})
+    model, report = compose(recipe, {"vggt": path})
+    state, ref = model.state_dict(), load_file(str(path))
+    assert set(report.mapped) | set(report.initialised) == set(state)
+    for k in state:
+        new = k.startswith(("aggregator.dynamic_mask_head.", "aggregator.mask_bias.", "aggregator.temporal_rope.",
+                            "aggregator.sparse_blocks."))
+        assert (k in report.initialised) == (new and not (sparse_from_view and k in report.copies)), k
+    assert torch.equal(state["aggregator.view_blocks.2.attn.qkv.weight"],
+                       ref["aggregator.global_blocks.2.attn.qkv.weight"])
+    assert torch.equal(state["track_head.tracker.updateformer.time_blocks.0.attn.in_proj_weight"],
+                       ref["track_head.tracker.updateformer.time_blocks.0.attn.in_proj_weight"])
+    sparse = "aggregator.sparse_blocks.0.block."
+    if sparse_from_view:
+        assert torch.equal(state[sparse + "attn.qkv.weight"], ref["aggregator.global_blocks.1.attn.qkv.weight"])
+        assert report.copies[sparse + "mlp.fc1.weight"] == "aggregator.view_blocks.1.mlp.fc1.weight"
+        assert not state[sparse + "ls1.gamma"].any() and not state[sparse + "ls2.gamma"].any()
+        assert report.initialised[sparse + "ls1.gamma"].startswith("LayerScale 0")
+    else:
+        assert not torch.equal(state[sparse + "attn.qkv.weight"], ref["aggregator.global_blocks.1.attn.qkv.weight"])
+    with torch.no_grad():
+        images = torch.rand(1, 2, 2, 3, 42, 56, generator=torch.Generator().manual_seed(0))
+        pred = model(images)
+        model.aggregator.sparse_blocks[0].block.attn.qkv.weight.normal_()  # LayerScale 0: the block is identity
+        assert torch.equal(model(images).depth, pred.depth)
+
+
+@needs_shared
+def test_page4d_mv_recipes_drop_or_keep_page4d_s_mask_head():
+    """From PAGE-4D: ``page4d-mv`` leaves its mask head unused (the target's head is another architecture);
+    ``page4d-mv-page4d-mask`` keeps it, fused for the pose/geometry biases, with the fusion gate initialised."""
+    target = tiny_mv_target()
+    plain_recipe = without_track_head(dataclasses.replace(RECIPES["page4d-mv"], target=target))
+    plain, plain_report = compose(plain_recipe, {"page4d": PAGE4D})
+    assert "target model has no such key" in plain_report.unused["page4d:aggregator.spatial_mask_head.head0.0.weight"]
+    fused_target = dict(target)
+    fused_target["aggregator"] = {**target["aggregator"],
+                                  "dynamic_mask": {**target["aggregator"]["dynamic_mask"], "head": "fin10",
+                                                   "fuse": True}}
+    recipe = without_track_head(dataclasses.replace(RECIPES["page4d-mv-page4d-mask"], target=fused_target))
+    model, report = compose(recipe, {"page4d": PAGE4D})
+    state, ref = model.state_dict(), load_file(str(PAGE4D))
+    for k in ref:
+        if k.startswith("aggregator.spatial_mask_head."):
+            assert torch.equal(state[k], ref[k]) and source_of(report)[k] == "page4d", k
+    assert {k for k in report.initialised if k.startswith("aggregator.mask_fusion.")} == {
+        "aggregator.mask_fusion.alpha", "aggregator.mask_fusion.beta", "aggregator.mask_fusion.bias"}
+    assert not report.unused.get("page4d:aggregator.spatial_mask_head.head0.0.weight")
+    external = torch.zeros(1, 2, 2, 42, 56)
+    with torch.no_grad():
+        images = torch.rand(1, 2, 2, 3, 42, 56, generator=torch.Generator().manual_seed(0))
+        moving = model(images, ForwardInputs(external_mask=external)).dynamic_mask
+    assert torch.isfinite(moving).all() and moving.shape == (1, 2, 2, 42, 56)
+
+
+def test_recipe_copies_must_match_and_have_a_loaded_origin(pi3_page4d_tiny):
+    _, files = pi3_page4d_tiny
+    base = without_track_head(dataclasses.replace(RECIPES["page4d-mv"], target=tiny_mv_target()))
+    nothing = dataclasses.replace(base, copies={"aggregator.nowhere.": "aggregator.view_blocks.1."})
+    with pytest.raises(ValueError, match="copies 'aggregator.nowhere.' matches no target key left to fill"):
+        compose(nothing, {"page4d": files["page4d"]})
+    unloaded = dataclasses.replace(base, initialise={**base.initialise, "aggregator.sparse_blocks.*": "x"},
+                                   copies={})
+    compose(unloaded, {"page4d": files["page4d"]})  # the plain recipe still composes
+    orphan = dataclasses.replace(with_sparse_from_view(base), copies={
+        "aggregator.sparse_blocks.0.block.": "aggregator.dynamic_mask_head."})
+    with pytest.raises(ValueError, match="would copy aggregator.dynamic_mask_head"):
+        compose(orphan, {"page4d": files["page4d"]})
+
+
+class ListedSource:
+    """A checkpoint known only by its key listing (``../shared/fixtures/*_keys_fullsize.json``): meta tensors."""
+
+    def __init__(self, shapes: dict[str, list[int]], name: str):
+        self.path, self.shapes = name, shapes
+
+    def meta_state(self) -> dict[str, torch.Tensor]:
+        with torch.device("meta"):
+            return {k: torch.empty(shape) for k, shape in self.shapes.items()}
+
+
+def full_size_listing(family: str) -> ListedSource:
+    if family == "page4d-reference":
+        shapes = json.loads((FIXTURES / "page4d_keys_fullsize.json").read_text())["page4d_fin10"]
+    else:
+        keys = json.loads((FIXTURES / f"{family}_keys_fullsize.json").read_text())["keys"]
+        shapes = {k: v["shape"] if isinstance(v, dict) else v for k, v in keys.items()}
+    return ListedSource(shapes, f"{family}_keys_fullsize.json")
+
+
+@needs_shared
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_named_recipe_plans_at_full_size_and_accounts_for_every_key(name):
+    """Each named recipe against the released checkpoints' real key lists and page4d-mv's (meta tensors): every
+    target key has a source, a copy or a reason, every source key is used or listed unused with a reason."""
+    recipe = RECIPES[name]
+    sources = {label: full_size_listing(family) for label, family in recipe.sources.items()}
+    with torch.device("meta"):
+        target = Page4D(recipe.target_config())
+    owner, report = plan(recipe, sources, target)
+    keys = set(target.state_dict())
+    assert set(report.mapped) | set(report.initialised) == keys and not set(report.mapped) & set(report.initialised)
+    for label, source in sources.items():
+        used = {v.split(":", 1)[1] for v in report.mapped.values() if v.startswith(f"{label}:")}
+        assert all(k in used or f"{label}:{k}" in report.unused for k in source.shapes), label
+    assert all(why for why in report.initialised.values())

@@ -65,13 +65,16 @@ class Recipe:
     precedence: str = "error"
     """``error``: overlapping claims are rejected; ``first``: the earlier stage wins."""
     allow_shared_sources: bool = False
+    copies: dict[str, str] = field(default_factory=dict)
+    """Target key prefix -> the target key prefix whose loaded values its keys copy (e.g. a sparse block's from a
+    view block), for keys no stage claims and ``initialise`` does not list."""
 
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
         """A recipe from parsed JSON / YAML; ``ValueError`` naming the first missing or mistyped field."""
         if not isinstance(data, dict):
             raise ValueError(f"a recipe is a mapping of fields, got {type(data).__name__}")
-        fields = {"name", "target", "sources", "stages", "initialise", "precedence", "allow_shared_sources"}
+        fields = {"name", "target", "sources", "stages", "initialise", "precedence", "allow_shared_sources", "copies"}
         unknown = set(data) - fields
         if unknown:
             raise ValueError(f"unknown recipe fields: {sorted(unknown)}; known: {sorted(fields)}")
@@ -85,6 +88,7 @@ class Recipe:
                              f"got {data['target']!r}")
         sources = _string_map(data["sources"], "sources")
         initialise = _string_map(data.get("initialise", {}), "initialise")
+        copies = _string_map(data.get("copies", {}), "copies")
         stages = data["stages"]
         if not isinstance(stages, list):
             raise ValueError(f"recipe field stages: expected a list of {{source, keys}} mappings, got {stages!r}")
@@ -99,7 +103,7 @@ class Recipe:
         if not isinstance(shared, bool):
             raise ValueError(f"recipe field allow_shared_sources: expected true or false, got {shared!r}")
         return cls(data["name"], data["target"], sources, tuple(Stage(s["source"], tuple(s["keys"])) for s in stages),
-                   initialise, precedence, shared)
+                   initialise, precedence, shared, copies)
 
     def target_config(self) -> ModelConfig:
         return preset(self.target) if isinstance(self.target, str) else ModelConfig.from_dict(self.target)
@@ -139,7 +143,76 @@ PI3_PAGE4D = Recipe(
 """Seed document 004 §4.1: Pi3's 18 decoder pairs and registers, PAGE-4D's encoder, last 6 pairs, camera
 token and heads; the new modules start as the identity."""
 
-RECIPES = {recipe.name: recipe for recipe in (PI3_PAGE4D,)}
+_NEW_MV_KEYS = {
+    "aggregator.dynamic_mask_head.*": "new fusion mask head (PAGE-4D's head has another architecture)",
+    "aggregator.mask_bias.*": "λ biases start at 0: the model starts as the unbiased one",
+    "aggregator.temporal_rope.scale": "time rotation starts at 0: identity",
+}
+_SPARSE_AT_INIT = {"aggregator.sparse_blocks.*": "sparse global block with LayerScale 0: identity"}
+_SPARSE_GAMMAS = {"aggregator.sparse_blocks.*.block.ls*.gamma": "LayerScale 0: the copied block starts as identity"}
+_SPARSE_FROM_VIEW = {"aggregator.sparse_blocks.0.block.": "aggregator.view_blocks.11."}
+"""page4d-mv's sparse block runs after pair 11: its attention and MLP start as view block 11's."""
+
+_VGGT_KEYS = ("aggregator.patch_embed.*", "aggregator.time_blocks.*", "aggregator.view_blocks.*",
+              "aggregator.camera_token", "aggregator.register_token", "camera_head.*", "depth_head.*", "point_head.*",
+              "track_head.*")
+"""Every key a VGGT-1B (or PAGE-4D) checkpoint gives page4d-mv."""
+
+PAGE4D_PI3 = Recipe(
+    name="page4d-pi3",
+    target="page4d-mv",
+    sources={"page4d": "page4d-reference", "pi3": "pi3"},
+    stages=(Stage("page4d", _VGGT_KEYS),
+            Stage("pi3", ("aggregator.time_blocks.{0..17}.*", "aggregator.view_blocks.{0..17}.*",
+                          "aggregator.register_token"))),
+    initialise={**_NEW_MV_KEYS, **_SPARSE_AT_INIT},
+    precedence="first",
+)
+"""Seed document 002's plan: PAGE-4D (fin10) for every block, token and head, Pi3 only for the keys PAGE-4D does
+not give (at page4d-mv's size none: the report lists Pi3's keys as taken from PAGE-4D); new modules start as the
+identity."""
+
+VGGT_MV = Recipe(
+    name="vggt-mv", target="page4d-mv", sources={"vggt": "vggt"}, stages=(Stage("vggt", _VGGT_KEYS),),
+    initialise={**_NEW_MV_KEYS, **_SPARSE_AT_INIT},
+)
+"""page4d-mv from VGGT-1B: every VGGT key, the new modules at their identity initialisation."""
+
+PAGE4D_MV = Recipe(
+    name="page4d-mv", target="page4d-mv", sources={"page4d": "page4d-reference"},
+    stages=(Stage("page4d", _VGGT_KEYS),), initialise={**_NEW_MV_KEYS, **_SPARSE_AT_INIT},
+)
+"""page4d-mv from PAGE-4D (fin10): every block, token and head; its mask head is not this model's (unused)."""
+
+
+def _page4d_mask_target() -> dict:
+    """page4d-mv with PAGE-4D's fin10 head, fused (``dynamic_mask.fuse``) for the pose/geometry biases."""
+    config = preset("page4d-mv")
+    config.aggregator.dynamic_mask = dataclasses.replace(config.aggregator.dynamic_mask, head="fin10", fuse=True)
+    return config.to_dict()
+
+
+PAGE4D_MV_MASK = Recipe(
+    name="page4d-mv-page4d-mask", target=_page4d_mask_target(), sources={"page4d": "page4d-reference"},
+    stages=(Stage("page4d", (*_VGGT_KEYS, "aggregator.spatial_mask_head.*")),),
+    initialise={"aggregator.mask_fusion.*": "fusion gate α = β = 1, b = 0: M is PAGE-4D's own moving probability "
+                                            "until an external mask is given",
+                **{k: v for k, v in _NEW_MV_KEYS.items() if "dynamic_mask_head" not in k}, **_SPARSE_AT_INIT},
+)
+"""Seed 000's table / 004 §7.8: page4d-mv that keeps PAGE-4D's trained mask head (fin10), fused with external
+masks and read by the pose/geometry biases."""
+
+
+def with_sparse_from_view(recipe: Recipe) -> Recipe:
+    """``recipe`` with page4d-mv's sparse block copied from view block 11 (LayerScale kept 0: still the identity,
+    but its attention starts trained)."""
+    initialise = {k: v for k, v in recipe.initialise.items() if k not in _SPARSE_AT_INIT} | _SPARSE_GAMMAS
+    return dataclasses.replace(recipe, name=f"{recipe.name}-sparse-from-view", initialise=initialise,
+                               copies=dict(_SPARSE_FROM_VIEW))
+
+
+RECIPES = {recipe.name: recipe for recipe in (PI3_PAGE4D, PAGE4D_PI3, VGGT_MV, PAGE4D_MV, PAGE4D_MV_MASK,
+                                              with_sparse_from_view(VGGT_MV), with_sparse_from_view(PAGE4D_MV))}
 
 
 def _string_map(value: object, name: str) -> dict[str, str]:
@@ -210,6 +283,15 @@ def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tupl
             if k in owner:
                 raise ValueError(f"recipe {recipe.name}: {k} is claimed by stage {owner[k]} and listed in initialise")
             report.initialised[k] = why
+    for prefix, source_prefix in recipe.copies.items():
+        copied = [k for k in keys if k.startswith(prefix) and k not in owner and k not in report.initialised]
+        if not copied:
+            raise ValueError(f"recipe {recipe.name}: copies {prefix!r} matches no target key left to fill")
+        for k in copied:
+            origin = source_prefix + k[len(prefix):]
+            if origin not in owner:
+                raise ValueError(f"recipe {recipe.name}: {k} would copy {origin}, which no stage loads")
+            owner[k], report.mapped[k], report.copies[k] = owner[origin], report.mapped[origin], origin
     for k in keys:  # seed 004, stage 3: a branched pose-stream block starts as the loaded block it branches from
         branched_from = _branched_from(k)
         if branched_from in owner and k not in owner and k not in report.initialised:
