@@ -86,13 +86,14 @@ class PoseGeoBias(nn.Module):
         raw = (self.lambda_pose, self.lambda_geo, self.lambda_pose_t, self.lambda_geo_t)
         pose, geo, pose_t, geo_t = (lam.clamp(-self.bound, self.bound) for lam in raw)
         trained = torch.is_grad_enabled() and any(lam.requires_grad for lam in raw)
-        if not trained and not any(bool(lam.detach() != 0) for lam in raw):
-            return {}
         if role == "pose":
-            return {"view": (-pose, -pose), "time": (-pose_t, -pose_t)}
-        if role == "geometry":
-            return {"view": (geo, geo), "time": (geo_t, geo_t)}
-        return {"view": (-pose, geo), "time": (-pose_t, geo_t)}
+            rows = {"view": (-pose, -pose), "time": (-pose_t, -pose_t)}
+        elif role == "geometry":
+            rows = {"view": (geo, geo), "time": (geo_t, geo_t)}
+        else:
+            rows = {"view": (-pose, geo), "time": (-pose_t, geo_t)}
+        # A bank whose rows are all 0 (and untrained) runs plain attention, exactly rather than up to rounding.
+        return {bank: r for bank, r in rows.items() if trained or any(bool(x.detach() != 0) for x in r)}
 
     def key_values(self, mask: MaskOutput) -> torch.Tensor:
         return mask.moving

@@ -108,7 +108,7 @@ class DualStreams(SharedStreams):
         self.keeps = (pose_keep, geometry_keep)
         self.rows = (rows("pose"), rows("geometry"))
         self.pose_blocks = pose_blocks
-        self.fork_at = from_block if self.rows[0] or pose_blocks else None
+        self.fork_at = from_block if self.rows[0] or self.rows[1] or pose_blocks else None
         self.split: tuple[Stream, Stream] | None = None
 
     def running(self, step: BlockStep) -> list[Stream]:
