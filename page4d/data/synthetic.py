@@ -8,11 +8,22 @@ see the sky: depth 0 (invalid) and ``SKY_COLOUR``. World axes: z up, metres-like
 
 Cameras follow ``page4d.conventions`` (OpenCV axes, world-to-camera ``[R | t]``, integer pixel = centre);
 the ray through pixel (u, v) is ``Rᵀ K⁻¹ [u, v, 1]``, whose camera-frame z is 1, so the ray parameter of a
-hit is its z-depth. Generation is vectorised torch on the CPU: a 4 × 4 clip of 112 × 84 takes milliseconds.
+hit is its z-depth. Generation is vectorised torch on the CPU.
+
+Options beyond that narrow family (all off by default, so old configs and seeds render bit for bit as before):
+camera layouts (``rig_families``, ``page4d.data.synthetic_rigs``), rolls and look-at jitter, portrait frames
+(``orientation``), per-camera fields of view from wide to tele (``fov_deg``, ``fov_sampling``), walkers and moving
+boxes (``page4d.data.synthetic_objects``), photographic and procedural textures (``page4d.data.textures``) and
+per-scene lighting. ``SCENE_PRESETS`` names ready-made configs, e.g. training and held-out rig families.
+
+Seeds: the trainer draws training scenes with seeds in ``[0, 2**31)`` and evaluates on seeds ``2**31 + k``
+(``page4d.train.trainer.EVAL_SEED``), so training never sees an evaluation scene; keep any other evaluation seeds
+at ``2**31`` or above too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -22,38 +33,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-SKY = -1
-SKY_COLOUR = torch.tensor([0.65, 0.7, 1.0], dtype=torch.float64)
-FLOOR, WALLS, BOXES, SPHERES = 0, 1, 2, 3
-"""Surface kinds, in the order of ``_Hits.kind``."""
+from page4d.data import synthetic_shading as shading
+from page4d.data.scene_config import TEXTURES, SceneConfig
+from page4d.data.synthetic_objects import Movers, mover_hits
+from page4d.data.synthetic_rigs import boxes_around_cameras, draw_rig
+from page4d.data.synthetic_rigs import uniform as _uniform
+from page4d.data.synthetic_shading import BOXES, CAPSULES, FLOOR, MOVING_BOXES, SKY, SKY_COLOUR, SPHERES, WALLS
+
+_NEW_FIELDS = ("rig_families", "look_at_jitter", "look_at_height", "roll_deg", "arc_span_deg", "stereo_baseline",
+               "mixed_height", "dome_elevation_deg", "wide_distance", "orientation", "fov_sampling", "walkers",
+               "walker_height", "walker_speed", "moving_boxes", "moving_area", "lighting", "brightness", "warmth",
+               "ambient")
+"""Fields that the original generator did not have: at their defaults a scene is drawn exactly as it drew it."""
 
 
-TEXTURES = ("checker", "noise")
-
-
-@dataclass(frozen=True)
-class SceneConfig:
-    """Ranges that scenes are drawn from (uniformly); one seed gives one scene."""
-
-    num_times: int = 4
-    num_views: int = 4
-    height: int = 84
-    width: int = 112
-    room: float = 6.0
-    """Half-width of the square room; walls at x, y = ±room."""
-    wall_height: float = 3.0
-    static_boxes: tuple[int, int] = (1, 3)
-    moving_spheres: tuple[int, int] = (1, 3)
-    sphere_radius: tuple[float, float] = (0.3, 0.7)
-    speed: tuple[float, float] = (0.1, 0.35)
-    """Sphere speed, units per time step."""
-    camera_distance: tuple[float, float] = (3.0, 4.5)
-    camera_height: tuple[float, float] = (1.2, 2.4)
-    fov_deg: tuple[float, float] = (55.0, 75.0)
-    """Horizontal field of view."""
-    texture: str = "checker"
-    """``checker``: two-colour cells per surface (what the shipped model was trained on); ``noise``: a smooth
-    non-repeating pattern (a sum of random plane waves), which feature matching can tell apart everywhere."""
+def _is_original(config: SceneConfig) -> bool:
+    defaults = {f.name: f.default for f in dataclasses.fields(SceneConfig)}
+    return config.texture in ("checker", "noise") and all(getattr(config, n) == defaults[n] for n in _NEW_FIELDS)
 
 
 @dataclass
@@ -65,7 +61,7 @@ class SyntheticClip:
     depth: torch.Tensor
     """``[T, V, H, W]`` float32 z-depth, 0 where a pixel sees the sky."""
     dynamic_mask: torch.Tensor
-    """``[T, V, H, W]`` bool, True where a pixel sees a moving sphere."""
+    """``[T, V, H, W]`` bool, True where a pixel's nearest surface moves (a sphere, a walker part, a moving box)."""
     intrinsics: torch.Tensor
     """``[T, V, 3, 3]`` float32 pixel K."""
     extrinsics: torch.Tensor
@@ -74,35 +70,13 @@ class SyntheticClip:
     """``[T, S, 3]`` float64 centres of the moving spheres (world frame: z up, floor at z = 0)."""
     sphere_radii: torch.Tensor
     """``[S]`` float64."""
-
-
-def _uniform(gen: torch.Generator, bounds: tuple[float, float], count: int = 1) -> torch.Tensor:
-    low, high = bounds
-    return low + (high - low) * torch.rand(count, generator=gen, dtype=torch.float64)
-
-
-def _look_at(centre: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """World-to-camera ``[3, 4]`` of a camera at ``centre`` looking at ``target`` with world z up (OpenCV axes)."""
-    forward = torch.nn.functional.normalize(target - centre, dim=0)
-    right = torch.nn.functional.normalize(torch.linalg.cross(forward, centre.new_tensor([0.0, 0.0, 1.0])), dim=0)
-    down = torch.linalg.cross(forward, right)
-    rot = torch.stack([right, down, forward])
-    return torch.cat([rot, (-rot @ centre)[:, None]], dim=1)
-
-
-def _rig(config: SceneConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``K [V, 3, 3]`` and world-to-camera ``[V, 3, 4]`` of a ring of cameras around the room's centre."""
-    views = config.num_views
-    angles = 2 * math.pi * (torch.arange(views, dtype=torch.float64) + 0.3 * _uniform(gen, (-1, 1), views)) / views
-    distance, height = _uniform(gen, config.camera_distance, views), _uniform(gen, config.camera_height, views)
-    centres = torch.stack([distance * angles.cos(), distance * angles.sin(), height], dim=1)
-    targets = torch.cat([0.6 * _uniform(gen, (-1, 1), 2 * views).view(views, 2), torch.full((views, 1), 0.4)], 1)
-    extrinsics = torch.stack([_look_at(c, t) for c, t in zip(centres, targets, strict=True)])
-    focal = config.width / 2 / torch.tan(torch.deg2rad(_uniform(gen, config.fov_deg, views)) / 2)
-    intrinsics = torch.zeros(views, 3, 3, dtype=torch.float64)
-    intrinsics[:, 0, 0] = intrinsics[:, 1, 1] = focal
-    intrinsics[:, 0, 2], intrinsics[:, 1, 2], intrinsics[:, 2, 2] = (config.width - 1) / 2, (config.height - 1) / 2, 1
-    return intrinsics, extrinsics
+    family: str = "ring"
+    """The rig family the cameras were laid out by."""
+    static_boxes: torch.Tensor | None = None
+    """``[B, 2, 3]`` float64 min and max corners of the static boxes."""
+    movers: Movers | None = None
+    """Walkers (capsules ``[T, P, 2, 3]``, radii ``[P]``) and moving boxes (centres ``[T, M, 3]``, half sizes,
+    yaws) over time; empty when the config has none."""
 
 
 @dataclass
@@ -174,6 +148,14 @@ class _Hits:
         self.index = torch.where(closer, index, self.index)
         self.normal = torch.where(closer[:, None], normal, self.normal)
 
+    def offer_at(self, rays: torch.Tensor, depth: torch.Tensor, kind: int, index: torch.Tensor,
+                 normal: torch.Tensor) -> None:
+        """``offer`` for the rays ``rays [n]`` (indices) only: ``depth``, ``index [n]``, ``normal [n, 3]``."""
+        closer = depth < self.depth[rays]
+        chosen = rays[closer]
+        self.depth[chosen], self.kind[chosen], self.index[chosen] = depth[closer], kind, index[closer]
+        self.normal[chosen] = normal[closer]
+
 
 def _cast(origin: torch.Tensor, rays: torch.Tensor, scene: _Scene, centres: torch.Tensor, config: SceneConfig) -> _Hits:
     """Nearest hits of ``rays [N, 3]`` from ``origin [3]`` (float64)."""
@@ -215,23 +197,44 @@ def _cast(origin: torch.Tensor, rays: torch.Tensor, scene: _Scene, centres: torc
     return hits
 
 
+def _cast_movers(hits: _Hits, origin: torch.Tensor, rays: torch.Tensor, movers: Movers, t: int) -> None:
+    """Offer the walker parts and moving boxes at time ``t`` to ``hits``."""
+    for kind, index, near, depth, normal in mover_hits(origin, rays, movers, t):
+        hits.offer_at(near, depth, CAPSULES if kind == "capsule" else MOVING_BOXES, index, normal)
+
+
 def _shade(points: torch.Tensor, hits: _Hits, scene: _Scene, centres: torch.Tensor, t: int,
-           texture: str = "checker") -> torch.Tensor:
-    """``[N, 3]`` colours: a two-colour pattern per surface kind, Lambert-shaded; ``SKY_COLOUR`` for no hit."""
-    palette = scene.palette
+           texture: str = "checker", extras: shading.Extras | None = None, rays: torch.Tensor | None = None,
+           focal: float = 1.0) -> torch.Tensor:
+    """``[N, 3]`` colours: a two-colour pattern per surface kind (or a texture tile per surface), Lambert-shaded;
+    ``SKY_COLOUR`` for no hit. Without ``extras`` this is the original shading, operation for operation."""
+    movers = None if extras is None else extras.movers
+    palette = scene.palette if extras is None else extras.palette
     local = points - centres[hits.index.clamp(max=len(centres) - 1)] if len(centres) else points
     angle = scene.spin[hits.index.clamp(max=len(scene.spin) - 1)] * t if len(scene.spin) else torch.zeros(len(points))
     base = torch.zeros(len(points), dtype=torch.long)
     for kind in (FLOOR, WALLS, BOXES, SPHERES):
         base = torch.where(hits.kind == kind, 2 * kind, base)
-    if texture == "noise":
+    if movers is not None:
+        for kind in (CAPSULES, MOVING_BOXES):
+            base = torch.where(hits.kind == kind, 2 * kind, base)
+        object_points, _ = shading.object_frame(points, hits.kind, hits.index, hits.normal, movers, t)
+        on_mover = (hits.kind == CAPSULES) | (hits.kind == MOVING_BOXES)
+    if texture in ("procedural", "photo"):
+        surfaces = shading.SceneSurfaces(extras.textures, extras.first_slot, centres, scene.spin * t, movers, t)
+        depth = torch.where(torch.isfinite(hits.depth), hits.depth, 0)
+        colour = shading.textured(points, hits.kind, hits.index, hits.normal, depth, rays, focal, surfaces)
+    elif texture == "noise":
         # a sphere's pattern turns with it: its points are read in its own frame, turned back by its spin
         cos, sin = angle.cos(), angle.sin()
         turned = torch.stack([cos * local[:, 0] + sin * local[:, 1], -sin * local[:, 0] + cos * local[:, 1],
                               local[:, 2]], 1)
         where = torch.where((hits.kind == SPHERES)[:, None], turned, points)
+        if movers is not None:
+            where = torch.where(on_mover[:, None], object_points, where)
         waves = torch.sin(where @ scene.waves[:, :3].T + scene.waves[:, 3]).sum(1)
         mix = torch.sigmoid(3 * waves / math.sqrt(len(scene.waves)))[:, None]
+        colour = palette[base] * (1 - mix) + palette[base + 1] * mix
     elif texture == "checker":
         floor_cells = torch.floor(points[:, :2] / scene.checker[0]).sum(1)
         wall_cells = torch.floor((points[:, 0] + points[:, 1]) / 0.4) + torch.floor(points[:, 2] / 0.75)
@@ -241,50 +244,108 @@ def _shade(points: torch.Tensor, hits: _Hits, scene: _Scene, centres: torch.Tens
         pattern = torch.zeros(len(points), dtype=torch.bool)
         for kind, cells in ((FLOOR, floor_cells), (WALLS, wall_cells), (BOXES, box_cells), (SPHERES, sphere_cells)):
             pattern = torch.where(hits.kind == kind, cells.remainder(2) > 0.5, pattern)
+        if movers is not None:
+            pattern = torch.where(on_mover, torch.floor(object_points / 0.2).sum(1).remainder(2) > 0.5, pattern)
         mix = pattern[:, None].double()
+        colour = palette[base] * (1 - mix) + palette[base + 1] * mix
     else:
         raise ValueError(f"texture {texture!r}: choose one of {', '.join(TEXTURES)}")
-    colour = palette[base] * (1 - mix) + palette[base + 1] * mix
+    if extras is not None and extras.light is not None:
+        return shading.lit(colour, hits.kind, hits.normal, rays, extras.light)
     light = torch.nn.functional.normalize(torch.tensor([0.4, 0.3, 1.0], dtype=torch.float64), dim=0)
     colour = colour * (0.45 + 0.55 * (hits.normal @ light).clamp(min=0))[:, None]
     return torch.where((hits.kind == SKY)[:, None], SKY_COLOUR, colour).clamp(0, 1)
 
 
 def generate_clip(config: SceneConfig, seed: int) -> SyntheticClip:
-    """Render one scene (drawn from ``config`` with ``seed``) for every (t, v)."""
+    """Render one scene (drawn from ``config`` with ``seed``) for every (t, v).
+
+    Runs on one intra-op thread (restored afterwards): its tensors are a frame's pixels, too small to gain from
+    threads, and on a busy machine extra threads made it many times slower. The result is the same either way.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _generate_clip(config, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _generate_clip(config: SceneConfig, seed: int) -> SyntheticClip:
     gen = torch.Generator().manual_seed(seed)
-    intrinsics, extrinsics = _rig(config, gen)
+    rig = draw_rig(config, gen)
+    intrinsics, extrinsics = rig.intrinsics, rig.extrinsics
     scene = _scene(config, gen)
-    rows, cols = torch.meshgrid(torch.arange(config.height, dtype=torch.float64),
-                                torch.arange(config.width, dtype=torch.float64), indexing="ij")
+    extras = None
+    if not _is_original(config):
+        # low cameras of the new rig families must not stand inside a static box (they would see its inside)
+        scene = dataclasses.replace(scene, boxes=scene.boxes[~boxes_around_cameras(scene.boxes, extrinsics)])
+        extras = shading.draw_extras(config, gen, scene.palette, len(scene.boxes), len(scene.radius))
+    height, width = rig.height, rig.width
+    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64),
+                                torch.arange(width, dtype=torch.float64), indexing="ij")
     pixels = torch.stack([cols, rows, torch.ones_like(rows)], -1).reshape(-1, 3)
     shape = (config.num_times, config.num_views)
-    images = torch.zeros(*shape, 3, config.height, config.width)
-    depth = torch.zeros(*shape, config.height, config.width)
-    moving = torch.zeros(*shape, config.height, config.width, dtype=torch.bool)
+    images = torch.zeros(*shape, 3, height, width)
+    depth = torch.zeros(*shape, height, width)
+    moving = torch.zeros(*shape, height, width, dtype=torch.bool)
     limit = config.room - 0.5
     # Spheres bounce off the walls: the straight path is folded back into [-limit, limit].
     path = scene.start + torch.arange(config.num_times, dtype=torch.float64)[:, None, None] * scene.velocity
     all_centres = path.clone()
     all_centres[..., :2] = limit - ((path[..., :2] + limit).remainder(4 * limit) - 2 * limit).abs()
+    movers = None if extras is None else extras.movers
     for t, centres in enumerate(all_centres):
         for v in range(config.num_views):
             rot, trans = extrinsics[v, :, :3], extrinsics[v, :, 3]
             rays = pixels @ torch.linalg.inv(intrinsics[v]).T @ rot
             origin = -rot.T @ trans
             hits = _cast(origin, rays, scene, centres, config)
+            if movers is not None:
+                _cast_movers(hits, origin, rays, movers, t)
             points = origin + torch.where(torch.isfinite(hits.depth), hits.depth, 0)[:, None] * rays
-            colour = _shade(points, hits, scene, centres, t, config.texture)
-            images[t, v] = colour.T.reshape(3, config.height, config.width).float()
+            colour = _shade(points, hits, scene, centres, t, config.texture, extras, rays, float(intrinsics[v, 0, 0]))
+            images[t, v] = colour.T.reshape(3, height, width).float()
             hit = torch.isfinite(hits.depth)
-            depth[t, v] = torch.where(hit, hits.depth, 0).reshape(config.height, config.width).float()
-            moving[t, v] = (hits.kind == SPHERES).reshape(config.height, config.width)
+            depth[t, v] = torch.where(hit, hits.depth, 0).reshape(height, width).float()
+            moving[t, v] = (hits.kind >= SPHERES).reshape(height, width)  # spheres, walker parts, moving boxes
+    if movers is None:
+        movers = Movers.empty(config.num_times)
     return SyntheticClip(
         images=images, depth=depth, dynamic_mask=moving,
         intrinsics=intrinsics.float().expand(*shape, 3, 3).clone(),
         extrinsics=extrinsics.float().expand(*shape, 3, 4).clone(), sphere_centres=all_centres,
-        sphere_radii=scene.radius,
+        sphere_radii=scene.radius, family=rig.family, static_boxes=scene.boxes, movers=movers,
     )
+
+
+_VARIETY = dict(
+    camera_distance=(3.0, 5.0), camera_height=(0.8, 2.6), fov_deg=(30.0, 90.0), fov_sampling="log_focal",
+    roll_deg=4.0, look_at_jitter=0.8, static_boxes=(1, 4), moving_spheres=(0, 2), walkers=(1, 2), moving_boxes=(0, 2),
+    texture="photo", lighting=True,
+)
+SCENE_PRESETS: dict[str, SceneConfig] = {
+    "ring-checker": SceneConfig(),
+    "rigs-train": SceneConfig(rig_families=("ring", "arc", "stereo_pairs", "mixed_heights"), **_VARIETY),
+    "rigs-heldout": SceneConfig(rig_families=("wide_baseline", "dome"), **_VARIETY),
+    "rigs-train-portrait": SceneConfig(rig_families=("ring", "arc", "stereo_pairs", "mixed_heights"),
+                                       orientation="portrait", **_VARIETY),
+    "rigs-heldout-portrait": SceneConfig(rig_families=("wide_baseline", "dome"), orientation="portrait", **_VARIETY),
+}
+"""Named scene configs (at the default size, 4 × 4 frames of 112 × 84; ``scene_preset`` resizes them).
+``ring-checker``: the original family the shipped model was trained on. ``rigs-train``: every kind of variety
+(fields of view from 30° to 90° per camera, rolls, walkers, moving boxes, photographs, lighting) on the ``ring``,
+``arc``, ``stereo_pairs`` and ``mixed_heights`` rig families; ``rigs-heldout``: the same variety on the families
+``rigs-train`` never draws (``wide_baseline``, ``dome``), to measure generalisation to unseen rigs. The
+``-portrait`` variants stand the frames upright. Evaluate on seeds disjoint from training: the trainer trains on
+seeds below ``2**31`` and evaluates on ``2**31 + k``."""
+
+
+def scene_preset(name: str, **changes: object) -> SceneConfig:
+    """``SCENE_PRESETS[name]`` with ``changes`` (e.g. ``num_times=3, height=126, width=168``)."""
+    if name not in SCENE_PRESETS:
+        raise ValueError(f"scene preset {name!r}: choose one of {', '.join(SCENE_PRESETS)}")
+    return dataclasses.replace(SCENE_PRESETS[name], **changes)
 
 
 DEPTH_UNIT = 0.006
