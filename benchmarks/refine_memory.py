@@ -70,7 +70,8 @@ def main() -> None:
             refined = measure(clip, scratch / f"ba_{steps}x{views}", args.model, "ba")
             report = refined[2]
             if report["status"] != "refined":
-                print(f"{steps:>4} × {views}: refinement skipped: {report['reason']}")
+                print(f"{steps:>4} × {views}: without {plain[0]:7.1f} s, {plain[1]:6.0f} MB | --refine ba "
+                      f"{refined[0]:7.1f} s, {refined[1]:6.0f} MB; refinement skipped: {report['reason']}")
                 continue
             error = report["reprojection_error_px"]
             print(f"{steps:>4} × {views}: without {plain[0]:7.1f} s, {plain[1]:6.0f} MB | --refine ba "

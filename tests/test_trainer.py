@@ -198,6 +198,13 @@ def test_the_example_configs_are_valid():
     trained = train_only(model, recipe.train)
     groups, warmups = param_groups(model, recipe.optim)
     assert sum(len(g["params"]) for g in groups) == len(trained) and warmups == [3000, 1000]
+    from page4d.data.synthetic import SCENE_PRESETS
+
+    rigs = TrainConfig.load(examples / "small_mv_rigs.yaml")  # the next default model's stage 1
+    heldout = SCENE_PRESETS["rigs-heldout"].rig_families
+    assert rigs.scene.rig_families == SCENE_PRESETS["rigs-train"].rig_families and not set(heldout) & set(
+        rigs.scene.rig_families)
+    assert rigs.inputs.external_mask > 0 and rigs.inputs.keypoints > 0
     assert any(name.startswith("aggregator.time_blocks.19.") for name in trained)
     assert not any(name.startswith(("aggregator.time_blocks.9.", "camera_head.")) for name in trained)
     assert TrainConfig.load(examples / "synthetic_tiny.yaml").model == "tiny-mv"
