@@ -56,7 +56,8 @@ class _Run:
     times: dict[str, torch.Tensor | None]
     frame_positions: torch.Tensor
     inputs: ForwardInputs
-    biases: dict[tuple[StreamRole, str, str], RowKeyBias] = field(default_factory=dict)
+    biases: dict[tuple[StreamRole, str, str, bool], RowKeyBias] = field(default_factory=dict)
+    """(stream role, bank, layout, pooled) -> the rank-1 bias of those blocks, built once per forward."""
     mask: MaskOutput | None = None
     epipolar: EpipolarBias | None = None
     pooling: TokenPooling | None = None
