@@ -94,6 +94,9 @@ class TrainConfig:
     eval_scenes: int = 2
     log_every: int = 10
     checkpoint_every: int = 50
+    workers: int = 0
+    """Background processes that make the next batches while the model trains (0: made in the loop). A batch is a
+    function of (seed, step, sample) alone, so the batches are the same with any number of them."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -106,6 +109,7 @@ class TrainConfig:
         _need(self.steps >= 1, "steps", self.steps, "an integer >= 1")
         _need(self.log_every >= 1, "log_every", self.log_every, "an integer >= 1")
         _need(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "an integer >= 1")
+        _need(self.workers >= 0, "workers", self.workers, "an integer >= 0 (0: batches made in the training loop)")
         _need(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0 (0: never)")
         _need(self.eval_every == 0 or self.eval_scenes >= 1, "eval_scenes", self.eval_scenes,
               "an integer >= 1 when eval_every > 0")

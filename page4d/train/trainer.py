@@ -11,6 +11,7 @@ import math
 import os
 import pickle
 import tempfile
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from page4d.data.clip import MultiViewClip
@@ -113,6 +115,19 @@ class Batches:
         samples = range(self.config.batch_size) if samples is None else samples
         drawn = [self.sample(step, i) for i in samples]
         return {name: torch.stack([d[name] for d in drawn]) for name in drawn[0]}
+
+
+class _StepBatches(Dataset):
+    """Item ``k``: the batch (the ``samples`` share) of step ``steps[k]``, for a ``DataLoader``'s workers."""
+
+    def __init__(self, batches: Batches, steps: range, samples: range):
+        self.batches, self.steps, self.samples = batches, steps, samples
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        return self.batches.batch(self.steps[k], self.samples)
 
 
 def _sample_terms(pred: Predictions, targets: Targets, i: int) -> Terms:
@@ -227,11 +242,17 @@ class Trainer:
                              for w in warmups])
         self.step = 0
 
-    def train_step(self) -> dict[str, float]:
-        """One optimisation step on the batch of ``self.step``; returns the logged values."""
-        self.model.train()
+    @property
+    def _share(self) -> range:
+        """The samples of each batch this process computes."""
         share = self.config.batch_size // self.world
-        batch = self.batches.batch(self.step, range(self.rank * share, (self.rank + 1) * share))
+        return range(self.rank * share, (self.rank + 1) * share)
+
+    def train_step(self, batch: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """One optimisation step on the batch of ``self.step`` (made here unless given, as :meth:`batches_ahead`
+        makes it); returns the logged values."""
+        self.model.train()
+        batch = self.batches.batch(self.step, self._share) if batch is None else batch
         batch = {k: v.to(self.device) for k, v in batch.items()}
         total, terms = compute_losses(self.net, batch, self.step, self.config.loss_weights)
         self.optimizer.zero_grad(set_to_none=True)
@@ -242,6 +263,17 @@ class Trainer:
         self.step += 1
         return {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "loss": total.item(),
                 "grad_norm": norm.item(), **{k: v.item() for k, v in terms.items()}}
+
+    def batches_ahead(self) -> Iterator[dict[str, torch.Tensor] | None]:
+        """This process's batches from ``self.step`` to the last step: made by ``config.workers`` background
+        processes a few steps ahead, or (no workers) None each, for :meth:`train_step` to make in the loop."""
+        steps = range(self.step, self.config.steps)
+        if not self.config.workers:
+            yield from (None for _ in steps)
+            return
+        loader = DataLoader(_StepBatches(self.batches, steps, self._share), batch_size=None,
+                            num_workers=self.config.workers, prefetch_factor=2, persistent_workers=False)
+        yield from loader
 
     def save(self) -> Path:
         """Write ``checkpoint.pt`` atomically (model, optimiser, schedule, step, RNG); only rank 0 writes. A failed
@@ -372,8 +404,8 @@ class Trainer:
         """Train up to ``config.steps`` (from ``self.step``), logging and checkpointing; returns the model folder.
         With several processes only rank 0 writes, and it logs the terms of its own share of the batch."""
         if self.rank:
-            while self.step < self.config.steps:
-                self.train_step()
+            for batch in self.batches_ahead():
+                self.train_step(batch)
             return self.folder / MODEL
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / CONFIG).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
@@ -383,8 +415,8 @@ class Trainer:
         writer = None
         bar = tqdm(total=self.config.steps, initial=self.step, unit="step", desc="train", disable=not progress)
         with open(log_path, "a", newline="") as log:
-            while self.step < self.config.steps:
-                values = self.train_step()
+            for batch in self.batches_ahead():
+                values = self.train_step(batch)
                 bar.update(1)
                 bar.set_postfix(loss=f"{values['loss']:.4f}")
                 if self.step % self.config.log_every == 0 or self.step == self.config.steps:
