@@ -157,10 +157,10 @@ def test_a_run_resumed_from_an_older_checkpoint_logs_each_step_once(tmp_path):
     killed = Trainer(config, tmp_path / "killed")
     step = killed.train_step
 
-    def dies_after_step_7() -> dict[str, float]:
+    def dies_after_step_7(batch: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
         if killed.step == 7:
             raise KilledError
-        return step()
+        return step(batch)
 
     killed.train_step = dies_after_step_7
     with pytest.raises(KilledError):
