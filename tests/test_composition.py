@@ -273,7 +273,7 @@ def test_branched_pose_blocks_start_as_the_loaded_blocks_they_branch_from():
         assert report.copies[key] == f"aggregator.{bank}_blocks.{rest}"
         assert report.mapped[key] == report.mapped[report.copies[key]]
         assert torch.equal(state[key], source[report.mapped[key].split(":", 1)[1]])
-    assert f"copied {len(pose)} branched pose-stream keys" in report.summary()
+    assert f"copied {len(pose)} keys from other loaded keys" in report.summary()
     kept = dataclasses.replace(recipe, initialise={**recipe.initialise, "aggregator.pose_*": "trained from scratch"})
     fresh, fresh_report = compose(kept, {"page4d": PAGE4D})
     assert not fresh_report.copies and all(fresh_report.initialised[k] == "trained from scratch" for k in pose)

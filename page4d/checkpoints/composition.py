@@ -283,21 +283,20 @@ def plan(recipe: Recipe, sources: dict[str, LazySource], target: Page4D) -> tupl
             if k in owner:
                 raise ValueError(f"recipe {recipe.name}: {k} is claimed by stage {owner[k]} and listed in initialise")
             report.initialised[k] = why
+    unfilled = [k for k in keys if k not in owner and k not in report.initialised]
+    origins: dict[str, str] = {}  # target key -> the loaded target key it copies
     for prefix, source_prefix in recipe.copies.items():
-        copied = [k for k in keys if k.startswith(prefix) and k not in owner and k not in report.initialised]
+        copied = {k: source_prefix + k[len(prefix):] for k in unfilled if k.startswith(prefix)}
         if not copied:
             raise ValueError(f"recipe {recipe.name}: copies {prefix!r} matches no target key left to fill")
-        for k in copied:
-            origin = source_prefix + k[len(prefix):]
-            if origin not in owner:
-                raise ValueError(f"recipe {recipe.name}: {k} would copy {origin}, which no stage loads")
-            owner[k], report.mapped[k], report.copies[k] = owner[origin], report.mapped[origin], origin
-    for k in keys:  # seed 004, stage 3: a branched pose-stream block starts as the loaded block it branches from
-        branched_from = _branched_from(k)
-        if branched_from in owner and k not in owner and k not in report.initialised:
-            owner[k] = owner[branched_from]
-            report.mapped[k] = report.mapped[branched_from]
-            report.copies[k] = branched_from
+        absent = next((k for k, origin in copied.items() if origin not in owner), None)
+        if absent is not None:
+            raise ValueError(f"recipe {recipe.name}: {absent} would copy {copied[absent]}, which no stage loads")
+        origins |= copied
+    # seed 004, stage 3: a branched pose-stream block starts as the loaded block it branches from
+    origins |= {k: _branched_from(k) for k in unfilled if k not in origins and _branched_from(k) in owner}
+    for k, origin in origins.items():
+        owner[k], report.mapped[k], report.copies[k] = owner[origin], report.mapped[origin], origin
     orphans = sorted(set(keys) - set(owner) - set(report.initialised))
     if orphans:
         raise ValueError(

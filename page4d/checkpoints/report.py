@@ -16,7 +16,7 @@ class LoadReport:
     ``unused``: source key -> reason it was dropped. ``notes``: mapped target key -> how its value was
     derived, for targets that are more than a renamed copy of their source (e.g. a slice of it).
     ``copies``: mapped target key -> the target key whose loaded value it copies (a branched pose-stream
-    block starts as the shared block it branches from).
+    block starts as the shared block it branches from; a recipe's ``copies``).
     """
 
     source: str
@@ -45,8 +45,8 @@ class LoadReport:
         ]
         lines += [f"  derived {k} <- {self.mapped[k]}: {how}" for k, how in sorted(self.notes.items())]
         if self.copies:
-            lines.append(f"  copied {len(self.copies)} branched pose-stream keys from the blocks they branch from, "
-                         f"e.g. {min(self.copies)} <- {self.copies[min(self.copies)]}")
+            lines.append(f"  copied {len(self.copies)} keys from other loaded keys (branched pose-stream blocks, "
+                         f"recipe copies), e.g. {min(self.copies)} <- {self.copies[min(self.copies)]}")
         lines += [f"  initialised {k}: {why}" for k, why in sorted(self.initialised.items())]
         lines += [f"  unused {k}: {why}" for k, why in sorted(self.unused.items())]
         return "\n".join(lines)
