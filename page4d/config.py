@@ -270,6 +270,17 @@ class AggregatorConfig:
     epipolar: EpipolarConfig | None = None
     token_reduction: TokenReductionConfig | None = None
 
+    def reads(self, name: str) -> bool:
+        """Whether a mechanism of this config reads the optional forward input ``name`` (a ``ForwardInputs``
+        field: ``external_mask``, ``camera_priors`` or ``keypoints``)."""
+        if name == "external_mask":
+            return self.dynamic_mask is not None and self.dynamic_mask.takes_external_mask
+        if name == "camera_priors":
+            return self.epipolar is not None and bool(self.epipolar.view_blocks)
+        if name == "keypoints":
+            return self.sparse_global is not None
+        raise ValueError(f"{name!r} is not an optional forward input; use external_mask, camera_priors or keypoints")
+
     def block_order(self) -> list[tuple[BlockBank, int]]:
         """The (bank, index) of every time and view block in running order: groups of ``aa_block_size``
         blocks of each bank in ``aa_order`` (VGGT's alternation). The layer schedule runs exactly this order."""

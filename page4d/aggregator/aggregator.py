@@ -177,13 +177,12 @@ class Aggregator(nn.Module):
         return AggregatorOutput(pose, geometry, run.mask)
 
     def _check_inputs(self, inputs: ForwardInputs) -> None:
-        mask = self.cfg.dynamic_mask
-        if inputs.external_mask is not None and (mask is None or not mask.takes_external_mask):
+        if inputs.external_mask is not None and not self.cfg.reads("external_mask"):
             raise ValueError("an external dynamic mask needs a model whose dynamic_mask head is 'fusion' (or a "
                              "PAGE-4D head with dynamic_mask.fuse)")
-        if inputs.keypoints is not None and self.cfg.sparse_global is None:
+        if inputs.keypoints is not None and not self.cfg.reads("keypoints"):
             raise ValueError("keypoints feed the sparse global blocks, which this model's config does not use")
-        if inputs.camera_priors is not None and (self.cfg.epipolar is None or not self.cfg.epipolar.view_blocks):
+        if inputs.camera_priors is not None and not self.cfg.reads("camera_priors"):
             raise ValueError("camera priors feed the epipolar prior, which this model's config does not use")
 
     def _prepare_run(

@@ -60,16 +60,10 @@ class InputsConfig:
 
     def check_model(self, config) -> None:
         """``ValueError`` when an input is asked for that ``config`` (a ``ModelConfig``) has nothing to read it."""
-        agg = config.aggregator
-        needs = {
-            "external_mask": (agg.dynamic_mask is not None and agg.dynamic_mask.takes_external_mask,
-                              "fusion dynamic-mask head (or fused PAGE-4D head)"),
-            "camera_priors": (agg.epipolar is not None and bool(agg.epipolar.view_blocks),
-                              "epipolar prior in any view block"),
-            "keypoints": (agg.sparse_global is not None, "sparse global blocks"),
-        }
-        for name, (ok, what) in needs.items():
-            if getattr(self, name) > 0 and not ok:
+        readers = {"external_mask": "fusion dynamic-mask head (or fused PAGE-4D head)",
+                   "camera_priors": "epipolar prior in any view block", "keypoints": "sparse global blocks"}
+        for name, what in readers.items():
+            if getattr(self, name) > 0 and not config.aggregator.reads(name):
                 raise ValueError(f"config.inputs.{name} is {getattr(self, name)}, but the model has no {what} to "
                                  f"read it; set inputs.{name}: 0 or train a model that has one")
 
