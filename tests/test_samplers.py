@@ -9,7 +9,7 @@ from conftest import EXAMPLE
 
 from page4d.data.layout import load_clip
 from page4d.data.preprocess import resample_to_model
-from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter, zoom
+from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter, quarter_turn, zoom
 from page4d.data.synthetic import SceneConfig
 from page4d.train.config import DataSource, TrainConfig
 from page4d.train.trainer import Batches, Trainer
@@ -117,3 +117,45 @@ def test_zoom_keeps_the_geometry_consistent():
         gap = (torch.cdist(moving, clip.sphere_centres[t]) - clip.sphere_radii).abs().min(dim=1).values
         assert len(gap) > 20 and gap.median() < 0.01 and gap.max() < 0.1
     assert zoom(sample, np.random.default_rng(3), 1.0) is sample
+
+
+@pytest.mark.parametrize("clockwise", [True, False])
+def test_quarter_turn_keeps_every_pixel_on_its_world_point(clockwise):
+    from page4d.data.synthetic import generate_clip
+    from page4d.geometry.unprojection import unproject_depth
+
+    clip = generate_clip(SceneConfig(num_times=1, num_views=3, height=42, width=70, moving_spheres=(1, 1)), seed=2)
+    sample = {k: getattr(clip, k) for k in ("images", "depth", "dynamic_mask", "intrinsics", "extrinsics")}
+    turned = quarter_turn(sample, clockwise)
+    assert turned["images"].shape == (1, 3, 3, 70, 42) and turned["depth"].shape == (1, 3, 70, 42)
+
+    def world(s):  # [V, H, W, 3] world point of every pixel, float64
+        return unproject_depth(s["depth"][0].double(), s["extrinsics"][0].double(), s["intrinsics"][0].double())
+
+    # The turned pixel grid, unprojected through the turned cameras, lands on the same world points as the
+    # original grid turned the same way (an independent route: the world points, not the cameras, are turned).
+    expected = torch.rot90(world(sample), -1 if clockwise else 1, dims=(1, 2))
+    hit = torch.rot90(sample["depth"][0] > 0, -1 if clockwise else 1, dims=(1, 2))
+    assert hit.float().mean() > 0.9
+    assert torch.allclose(world(turned)[hit], expected[hit], atol=1e-4)
+    assert torch.equal(turned["dynamic_mask"][0], torch.rot90(sample["dynamic_mask"][0], -1 if clockwise else 1,
+                                                              dims=(1, 2)))
+    # Still upper-triangular with a positive focal length (a real pinhole), and a rotation in the extrinsics.
+    k = turned["intrinsics"][0, 0]
+    assert k[1, 0] == 0 and k[2, :2].abs().sum() == 0 and k[0, 0] > 0 and k[1, 1] > 0
+    rot = turned["extrinsics"][0, 0, :, :3].double()
+    assert torch.allclose(rot @ rot.T, torch.eye(3, dtype=torch.float64), atol=1e-6) and torch.det(rot) > 0
+
+
+def test_portrait_steps_stack_one_turned_shape_and_the_rest_are_unchanged():
+    plain = Batches(TrainConfig(scene=SCENE, batch_size=2))
+    mixed = Batches(TrainConfig(scene=SCENE, batch_size=2, portrait=0.5))
+    turned = [s for s in range(12) if mixed.turned(s)]
+    assert 0 < len(turned) < 12  # both kinds of step occur
+    for step in range(4):
+        batch, base = mixed.batch(step), plain.batch(step)
+        if step in turned:
+            assert batch["images"].shape[-2:] == (126, 98) and batch["depth"].shape[-2:] == (126, 98)
+        else:  # a landscape step is exactly the sample a run without portrait steps draws
+            assert all(torch.equal(batch[k], base[k]) for k in base)
+    assert not any(plain.turned(s) for s in range(50))

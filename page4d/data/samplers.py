@@ -1,5 +1,5 @@
 """Training samples from clips: which time window and which views, drawn reproducibly, plus photometric jitter
-and a geometric zoom that keeps K consistent.
+a geometric zoom and a quarter turn (portrait frames), both keeping the cameras consistent.
 
 Every draw takes a ``numpy.random.Generator`` seeded from (run seed, step, sample), so a resumed or
 data-parallel run sees the same samples as an uninterrupted single-process one.
@@ -80,6 +80,30 @@ def zoom(sample: dict[str, torch.Tensor], rng: np.random.Generator, max_zoom: fl
         "intrinsics": (matrix.double() @ sample["intrinsics"].double()).to(sample["intrinsics"].dtype),
         "extrinsics": sample["extrinsics"],
     }
+
+
+def quarter_turn(sample: dict[str, torch.Tensor], clockwise: bool) -> dict[str, torch.Tensor]:
+    """Every frame of ``sample`` turned by 90° (landscape becomes portrait), each camera rolled about its optical
+    axis to match, so depth, masks and the world stay the same and only the frame's shape changes.
+
+    With integer pixel = pixel centre, turning an ``H × W`` frame clockwise sends pixel ``(u, v)`` to
+    ``(H − 1 − v, u)`` (``A``) and camera coordinates ``(x, y, z)`` to ``(−y, x, z)`` (``R``); so
+    ``K' = A·K·Rᵀ`` and ``[R_w | t]' = R·[R_w | t]``. Counter-clockwise is the inverse turn.
+    """
+    height, width = sample["images"].shape[-2:]
+    if clockwise:
+        pixels = torch.tensor([[0, -1, height - 1], [1, 0, 0], [0, 0, 1]], dtype=torch.float64)
+        roll = torch.tensor([[0, -1, 0], [1, 0, 0], [0, 0, 1]], dtype=torch.float64)
+    else:
+        pixels = torch.tensor([[0, 1, 0], [-1, 0, width - 1], [0, 0, 1]], dtype=torch.float64)
+        roll = torch.tensor([[0, 1, 0], [-1, 0, 0], [0, 0, 1]], dtype=torch.float64)
+    k = -1 if clockwise else 1
+    turned = {name: torch.rot90(sample[name], k, dims=(-2, -1)).contiguous()
+              for name in ("images", "depth", "dynamic_mask")}
+    intrinsics, extrinsics = sample["intrinsics"], sample["extrinsics"]
+    turned["intrinsics"] = (pixels @ intrinsics.double() @ roll.T).to(intrinsics.dtype)
+    turned["extrinsics"] = (roll @ extrinsics.double()).to(extrinsics.dtype)
+    return turned
 
 
 class ClipSamples:

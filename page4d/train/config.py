@@ -77,6 +77,9 @@ class TrainConfig:
     """Photometric jitter strength (brightness, contrast, saturation in 1 ± jitter); 0 = off."""
     zoom: float = 1.0
     """Largest random zoom-in per sample (K adjusted to match); 1 = off."""
+    portrait: float = 0.0
+    """Probability that a step's samples are turned a quarter (``quarter_turn``: portrait frames, cameras rolled
+    to match; each sample clockwise or not at random). Drawn per step, not per sample: a batch is one shape."""
     inputs: InputsConfig = field(default_factory=InputsConfig)
     """Optional forward inputs made from the ground truth (external masks, coarse cameras, keypoints), so the
     mechanisms that read them train; all off by default (``page4d.train.inputs``)."""
@@ -115,6 +118,7 @@ class TrainConfig:
               "an integer >= 1 when eval_every > 0")
         _need(0 <= self.jitter < 1, "jitter", self.jitter, "a number in [0, 1) (0: off)")
         _need(self.zoom >= 1, "zoom", self.zoom, "a number >= 1 (1: off)")
+        _need(0 <= self.portrait <= 1, "portrait", self.portrait, "a probability in [0, 1] (0: off)")
         self.inputs.validate()
         _check_optim(self.optim.lr, self.optim.weight_decay, self.optim.warmup_steps, "optim")
         _need(0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", self.optim.min_lr_ratio, "a number in [0, 1]")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from page4d.data.clip import MultiViewClip
 from page4d.data.layout import load_clip
-from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter, zoom
+from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter, quarter_turn, zoom
 from page4d.data.sources import TimeSelection, select_clip
 from page4d.data.synthetic import SceneConfig, generate_clip, write_clip
 from page4d.devices import resolve_device
@@ -49,6 +49,8 @@ LOG = "log.csv"
 EVAL_LOG = "eval.csv"
 EVAL_SEED = 2**31
 """Held-out scenes use seeds from here on; training scenes draw theirs below it, so the two never meet."""
+TURN_STREAM = 2**31 + 1
+"""The last seed word of the per-step portrait draw (``PRESENCE_STREAM`` is the inputs' one)."""
 EVAL_METRICS = {
     "depth_abs_rel": ("depth", "median", "all", "abs_rel"),
     "depth_delta_1.25": ("depth", "median", "all", "delta_1.25"),
@@ -105,9 +107,15 @@ class Batches:
         else:
             sample = source.sample(*self.sampler.draw(rng, *source.shape))
         sample = zoom(sample, rng, self.config.zoom)
+        if self.turned(step):
+            sample = quarter_turn(sample, clockwise=bool(rng.random() < 0.5))
         sample["images"] = colour_jitter(sample["images"], rng, self.config.jitter)
         return sample | sample_inputs(sample, rng, self.config.inputs, self.config.inputs.present(self.config.seed,
                                                                                                   step))
+
+    def turned(self, step: int) -> bool:
+        """Whether the samples of ``step`` are portrait (``TrainConfig.portrait``)."""
+        return bool(np.random.default_rng([self.config.seed, step, TURN_STREAM]).random() < self.config.portrait)
 
     def batch(self, step: int, samples: range | None = None) -> dict[str, torch.Tensor]:
         """Samples ``samples`` (default: all ``batch_size``) of step ``step``, stacked ``[B, ...]`` (with the
