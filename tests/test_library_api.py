@@ -198,14 +198,22 @@ def test_a_given_config_replaces_a_native_folders_own(tmp_path):
 def test_a_model_saved_before_the_mask_bias_and_the_own_time_frequencies_keeps_its_outputs(tmp_path):
     """An earlier version's folder: its config dump names no ``normalise`` / ``temporal_frequencies`` (then: the
     z-score and the spatial frequencies) and its weights have no fusion-head bias. It loads, migrated to what it
-    was (not to today's defaults), with the same outputs as the shipped folder; a hand-written partial config
+    was (not to today's defaults), with the same outputs as the same folder with those fields spelled out; a
+    hand-written partial config
     gets today's defaults."""
-    old = tmp_path / "old"
-    old.mkdir()
+    # The first page4d-small as it was saved: the shipped folder with the legacy behaviour and no bias (b = 0),
+    # next to the same model written with every field and b = 0 spelled out.
     data = json.loads((SHIPPED / native.CONFIG_NAME).read_text())
+    state = load_file(str(SHIPPED / native.WEIGHTS_NAME))
+    state["aggregator.dynamic_mask_head.bias"].zero_()
+    spelled, old = tmp_path / "spelled", tmp_path / "old"
+    for folder in (spelled, old):
+        folder.mkdir()
+    data["aggregator"]["dynamic_mask"]["normalise"], data["aggregator"]["temporal_frequencies"] = True, "spatial"
+    (spelled / native.CONFIG_NAME).write_text(json.dumps(data))
+    save_file(state, str(spelled / native.WEIGHTS_NAME))
     del data["aggregator"]["dynamic_mask"]["normalise"], data["aggregator"]["temporal_frequencies"]
     (old / native.CONFIG_NAME).write_text(json.dumps(data))
-    state = load_file(str(SHIPPED / native.WEIGHTS_NAME))
     del state["aggregator.dynamic_mask_head.bias"]
     save_file(state, str(old / native.WEIGHTS_NAME))
     migrated = native.read_config(old / native.CONFIG_NAME).aggregator
@@ -213,7 +221,7 @@ def test_a_model_saved_before_the_mask_bias_and_the_own_time_frequencies_keeps_i
     model, report = load_pretrained(old)
     assert "aggregator.dynamic_mask_head.bias" in report.notes
     images = torch.rand(1, 3, 2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
-    a, b = model.infer(images), Page4D.from_pretrained(SHIPPED).infer(images)
+    a, b = model.infer(images), Page4D.from_pretrained(spelled).infer(images)
     assert torch.equal(a.depth, b.depth) and torch.equal(a.dynamic_mask, b.dynamic_mask)
     assert torch.equal(a.pose_enc, b.pose_enc)
     file_model, _ = load_pretrained(old / native.WEIGHTS_NAME)  # the file alone, its config beside it

@@ -5,6 +5,8 @@ match off the surface removed) and setting each group's scale."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -88,8 +90,9 @@ def test_cameras_too_far_off_for_the_guided_search_fall_back_to_the_mapper(tmp_p
 
 
 def test_an_adjustment_that_rejects_most_observations_is_refused_and_the_forward_pass_kept(tmp_path):
-    """Checkerboard walls and floor: guided matches agree on wrong cells, the adjustment rejects most of its
-    observations, the mapper's start does no better; the run says so and keeps the forward pass bit for bit."""
+    """Checkerboard walls and floor: guided matches agree on wrong cells, so the adjustment is refused (too
+    many observations rejected, or too few points left: which guard fires first depends on the model's
+    cameras), the mapper's start does no better; the run says so and keeps the forward pass bit for bit."""
     config = SceneConfig(num_times=8, num_views=4, height=336, width=448)
     clip = open_input([write_clip(generate_clip(config, seed=123), tmp_path / "checker")])[0]
     lines: list[str] = []
@@ -97,12 +100,28 @@ def test_an_adjustment_that_rejects_most_observations_is_refused_and_the_forward
     plain = reconstruct("page4d-small", clip, progress=False, rig="static")
     report = refined.meta["refine"]
     assert report["status"] == "skipped"
-    assert "observations as outliers (50% or more)" in report["reason"]
+    assert ("observations as outliers (50% or more)" in report["reason"]
+            or "tracked points survive the outlier rejection (at least 30 are needed)" in report["reason"])
     assert "pycolmap's mapper registered no two of the 4 images" in report["reason"]
     assert any(line.startswith("refine: skipped, the result is not refined") for line in lines)
     for name in ("extrinsic", "intrinsic", "depth", "world_points"):
         assert np.array_equal(getattr(refined, name), getattr(plain, name)), name
     assert refined.tracks is None
+
+
+def test_an_adjustment_that_rejects_half_its_observations_is_refused(monkeypatch):
+    """The rejection guard on its own: enough points survive, but half of all observations were rejected."""
+    options = RefineOptions()
+    points = options.min_points + 10  # one observation each, so observations = points + rejected
+    result = BundleResult.__new__(BundleResult)
+    result.tracks = SimpleNamespace(num_points=points, point=np.arange(points))
+    monkeypatch.setattr(pipeline, "adjust", lambda *args: result)
+    recon = SimpleNamespace(intrinsic_original=None, original_sizes=None)
+    result.rejected = points - 1  # just under half: accepted
+    assert pipeline._solved(recon, None, None, None, options) is result
+    result.rejected = points  # half: refused, saying what went wrong
+    with pytest.raises(pipeline.RefinementError, match=rf"rejected {points} of {2 * points} observations"):
+        pipeline._solved(recon, None, None, None, options)
 
 
 def _two_view_tracks(tmp_path) -> tuple:
