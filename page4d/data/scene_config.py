@@ -35,7 +35,7 @@ class SceneConfig:
     fov_deg: tuple[float, float] = (55.0, 75.0)
     """Horizontal field of view, drawn per camera (see ``fov_sampling``); e.g. (30, 90) from tele to wide."""
     texture: str = "checker"
-    """``checker``: two-colour cells per surface (what the shipped model was trained on); ``noise``: a smooth
+    """``checker``: two-colour cells per surface (what the first page4d-small was trained on); ``noise``: a smooth
     non-repeating pattern (a sum of random plane waves), which feature matching can tell apart everywhere;
     ``procedural``: a material tile per surface (stone, wood, marble, fabric, cobbles, bricks, concrete, foliage;
     ``page4d.data.textures``); ``photo``: photographs from installed packages on most surfaces, materials on the

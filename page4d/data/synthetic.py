@@ -333,7 +333,7 @@ SCENE_PRESETS: dict[str, SceneConfig] = {
     "rigs-heldout-portrait": SceneConfig(rig_families=("wide_baseline", "dome"), orientation="portrait", **_VARIETY),
 }
 """Named scene configs (at the default size, 4 × 4 frames of 112 × 84; ``scene_preset`` resizes them).
-``ring-checker``: the original family the shipped model was trained on. ``rigs-train``: every kind of variety
+``ring-checker``: the original family the first page4d-small was trained on. ``rigs-train``: every kind of variety
 (fields of view from 30° to 90° per camera, rolls, walkers, moving boxes, photographs, lighting) on the ``ring``,
 ``arc``, ``stereo_pairs`` and ``mixed_heights`` rig families; ``rigs-heldout``: the same variety on the families
 ``rigs-train`` never draws (``wide_baseline``, ``dome``), to measure generalisation to unseen rigs. The
