@@ -12,6 +12,7 @@ from huggingface_hub import ModelHubMixin
 from torch import nn
 
 from page4d.aggregator import Aggregator
+from page4d.aggregator.grid import FrameGrid, GridShard
 from page4d.attention_plans import resolve_plan
 from page4d.checkpoints import native
 from page4d.checkpoints.hub import HubOptions
@@ -113,7 +114,11 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         return self.dense_entries() | self.camera_entries()
 
     def forward(
-        self, images: torch.Tensor, inputs: ForwardInputs | None = None, query_points: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        inputs: ForwardInputs | None = None,
+        query_points: torch.Tensor | None = None,
+        shard: GridShard | None = None,
     ) -> Predictions:
         """Predict cameras, depth, points, the dynamic mask (and tracks when ``query_points`` are given).
 
@@ -122,28 +127,36 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
             inputs: optional per-forward inputs (external mask, camera priors, keypoints, mask step; see
                 ``ForwardInputs``), at the images' resolution.
             query_points: optional ``[B, N, 2]`` pixel (x, y) in frame (t=0, v=0), for the track head.
+            shard: spread the frame grid over processes (``page4d.aggregator.grid``): every process passes the
+                same whole inputs, runs the encoder, blocks and dense heads on its share of the frames, and
+                returns the whole predictions (gathered; the camera head runs on the gathered camera tokens).
 
         Returns:
             ``Predictions`` with ``[B, T, V, ...]`` fields (see its docstring).
         """
         images = as_grid(images, self.config.patch_size)
         _check_inputs_type(inputs)
+        grid = FrameGrid(*images.shape[:3], shard)
+        if grid.sharded and query_points is not None and self.track_head is not None:
+            raise ValueError("tracks follow query points across the whole grid and are not sharded; run them in one "
+                             "process")
         patch_inputs = (inputs or ForwardInputs()).at_patches(images.shape, self.config.patch_size)
         with autocast(images.device):
-            aggregated = self.aggregator(images, self.camera_entries(), self.dense_entries(), patch_inputs)
+            aggregated = self.aggregator(images, self.camera_entries(), self.dense_entries(), patch_inputs, shard)
         frames = _Frames(*images.shape[:3], *images.shape[-2:])
+        local = _Frames(*grid.shape("frame"), *images.shape[-2:])
         out = Predictions()
         if aggregated.mask is not None:
             out.dynamic_mask = frames.upsampled(aggregated.mask.moving)
         with full_precision(images.device):
             if self.camera_head is not None:
-                self._predict_cameras(out, aggregated.pose_entries, frames)
+                self._predict_cameras(out, aggregated.pose_entries, frames, grid)
             geometry = aggregated.geometry_entries
             for head, key in ((self.depth_head, "depth"), (self.point_head, "world_points")):
                 if head is not None:
                     pred, conf = head(self._taps(geometry, head.cfg.intermediate_layer_idx), frames.size)
-                    setattr(out, key, frames.split(pred))
-                    setattr(out, f"{key}_conf", frames.split(conf))
+                    setattr(out, key, grid.gather(local.split(pred)))
+                    setattr(out, f"{key}_conf", grid.gather(local.split(conf)))
             if self.track_head is not None and query_points is not None:
                 self._predict_tracks(out, geometry, frames, query_points)
         return out
@@ -153,9 +166,12 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         psi = self.aggregator.patch_start_idx
         return [rearrange(entries[i][:, :, :, psi:], "b t v p c -> b (t v) p c").float() for i in indices]
 
-    def _predict_cameras(self, out: Predictions, entries: dict[int, torch.Tensor], frames: _Frames) -> None:
-        """Camera head on the camera token of the last pose-stream entry: pose encodings, extrinsics, intrinsics."""
-        camera_tokens = entries[self.config.aggregator.depth - 1][:, :, :, 0].float()
+    def _predict_cameras(
+        self, out: Predictions, entries: dict[int, torch.Tensor], frames: _Frames, grid: FrameGrid
+    ) -> None:
+        """Camera head on the camera token of the last pose-stream entry of every frame (gathered from every
+        process when sharded): pose encodings, extrinsics, intrinsics."""
+        camera_tokens = grid.gather(entries[self.config.aggregator.depth - 1][:, :, :, 0].float())
         poses = self.camera_head(rearrange(camera_tokens, "b t v c -> b (t v) c"))
         out.pose_enc_list = [frames.split(p) for p in poses]
         out.pose_enc = out.pose_enc_list[-1]
@@ -176,7 +192,7 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
     @torch.inference_mode()
     def infer(
         self, images: torch.Tensor, inputs: ForwardInputs | None = None, query_points: torch.Tensor | None = None,
-        attention: str = "auto",
+        attention: str = "auto", shard: GridShard | None = None,
     ) -> Predictions:
         """Inference entry point: eval mode, inputs moved to the model's device, bf16 aggregator on CUDA.
 
@@ -184,7 +200,8 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
         be ``torch.uint8`` in 0..255 (divided by 255 here); float images of any precision must be finite and in
         [0, 1] (cast to the weights' dtype here). ``attention``: the plan over the ``[T, V]`` frames (see
         ``page4d.attention_plans``): ``set``, ``per-step``, ``factorised``, or ``auto`` (the layout the weights
-        were trained in, ``config.trained_layout``). All plans coincide when T = 1."""
+        were trained in, ``config.trained_layout``). All plans coincide when T = 1. ``shard``: spread the plan's frame
+        grid over processes (see ``forward``)."""
         self.eval()
         weight = next(self.parameters())
         device = weight.device
@@ -217,7 +234,8 @@ class Page4D(nn.Module, ModelHubMixin, library_name="page4d", tags=["4d-reconstr
             raise ValueError("tracks follow query points through time, but attention='per-step' runs each time step "
                              "on its own; use 'set' or 'factorised' for tracks")
         inputs = None if inputs is None else inputs.to(device).at_patches(images.shape, self.config.patch_size)
-        pred = self(plan.fold(images), plan.fold_inputs(inputs), query_points)  # every plan is the identity at T = 1
+        # every plan is the identity at T = 1
+        pred = self(plan.fold(images), plan.fold_inputs(inputs), query_points, shard)
         return plan.unfold_predictions(pred, *images.shape[:3])
 
     # --- thin delegates to page4d.checkpoints, which owns every file format -------------------------

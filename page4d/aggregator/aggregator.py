@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from page4d.aggregator import kinds
 from page4d.aggregator.epipolar import EpipolarBias
+from page4d.aggregator.grid import FrameGrid, GridShard
 from page4d.aggregator.mask_bias import BIASES, StreamRole, grid_bias
 from page4d.aggregator.mask_head import HEAD_KEYS, FusionGate, MaskOutput, build_mask_head, compute_mask
 from page4d.aggregator.reduction import TokenPooling
@@ -47,11 +48,9 @@ class AggregatorOutput:
 
 @dataclass
 class _Run:
-    """Per-forward state shared by every block: sizes, positions, time indices, inputs, bias caches."""
+    """Per-forward state shared by every block: the frame grid, positions, time indices, inputs, bias caches."""
 
-    b: int
-    t: int
-    v: int
+    frames: FrameGrid
     positions: dict[str, torch.Tensor]
     times: dict[str, torch.Tensor | None]
     frame_positions: torch.Tensor
@@ -141,12 +140,16 @@ class Aggregator(nn.Module):
         pose_keep: Collection[int],
         geometry_keep: Collection[int] = (),
         inputs: ForwardInputs | None = None,
+        shard: GridShard | None = None,
     ) -> AggregatorOutput:
         """Run the schedule on images ``[B, T, V, 3, H, W]`` and return the requested output entries.
 
         ``pose_keep`` / ``geometry_keep``: the entries the camera head / the dense heads read (every other layer
         output is dropped as soon as it is used). ``inputs``: optional per-forward inputs at patch resolution
-        (``ForwardInputs.at_patches``); each is refused when this config has nothing that uses it.
+        (``ForwardInputs.at_patches``); each is refused when this config has nothing that uses it. ``shard``: spread
+        the grid over processes (``page4d.aggregator.grid``); every process passes the whole images and inputs, the
+        entries then hold this process's frames ``[B, T_loc, V_loc, P, 2C]`` (``FrameGrid.output``) and the mask is
+        the whole grid's.
         """
         b, t, v, _, height, width = images.shape
         patch_grid = (height // self.patch_size, width // self.patch_size)
@@ -156,25 +159,32 @@ class Aggregator(nn.Module):
             raise ValueError(f"requested output entries {sorted(pose_keep | geometry_keep)} outside "
                              f"0..{self.cfg.depth - 1}")
         self._check_inputs(inputs)
-        patches = self.encode(images)
-        special = special_tokens(self.camera_token, self.register_token, b, t, v).to(patches.dtype)
+        frames = FrameGrid(b, t, v, shard)
+        patches = self.encode(frames.take(images))
+        special = frames.take(special_tokens(self.camera_token, self.register_token, b, t, v)).to(patches.dtype)
         grid = torch.cat([special, patches], dim=3)
-        run = self._prepare_run(grid.shape, patch_grid, inputs, images.device)
+        run = self._prepare_run(frames, patch_grid, inputs, images.device)
 
         def rows(role: StreamRole) -> dict:
             return {} if self.cfg.dynamic_mask is None else self.mask_bias.row_values(inputs.mask_step, role)
 
-        streams = self.stream_strategy(kinds.to_sequences(grid, "global"), "global", pose_keep, geometry_keep, rows)
+        streams = self.stream_strategy(frames.to_sequences(grid, "global"), "global", pose_keep, geometry_keep, rows)
         for step in self.schedule.steps:
             for stream in streams.running(step):
                 self._run_block(step, stream, run)
             if step.emits_mask:
-                source = streams.geometry()
-                tokens = kinds.from_sequences(source.x, source.layout, b, t, v)
-                run.mask = compute_mask(self.mask_head, tokens, patch_grid, self.patch_start_idx, inputs.external_mask,
-                                        getattr(self, "mask_fusion", None))
+                run.mask = self._mask(streams.geometry(), run, patch_grid)
         pose, geometry = streams.entries()
         return AggregatorOutput(pose, geometry, run.mask)
+
+    def _mask(self, source: Stream, run: _Run, patch_grid: tuple[int, int]) -> MaskOutput:
+        """The mask head on the tokens of ``source``; each process computes its frames, and keeps the whole grid's."""
+        frames, external = run.frames, run.inputs.external_mask
+        local = compute_mask(self.mask_head, frames.from_sequences(source.x, source.layout), patch_grid,
+                             self.patch_start_idx, None if external is None else frames.take(external, source.layout),
+                             getattr(self, "mask_fusion", None))
+        whole = (frames.gather(x, source.layout) for x in (local.logits, local.key, local.moving))
+        return MaskOutput(*whole)
 
     def _check_inputs(self, inputs: ForwardInputs) -> None:
         if inputs.external_mask is not None and not self.cfg.reads("external_mask"):
@@ -186,28 +196,33 @@ class Aggregator(nn.Module):
             raise ValueError("camera priors feed the epipolar prior, which this model's config does not use")
 
     def _prepare_run(
-        self, grid_shape: torch.Size, patch_grid: tuple[int, int], inputs: ForwardInputs, device: torch.device
+        self, frames: FrameGrid, patch_grid: tuple[int, int], inputs: ForwardInputs, device: torch.device
     ) -> _Run:
-        b, t, v = grid_shape[:3]
         pos = frame_positions(*patch_grid, self.patch_start_idx, device)
         kinds_used = set(self.cfg.bank_kinds.values())
+        local = {k: frames.shape(k)[1:] for k in kinds_used}
         # RoPE positions are per frame, so a sequence of n frames repeats them n times.
-        positions = {k: pos.repeat(kinds.frames_per_sequence(k, t, v), 1) for k in kinds_used}
+        positions = {k: pos.repeat(kinds.frames_per_sequence(k, *local[k]), 1) for k in kinds_used}
+
+        def times_of(k: str, p: int) -> torch.Tensor | None:
+            return token_times(k, *local[k], p, device, first=frames.spans(k)[1].start)
+
         times = {}
         if self.cfg.temporal_rope and self.temporal_rope.active():
-            times = {k: token_times(k, t, v, pos.shape[0], device) for k in kinds_used}
-        run = _Run(b, t, v, positions, times, pos, inputs)
+            times = {k: times_of(k, pos.shape[0]) for k in kinds_used}
+        run = _Run(frames, positions, times, pos, inputs)
         fewer = self.cfg.token_reduction
         if fewer is not None:
             run.pooling = TokenPooling(fewer.factor, patch_grid, self.patch_start_idx)
             pooled = run.pooling.pool(pos[None].to(torch.float32))[0]  # a window's mean position, in patch units
-            run.pooled_positions = {k: pooled.repeat(kinds.frames_per_sequence(k, t, v), 1) for k in kinds_used}
+            run.pooled_positions = {k: pooled.repeat(kinds.frames_per_sequence(k, *local[k]), 1) for k in kinds_used}
             if times:
-                run.pooled_times = {k: token_times(k, t, v, pooled.shape[0], device) for k in kinds_used}
+                run.pooled_times = {k: times_of(k, pooled.shape[0]) for k in kinds_used}
         if inputs.camera_priors is not None:
+            whole = (frames.b, frames.t, frames.v, pos.shape[0])
             run.epipolar = EpipolarBias(
-                *inputs.camera_priors, patch_grid, self.patch_size, self.patch_start_idx, self.cfg.epipolar, grid_shape
-            )
+                *inputs.camera_priors, patch_grid, self.patch_size, self.patch_start_idx, self.cfg.epipolar, whole
+            ).queries(*frames.spans("view"))
         return run
 
     def _block(self, stream: Stream, bank: str, index: int) -> Block:
@@ -222,7 +237,8 @@ class Aggregator(nn.Module):
         if step.bank == "sparse":
             self._run_sparse(step.index, stream, run)
             return
-        stream.x, stream.layout = kinds.convert(stream.x, stream.layout, step.kind, run.b, run.t, run.v), step.kind
+        frames = run.frames
+        stream.x, stream.layout = frames.convert(stream.x, stream.layout, step.kind), step.kind
         layout, pooling = stream.layout, run.pooling if step.reduced else None
         bias = None
         if step.biased and step.bank in stream.rows:  # no rows: every weight is 0, plain attention exactly
@@ -231,19 +247,20 @@ class Aggregator(nn.Module):
                 grids = grid_bias(stream.rows[step.bank], self.mask_bias.key_values(run.mask), self.patch_start_idx)
                 if pooling is not None:
                     grids = tuple(pooling.pool_values(g) for g in grids)
-                row, key = (kinds.to_sequences(g[..., None], layout)[..., 0] for g in grids)
-                run.biases[cache] = RowKeyBias(rows=row, keys=key)
+                run.biases[cache] = RowKeyBias(rows=frames.row_values(grids[0], layout),
+                                               keys=frames.key_values(grids[1], layout))
             bias = run.biases[cache]
         times = run.times if pooling is None else run.pooled_times
         rotation = None
         if step.bank == "time" and times.get(layout) is not None:
             rotation = TimeRotation(times[layout], self.temporal_rope.scale[step.index],
                                     self.cfg.temporal_frequencies == "own")
-        extras = AttentionExtras(bias, run.epipolar if step.epipolar else None, rotation)
+        extras = AttentionExtras(bias, run.epipolar if step.epipolar else None, rotation,
+                                 gather_keys=frames.key_gather(layout))
         block = partial(self._block(stream, step.bank, step.index), extras=extras)
         x, positions = stream.x, run.positions[layout]
         if pooling is not None:
-            full = kinds.from_sequences(stream.x, layout, run.b, run.t, run.v)
+            full = frames.from_sequences(stream.x, layout)
             pooled = pooling.pool(full)
             x, positions = kinds.to_sequences(pooled, layout), run.pooled_positions[layout]
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -252,19 +269,19 @@ class Aggregator(nn.Module):
         else:
             x = block(x, positions)
         if pooling is not None:
-            out = kinds.from_sequences(x, layout, run.b, run.t, run.v)
+            out = frames.from_sequences(x, layout)
             x = kinds.to_sequences(pooling.restore(full, pooled, out), layout)
         stream.x = x
         if step.index in stream.keep:
-            tokens = kinds.from_sequences(stream.x, stream.layout, run.b, run.t, run.v)
-            stream.record(step.bank, step.index, tokens)
+            stream.record(step.bank, step.index, frames.frames(stream.x, stream.layout))
 
     def _run_sparse(self, index: int, stream: Stream, run: _Run) -> None:
         """Sparse block ``index`` on the token grid. Landmarks are the given keypoints, else the most static
         patches (``1 - moving``) when a dynamic mask exists."""
-        grid = kinds.from_sequences(stream.x, stream.layout, run.b, run.t, run.v)
+        frames = run.frames
+        grid = frames.frames(stream.x, stream.layout, "global")
         given = run.inputs.keypoints
-        keypoints = given.flatten(-2) if given is not None and stream.takes_keypoints else None
-        scores = None if run.mask is None or given is not None else 1.0 - run.mask.moving.flatten(-2)
-        grid = self.sparse_blocks[index](grid, run.frame_positions, self.patch_start_idx, scores, keypoints)
+        keypoints = frames.take_batch(given.flatten(-2)) if given is not None and stream.takes_keypoints else None
+        scores = None if run.mask is None or given is not None else frames.take_batch(1.0 - run.mask.moving.flatten(-2))
+        grid = self.sparse_blocks[index](grid, run.frame_positions, self.patch_start_idx, scores, keypoints, frames)
         stream.x, stream.layout = kinds.to_sequences(grid, "global"), "global"

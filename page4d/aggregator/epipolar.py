@@ -9,6 +9,8 @@ at the resolution of the model input, integer pixel coordinates at pixel centres
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from einops import rearrange
 
@@ -133,22 +135,44 @@ class EpipolarBias:
                 f"cameras for [B, T, V] = {(b, t, v)} and P = {num_special} + {h}·{w} do not match the token grid "
                 f"{tuple(tokens_shape)}"
             )
+        self._times = t
         self.chunk_size = cfg.chunk_size
         self.band_px = cfg.band_px
         self.penalty = cfg.penalty
         self.num_special = num_special
         self.tokens_per_frame = num_special + h * w
         self.length = v * self.tokens_per_frame
+        self.first_row = 0
+        """Query row ``i`` of ``block`` is row ``first_row + i`` of the view sequences (``queries``)."""
         self.fundamental = rearrange(fundamental, "b t a c i j -> (b t) a c i j")
         """``[(B·T), V, V, 3, 3]`` float64, unit Frobenius norm or zero."""
         self.centres = patch_centres(h, w, patch_size).to(intrinsics.device)
         """``[h·w, 2]`` float64 pixel (u, v) of the patch centres."""
 
+    def queries(self, batch: range, times: range, views: range) -> EpipolarBias:
+        """The bias of the queries of ``views`` at ``times`` of the ``batch`` elements (keys: every view of those
+        times), for a process that holds only those frames (``page4d.aggregator.grid``); the whole bias when every
+        range is whole."""
+        b, t, num_views = self.fundamental.shape[0] // self._times, self._times, self.fundamental.shape[1]
+        if (batch, times, views) == (range(b), range(t), range(num_views)):
+            return self
+        part = copy.copy(self)
+        part.fundamental = rearrange(
+            rearrange(self.fundamental, "(b t) a c i j -> b t a c i j", b=b)[
+                batch.start:batch.stop, times.start:times.stop
+            ],
+            "b t a c i j -> (b t) a c i j",
+        )
+        part._times = len(times)
+        part.first_row = self.first_row + views.start * self.tokens_per_frame
+        part.length = len(views) * self.tokens_per_frame
+        return part
+
     def block(self, start: int, stop: int) -> torch.Tensor:
         """Bias for query rows ``start:stop`` of the view sequences: ``[B·T, 1, stop - start, V·P]`` float32."""
         if not 0 <= start < stop <= self.length:
             raise ValueError(f"query rows {start}:{stop} are outside 0:{self.length}")
-        rows = torch.arange(start, stop, device=self.centres.device)
+        rows = torch.arange(self.first_row + start, self.first_row + stop, device=self.centres.device)
         view = rows // self.tokens_per_frame
         patch = rows % self.tokens_per_frame - self.num_special
         query = torch.cat([self.centres[patch.clamp(min=0)], self.centres.new_ones(stop - start, 1)], dim=-1)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from page4d.aggregator.grid import FrameGrid
 from page4d.config import AggregatorConfig, SparseGlobalConfig
 from page4d.nn import Block, RotaryEmbedding2D, set_attention_backend
 
@@ -26,29 +27,43 @@ class SparseCall:
     """One call of a sparse block: its tokens and the optional inputs, already checked."""
 
     grid: torch.Tensor
-    """``[B, T, V, P, C]`` tokens; per frame ``num_special`` camera/register tokens, then h·w patches."""
+    """``[B, T_loc, V_loc, P, C]`` the query frames' tokens (this process's; the whole grid with one process); per
+    frame ``num_special`` camera/register tokens, then h·w patches."""
     num_special: int
     scores: torch.Tensor | None
-    """``[B, T, V, h·w]`` landmark ranking (higher = better)."""
+    """``[B, T, V, h·w]`` landmark ranking (higher = better), every frame of ``grid``'s batch elements."""
     keypoints: torch.Tensor | None
-    """``[B, T, V, h·w]`` keypoint density in [0, 1]."""
+    """``[B, T, V, h·w]`` keypoint density in [0, 1], every frame of ``grid``'s batch elements."""
     lam: torch.Tensor | None
     """Clamped λ_kpt (0-d) when the keypoint bias is on and keypoints were given, else None."""
+    frame_grid: FrameGrid | None = None
+    """The whole grid and which of its frames ``grid`` holds (layout ``global``; a split batch: its elements);
+    default: one process, ``grid`` is the whole grid."""
+
+    def __post_init__(self) -> None:
+        if self.frame_grid is None:
+            object.__setattr__(self, "frame_grid", FrameGrid(*self.grid.shape[:3]))
 
     @property
     def frames(self) -> tuple[int, int, int]:
-        """(T, V, P)."""
-        return tuple(self.grid.shape[1:4])
+        """(T, V, P) of the whole grid."""
+        return self.frame_grid.t, self.frame_grid.v, self.grid.shape[3]
+
+    @property
+    def queries(self) -> torch.Tensor:
+        """Global frame numbers ``t·V + v`` of the query frames ``[T_loc·V_loc]``, in ``grid``'s order."""
+        return self.frame_grid.frame_ids("global", self.grid.device)
 
     def bias_terms(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Keypoint bias over the global token order: rows ``[B, N]`` (λ on patch queries, 0 on the others) and
-        keys ``[B, N]`` (the keypoint density on patches, 0 on camera/register tokens); None without the bias."""
+        """Keypoint bias: rows ``[B, N_q]`` over the query tokens (λ on patch queries, 0 on the others) and keys
+        ``[B, N]`` over the whole grid's tokens in global order (the keypoint density on patches, 0 on
+        camera/register tokens); None without the bias."""
         if self.lam is None:
             return None
-        p = self.grid.shape[3]
+        b, t, v, p = self.grid.shape[:4]
         keys = F.pad(self.keypoints.to(self.lam.dtype), (self.num_special, 0))
         rows = self.lam * (torch.arange(p, device=keys.device) >= self.num_special).to(self.lam.dtype)
-        return rearrange(rows.expand_as(keys), "b t v p -> b (t v p)"), rearrange(keys, "b t v p -> b (t v p)")
+        return rearrange(rows.expand(b, t, v, p), "b t v p -> b (t v p)"), rearrange(keys, "b t v p -> b (t v p)")
 
 
 def with_bias(allowed: torch.Tensor, terms: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -88,7 +103,8 @@ class SparseGlobalBlock(nn.Module, ABC):
 
     @abstractmethod
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: SparseCall) -> torch.Tensor:
-        """Queries ``[B, heads, N, D]`` over this strategy's keys among ``k``, ``v`` -> ``[B, heads, N, D]``."""
+        """Queries ``[B, heads, N_q, D]`` of the query frames (``call.queries``) over this strategy's keys among
+        the whole grid's ``k``, ``v`` ``[B, heads, N, D]`` -> ``[B, heads, N_q, D]``."""
 
     @abstractmethod
     def reference(self, x: torch.Tensor, positions: torch.Tensor, call: SparseCall) -> torch.Tensor:
@@ -110,22 +126,30 @@ class SparseGlobalBlock(nn.Module, ABC):
         num_special: int,
         scores: torch.Tensor | None = None,
         keypoints: torch.Tensor | None = None,
+        frames: FrameGrid | None = None,
     ) -> torch.Tensor:
         """Tokens ``[B, T, V, P, C]`` -> ``[B, T, V, P, C]``.
 
         Args:
-            grid: tokens; per frame ``num_special`` camera/register tokens, then h·w patches (row-major).
+            grid: tokens; per frame ``num_special`` camera/register tokens, then h·w patches (row-major). With
+                ``frames`` sharded over processes: this process's frames ``[B, T_loc, V_loc, P, C]`` of layout
+                ``global``, whose queries attend to keys and values gathered from every process.
             pos: RoPE positions of one frame ``[P, 2]`` (``tokens.frame_positions``).
             scores: ``[B, T, V, h·w]`` anchor ranking for ``landmark`` (higher = better, e.g. 1 - moving);
                 ignored by the other strategies.
             keypoints: ``[B, T, V, h·w]`` in [0, 1]: the keys of the keypoint bias, and the anchor ranking of
                 ``landmark`` when no ``scores`` are given. Passing keypoints that nothing uses is an error.
+            frames: the whole grid and this process's part of it (default: one process, ``grid`` is whole).
         """
-        call = self._call(grid, pos, num_special, scores, keypoints)
-        t, v, _ = call.frames
+        frames = frames or FrameGrid(*grid.shape[:3])
+        call = self._call(grid, pos, num_special, scores, keypoints, frames)
+        b, t, v = grid.shape[:3]
         block = self.block
         x = rearrange(grid, "b t v p c -> b (t v p) c")
         q, k, values = block.attn.heads(block.norm1(x), pos.repeat(t * v, 1))
+        whole = frames.key_gather("global")
+        if whole is not None:
+            k, values = whole(torch.cat([k, values], dim=-1)).chunk(2, dim=-1)
         x = x + block.ls1(block.attn.proj(merge_heads(self.attend(q, k, values, call))))
         x = x + block.ls2(block.mlp(block.norm2(x)))
         return rearrange(x, "b (t v p) c -> b t v p c", t=t, v=v)
@@ -140,7 +164,7 @@ class SparseGlobalBlock(nn.Module, ABC):
     ) -> torch.Tensor:
         """``forward`` computed on the dense path over ``[B, T·V·P, C]`` (``reference``). Builds N×N tensors: a
         test oracle only."""
-        call = self._call(grid, pos, num_special, scores, keypoints)
+        call = self._call(grid, pos, num_special, scores, keypoints, FrameGrid(*grid.shape[:3]))
         t, v, _ = call.frames
         backend = self.block.attn.backend
         set_attention_backend(self.block, "dense")
@@ -157,11 +181,15 @@ class SparseGlobalBlock(nn.Module, ABC):
         num_special: int,
         scores: torch.Tensor | None,
         keypoints: torch.Tensor | None,
+        frames: FrameGrid,
     ) -> SparseCall:
         """The checked inputs as one ``SparseCall``; ``ValueError`` naming the input that is wrong."""
         if grid.dim() != 5:
             raise ValueError(f"sparse global attention needs tokens [B, T, V, P, C], got shape {tuple(grid.shape)}")
-        b, t, v, p, _ = grid.shape
+        if tuple(grid.shape[:3]) != frames.shape("global"):
+            raise ValueError(f"tokens of {tuple(grid.shape[:3])} frames, but this process holds "
+                             f"{frames.shape('global')}")
+        b, t, v, p = grid.shape[0], frames.t, frames.v, grid.shape[3]
         if tuple(pos.shape) != (p, 2):
             raise ValueError(f"pos must be one frame's RoPE positions [{p}, 2], got shape {tuple(pos.shape)}")
         if not 0 <= num_special < p:
@@ -177,7 +205,7 @@ class SparseGlobalBlock(nn.Module, ABC):
         lam = None
         if self.cfg.keypoint_bias and keypoints is not None:
             lam = self.lambda_kpt.clamp(-self.cfg.lambda_bound, self.cfg.lambda_bound)
-        call = SparseCall(grid, num_special, scores, keypoints, lam)
+        call = SparseCall(grid, num_special, scores, keypoints, lam, frames)
         if keypoints is not None and lam is None and not self.reads_keypoints(call):
             raise ValueError(
                 f"keypoints were given but nothing uses them: keypoint_bias is off and the {self.cfg.strategy!r} "

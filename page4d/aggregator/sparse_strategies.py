@@ -25,8 +25,10 @@ def landmark_scores(call: SparseCall) -> torch.Tensor:
     """``[B, T, V, h·w]`` how good an anchor each patch is (higher = better): ``call.scores`` if given, else
     ``call.keypoints``, else the L2 norm of the patch tokens (detached: the ranking is a choice, not a path)."""
     scores = call.scores
-    if scores is None:
-        scores = call.keypoints if call.keypoints is not None else call.grid[..., call.num_special:, :].norm(dim=-1)
+    if scores is None and call.keypoints is not None:
+        scores = call.keypoints
+    elif scores is None:
+        scores = call.frame_grid.seen(call.grid[..., call.num_special:, :].detach().norm(dim=-1), "global")
     return scores.detach()
 
 
@@ -121,15 +123,23 @@ class DilatedBlock(SparseGlobalBlock):
     """The tokens of frame (t, v) attend to the frames at time and view offsets ``0, ±l`` (``dilation_levels``)."""
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: SparseCall) -> torch.Tensor:
-        """One attention call per neighbour count (``dilated_groups``), outputs put back in frame order."""
+        """One attention call per neighbour count (``dilated_groups``) over the query frames, outputs put back in
+        their order."""
         t, views, p = call.frames
         b = q.shape[0]
         qf, kf, vf = (rearrange(x, "b h (f p) d -> b h f p d", p=p) for x in (q, k, v))
         terms = call.bias_terms()
         rows, keys = (None, None) if terms is None else (rearrange(x, "b (f p) -> b f p", p=p) for x in terms)
+        queries = call.queries
+        local = torch.full((t * views,), -1, dtype=torch.long, device=q.device)  # global frame -> query position
+        local[queries] = torch.arange(len(queries), device=q.device)
         outs, order = [], []
         for frames, near in dilated_groups(t, views, self.cfg.dilation_levels):
-            frames, near = frames.to(q.device), near.to(q.device)
+            frames, near = local[frames.to(q.device)], near.to(q.device)
+            held = frames >= 0
+            frames, near = frames[held], near[held]
+            if not len(frames):
+                continue
             bias = None
             if terms is not None:
                 bias = RowKeyBias(

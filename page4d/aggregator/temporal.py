@@ -29,9 +29,12 @@ class TemporalRoPE(nn.Module):
         return bool((self.scale.detach() != 0).any())
 
 
-def token_times(kind: str, t: int, v: int, p: int, device: torch.device | None = None) -> torch.Tensor | None:
-    """Time index of every token of a ``kind`` sequence ``[L]``; None where a sequence spans one time step."""
-    times = torch.arange(t, device=device)
+def token_times(
+    kind: str, t: int, v: int, p: int, device: torch.device | None = None, first: int = 0
+) -> torch.Tensor | None:
+    """Time index of every token of a ``kind`` sequence ``[L]`` of ``t`` time steps from ``first`` (a process
+    holding part of a grid's steps); None where a sequence spans one time step."""
+    times = torch.arange(first, first + t, device=device)
     if kind == "time":
         return times.repeat_interleave(p)
     if kind == "global":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import warnings
@@ -41,8 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # The command's name before parsing, so that a Ctrl-C while torch loads is reported like any other.
+    # The command's name before parsing, so that a Ctrl-C while torch loads is reported like any other; one of
+    # several processes (torchrun) says which.
     name = "page4d" + next((f" {a}" for a in argv if a in COMMANDS), "")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        name += f" [rank {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']}]"
 
     def show_warning(message: Warning | str, *_: object, **__: object) -> None:
         print(f"{name}: warning: {message}", file=sys.stderr)
@@ -57,12 +61,26 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as err:
             print(f"{name}: error: {err}", file=sys.stderr)
             return 2
+        except Exception as err:
+            if not _peer_failed(err):
+                raise
+            print(f"{name}: error: another process of this run stopped (its own message says why), so this one "
+                  "stops too", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             print(f"{name}: interrupted", file=sys.stderr)
             return 130
         except Terminated:
             print(f"{name}: terminated (SIGTERM)", file=sys.stderr)
             return 143
+
+
+def _peer_failed(err: Exception) -> bool:
+    """Whether ``err`` is a collective that failed because another process of the run went away."""
+    ours = sys.modules.get("page4d.distributed.collectives")  # only ever raised once they are loaded
+    dist = sys.modules.get("torch.distributed")
+    return (ours is not None and isinstance(err, ours.CollectiveError)) or (
+        dist is not None and isinstance(err, dist.DistError))
 
 
 def entry() -> None:

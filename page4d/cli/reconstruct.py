@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
+
+import torch
 
 from page4d.attention_plans import ATTENTION_PLANS
 from page4d.checkpoints.pretrained import DEFAULT_MODEL, resolve
@@ -11,11 +14,13 @@ from page4d.data.clip import MultiViewClip
 from page4d.data.sources import TimeSelection, open_input
 from page4d.data.sync import SYNC_MODES
 from page4d.devices import peak_memory_mb, resolve_device
+from page4d.distributed.processes import Processes, join
 from page4d.presets import PRESETS
 from page4d.reconstruction.calibrated import Calibration, check_lines
 from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.registration import RIG_MODES
 from page4d.reconstruction.runner import WindowPlan, reconstruct
+from page4d.reconstruction.scaleout import SHARD_MODES
 from page4d.refine.modes import REFINE_MODES, RefineOptions
 from page4d.transaction import OutputFolder
 
@@ -99,6 +104,13 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="time steps shared by consecutive windows, below --window; 0 only for a static rig of "
                    f"several cameras or calibrated poses; unused by --attention per-step (default: "
                    f"{WindowPlan.overlap})")
+    p.add_argument(
+        "--shard", choices=SHARD_MODES, default="auto",
+        help="under torchrun --nproc_per_node=N: windows (each process runs whole windows; rank 0 stitches them), "
+        "grid (every window's time steps and cameras are spread over all processes: memory per process about 1/N; "
+        "exact, with all-to-all exchanges between time and view blocks), or auto: grid when one window covers the "
+        "clip, else windows (default: auto). Rank 0 writes the output",
+    )
     p.add_argument("--export", default=DEFAULT_EXPORTS,
                    help=f"comma-separated subset of ply, glb, colmap, png, or 'none' (default: {DEFAULT_EXPORTS})")
     p.add_argument("--export-time", type=int,
@@ -169,41 +181,55 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{flag} changes what --refine ba adjusts; add --refine ba, or drop {flag}")
     formats = _exports(args.export)
     select = TimeSelection(start=args.start, frames=args.frames, every=args.every, fps=args.fps, sync=args.sync)
-    with OutputFolder(args.output, overwrite=args.overwrite, inputs=_inputs(args)) as output:
-        summary = _run(args, output, plan, formats, select)
+    device = resolve_device(args.device)
+    processes = join(device)  # under torchrun; rank 0 owns the output, the others only compute
+    try:
+        if not processes.leader:
+            _run(args, None, plan, formats, select, device, processes)
+            return 0
+        with OutputFolder(args.output, overwrite=args.overwrite, inputs=_inputs(args)) as output:
+            summary = _run(args, output, plan, formats, select, device, processes)
+    finally:
+        processes.close()
     if not args.quiet:  # only once the result is in place
         print("\n".join(summary))
     return 0
 
 
-def _run(args: argparse.Namespace, output: OutputFolder, plan: WindowPlan, formats: list[str],
-         select: TimeSelection) -> list[str]:
-    """Everything after the output is claimed: inputs checked, model loaded, reconstruction written aside.
-    Returns the summary lines."""
-    log = (lambda *_: None) if args.quiet else print
-    for note in output.notes:
+def _run(args: argparse.Namespace, output: OutputFolder | None, plan: WindowPlan, formats: list[str],
+         select: TimeSelection, device: torch.device, processes: Processes) -> list[str]:
+    """Everything after the output is claimed (by rank 0: ``output``): inputs checked, model loaded, reconstruction
+    written aside. Returns the summary lines (rank 0)."""
+    log = (lambda *_: None) if args.quiet or not processes.leader else print
+    for note in [] if output is None else output.notes:
         log(f"note: {note}")
     clip, notes = open_input(args.input, select, masks=args.masks)
     if args.export_time is not None and args.export_time not in clip.time_ids:
         raise ValueError(f"--export-time {args.export_time} is not a time id of the input "
                          f"({clip.time_ids[0]}..{clip.time_ids[-1]}); pick one of them")
     calibration = None if args.cameras is None else Calibration.for_clip(args.cameras, clip)
-    device = resolve_device(args.device)
     sizes = sorted(set(clip.image_sizes), key=clip.image_sizes.index)
     log(f"input: {clip.root} — T={clip.num_times} time steps × V={clip.num_views} views, "
         f"{', '.join(f'{w}×{h}' for h, w in sizes)} px" + ("" if clip.external_mask_paths is None else ", +masks"))
     for note in notes:
         log(f"note: {note}")
-    tmp = output.path
+    tmp = None if output is None else output.path
     # Dense outputs go to disk window by window (a spool on the output's disk), so memory does not grow with the
     # clip's length; the spool goes when the record is closed, before the output is swapped into place.
-    with reconstruct(args.model, clip, mode=args.mode, size=args.size, plan=plan, progress=not args.quiet,
-                     spool=tmp, device=device, seed=args.seed, log=log, rig=args.rig,
-                     calibration=calibration, attention=args.attention, refine=args.refine,
-                     refine_options=None if args.refine == "none" else RefineOptions(
-                         refine_focal=args.refine_focal, refine_calibrated=args.refine_calibrated)) as recon:
+    started = time.perf_counter()
+    recon = reconstruct(args.model, clip, mode=args.mode, size=args.size, plan=plan,
+                        progress=not args.quiet and processes.leader, spool=tmp, device=device, seed=args.seed,
+                        log=log, rig=args.rig, calibration=calibration, attention=args.attention, refine=args.refine,
+                        refine_options=None if args.refine == "none" else RefineOptions(
+                            refine_focal=args.refine_focal, refine_calibrated=args.refine_calibrated),
+                        shard=args.shard)
+    if recon is None:  # another process's share is done; rank 0 writes
+        processes.collect((peak_memory_mb(device), time.perf_counter() - started))
+        return []
+    with recon:
         seen = clip if calibration is None else calibration.applied_to(clip)  # the frames as the model saw them
         files = _write(recon, tmp, args, formats, seen)
+    ranks = processes.collect((peak_memory_mb(device), time.perf_counter() - started))
     names = sorted({p.relative_to(tmp).parts[0] + ("/" if len(p.relative_to(tmp).parts) > 1 else "")
                     for p in files})
     total_mb = sum(p.stat().st_size for p in files) / 2**20
@@ -216,6 +242,10 @@ def _run(args: argparse.Namespace, output: OutputFolder, plan: WindowPlan, forma
         f"{peak_memory_mb(device):.0f} MB",
         f"wrote {args.output}: {', '.join(names)} ({len(files)} files, {total_mb:.0f} MB)",
     ]
+    if processes.world > 1:
+        per_rank = ", ".join(f"rank {r} {mb:.0f} MB {s:.1f} s" for r, (mb, s) in enumerate(ranks))
+        summary.append(f"processes: {processes.world}, shard {recon.meta['processes']['shard']}; peak memory and time "
+                       f"per rank: {per_rank}")
     if calibration is not None:
         world = "calibration" if calibration.has_poses else "model"
         summary += [f"the model's cameras against the calibration (median over time steps; rotation in degrees, "

@@ -11,6 +11,7 @@ augmenting q and k with one extra channel (padded to a multiple of 8 for the fus
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -53,14 +54,17 @@ class AttentionExtras:
     """Everything one attention call may add to plain ``softmax(q kᵀ / √D) v``, as one bundle (all optional).
 
     ``bias`` and ``chunked_bias`` add to the logits (after q/k-norm and RoPE); ``time_rotation`` rotates q and k
-    after the 2-D RoPE; ``mask`` (boolean, True = may attend, or additive, broadcastable to ``[N, heads, Lq, Lk]``)
-    is for tests and dense reference checks only.
+    after the 2-D RoPE; ``gather_keys`` maps this process's keys and values ``[N, heads, L, D]`` to those of the
+    whole sequences when they span processes (``page4d.aggregator.grid``; the biases' keys are then the whole
+    sequences'); ``mask`` (boolean, True = may attend, or additive, broadcastable to ``[N, heads, Lq, Lk]``) is for
+    tests and dense reference checks only.
     """
 
     bias: RowKeyBias | None = None
     chunked_bias: ChunkedBias | None = None
     time_rotation: TimeRotation | None = None
     mask: torch.Tensor | None = None
+    gather_keys: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 NO_EXTRAS = AttentionExtras()
@@ -180,8 +184,10 @@ class Attention(nn.Module):
         self, x: torch.Tensor, pos: torch.Tensor | None = None, extras: AttentionExtras = NO_EXTRAS
     ) -> torch.Tensor:
         """``x`` ``[N, L, C]``, ``pos`` ``[L, 2]`` or ``[N, L, 2]`` (RoPE positions) -> ``[N, L, C]``, with the
-        biases, time rotation and (test-only) mask of ``extras``."""
+        biases, time rotation, key gathering and (test-only) mask of ``extras``."""
         q, k, v = self.heads(x, pos, extras.time_rotation)
+        if extras.gather_keys is not None:  # one exchange for both: keys and values travel together
+            k, v = extras.gather_keys(torch.cat([k, v], dim=-1)).chunk(2, dim=-1)
         out = attend(q, k, v, extras, backend=self.backend)
         return self.proj(rearrange(out, "n h l d -> n l (h d)"))
 

@@ -3,49 +3,44 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.util
-import sys
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from page4d import __version__
+from page4d.aggregator.grid import GridShard
 from page4d.aggregator.sparse_strategies import STRATEGIES
 from page4d.attention_plans import ATTENTION_PLANS, AttentionPlan, resolve_plan
 from page4d.checkpoints.pretrained import load_pretrained
 from page4d.checkpoints.report import LoadReport
 from page4d.config import ModelConfig
 from page4d.data.clip import MultiViewClip
-from page4d.data.preprocess import ImageTransform, PreprocessMode, batch_padded, plan_transforms
+from page4d.data.preprocess import PreprocessMode, batch_padded, plan_transforms
+from page4d.distributed.processes import Processes, join
 from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
 from page4d.presets import PRESETS, preset
 from page4d.reconstruction.budget import choose_window
-from page4d.reconstruction.calibrated import Calibration, CalibrationCheck
-from page4d.reconstruction.record import Reconstruction, restore_intrinsics, transform_meta
+from page4d.reconstruction.calibrated import Calibration
+from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.registration import (
-    Calibrated,
-    CameraRegistration,
-    OverlapRegistration,
-    Registration,
-    RigDecision,
     RigMode,
     check_rig,
-    decide_rig,
 )
+from page4d.reconstruction.scaleout import resolve_shard, share_windows
 from page4d.reconstruction.spool import Spool
+from page4d.reconstruction.stitch import Prediction, calibrated_kind, model_intrinsics, stitch
 from page4d.reconstruction.windows import plan_windows
 from page4d.refine.modes import REFINE_MODES, RefineOptions
 
-SMALL = ("extrinsic", "intrinsic")
-"""Outputs kept in memory even when the dense ones are spooled to disk."""
 MAX_SIZE_FACTOR = 4
 """The largest input width a model is run at, as a multiple of the width it was trained at: beyond it the tokens
 (16× at 4×) cost far more than they give, and a typo such as 140000 would otherwise end in a MemoryError."""
@@ -114,30 +109,23 @@ def check_input_size(config: ModelConfig, sizes: list[tuple[int, int]], mode: Pr
                          f"this model needs ({why}); {fix}")
 
 
-def release_free_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc's ``malloc_trim``). Between windows the allocator otherwise
-    keeps the fragments of the last window's large buffers, and the resident size creeps up window by window."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
-            ctypes.CDLL(None).malloc_trim(0)
-
-
 def _predict(
     model: Page4D, clip: MultiViewClip, times: range, mode: PreprocessMode, size: int,
-    calibration: Calibration | None, attention: AttentionPlan,
-) -> tuple[dict[str, np.ndarray], np.ndarray, list[ImageTransform]]:
-    """One forward pass over ``times`` under the ``attention`` plan: numpy ``[T', V, ...]`` outputs, uint8 images
-    and each view's transform. A calibration with poses reaches a model with the epipolar prior as its
-    ``camera_priors``."""
+    calibration: Calibration | None, attention: AttentionPlan, shard: GridShard | None = None,
+) -> Prediction:
+    """One forward pass over ``times`` under the ``attention`` plan (its grid spread over the processes of
+    ``shard``): numpy ``[T', V, ...]`` outputs and uint8 images. A calibration with poses reaches a model with the
+    epipolar prior as its ``camera_priors``."""
     images, transforms = clip.load_images(mode=mode, target_size=size, times=times)
     masks = None if clip.external_mask_paths is None else clip.load_external_masks(transforms, times)[None]
     priors = None
     if calibration is not None and calibration.has_poses and model.config.aggregator.epipolar is not None:
-        intrinsics = _model_intrinsics(calibration, transforms, len(times))
+        intrinsics = model_intrinsics(calibration, transforms, len(times))
         extrinsics = calibration.poses([clip.time_ids[t] for t in times])
         priors = tuple(torch.from_numpy(np.ascontiguousarray(x)).float()[None] for x in (intrinsics, extrinsics))
     inputs = None if masks is None and priors is None else ForwardInputs(external_mask=masks, camera_priors=priors)
-    pred = model.infer(images[None], inputs, attention=attention.name)
+    sharded = {} if shard is None else {"shard": shard}  # a stand-in model need not know sharding to run alone
+    pred = model.infer(images[None], inputs, attention=attention.name, **sharded)
     out = {
         "extrinsic": pred.extrinsic[0], "intrinsic": pred.intrinsic[0], "depth": pred.depth[0, ..., 0],
         "depth_conf": pred.depth_conf[0], "world_points": pred.world_points[0],
@@ -147,13 +135,7 @@ def _predict(
         out["dynamic_mask"] = out["dynamic_mask"][0]
     arrays = {k: v.float().cpu().numpy() for k, v in out.items() if v is not None}
     pixels = (images.permute(0, 1, 3, 4, 2) * 255).round().to(torch.uint8).numpy()
-    return arrays, pixels, transforms
-
-
-def _model_intrinsics(calibration: Calibration, transforms: list[ImageTransform], steps: int) -> np.ndarray:
-    """``[T', V, 3, 3]`` float32 calibrated K on the model-input grid."""
-    grid = np.stack([t.adjust_intrinsics(k) for t, k in zip(transforms, calibration.intrinsics(), strict=True)])
-    return np.broadcast_to(grid, (steps, *grid.shape)).astype(np.float32)
+    return arrays, pixels
 
 
 def load_model(
@@ -194,7 +176,8 @@ def reconstruct(
     attention: str = "auto",
     refine: str = "none",
     refine_options: RefineOptions | None = None,
-) -> Reconstruction:
+    shard: str = "auto",
+) -> Reconstruction | None:
     """Predict every (t, v) of ``clip``; window by window when ``plan`` cuts the clip (module docstring of
     ``page4d.reconstruction.windows``). The world frame is the predicted camera (t0, v0).
 
@@ -221,6 +204,10 @@ def reconstruct(
             depth and points with them (``page4d.refine``); a calibration's poses stay fixed. Where it cannot
             run (too few tracks, one view) the note says why and the result is kept unrefined.
         refine_options: what the refinement may change (``RefineOptions``: focal lengths, calibrated poses, ...).
+        shard: with several processes (torchrun; ``page4d.reconstruction.scaleout``): ``windows`` (whole windows
+            per process), ``grid`` (each window's frames spread over all of them) or ``auto`` (grid when one
+            window covers the clip). Only rank 0 returns the reconstruction; the others return None. Rank 0's
+            ``spool`` (or a temporary folder) carries the windows of the other processes to it.
 
     The result's ``meta`` records the provenance: page4d version, model and weights source, ``untrained``, the
     config, device, pre-processing, the attention plan, windows, seconds, the rig decided, the output world, and
@@ -232,13 +219,14 @@ def reconstruct(
     if refine_options is not None and refine != "ba":
         raise ValueError(f"refine_options say what refine='ba' adjusts, and refine is {refine!r}; pass refine='ba' "
                          "or drop refine_options")
+    resolve_shard(shard, Processes(), 1)  # the name, checked before anything is loaded
     if refine == "ba" and importlib.util.find_spec("pycolmap") is None:
         raise ValueError("refine ba needs pycolmap (feature tracks and bundle adjustment): pip install "
                          "\"page4d[export]\"")
     note = log or (lambda _: None)
     if calibration is not None and not isinstance(calibration, Calibration):
         calibration = Calibration.for_clip(calibration, clip)
-    check_rig(rig, _calibrated_kind(calibration))
+    check_rig(rig, calibrated_kind(calibration))
     _check_attention(attention, rig, calibration, clip)
     plan = plan or WindowPlan()
     if attention != "per-step":
@@ -270,15 +258,29 @@ def reconstruct(
         height, width = transforms[0].output_size
         note(f"note: {', '.join(clip.view_names[v] for v in padded)} (another aspect ratio) padded with white to "
              f"{width}×{height}; each view's outputs are mapped back to its own resolution")
-    window = _window_steps(plan, model, chosen, clip, transforms[0].output_size, run_device, note)
+    processes = join(run_device)
+    window = processes.share(_window_steps(plan, model, chosen, clip, transforms[0].output_size, run_device, note))
     start = time.perf_counter()
     if chosen.name == "per-step":  # steps stand alone: windows share none and the last one is cut short
         windows = plan_windows(clip.num_times, window, 0, equal=False)
     else:
         windows = plan_windows(clip.num_times, window, min(plan.overlap, window - 1))
+    split = resolve_shard(shard, processes, len(windows))
+    predict = partial(_predict, model, clip, mode=mode, size=size, calibration=calibration, attention=chosen,
+                      shard=GridShard() if split == "grid" else None)
+    if split is not None:
+        note(f"processes: {processes.world}, sharing {'each window' if split == 'grid' else 'the windows'}")
+    handed = share_windows(split, processes, predict, windows, spool, progress)
+    if not processes.leader:
+        return None
     store = Spool(spool) if spool is not None else None
     with store.removed_on_error() if store is not None else contextlib.nullcontext():
-        recon = _stitch(model, clip, mode, size, windows, progress, store, rig, calibration, chosen)
+        source = (lambda _, times: predict(times)) if handed is None else (lambda index, _: handed.read(index))
+        try:
+            recon = stitch(source, clip, transforms, mode, size, windows, progress, store, rig, calibration, chosen)
+        finally:
+            if handed is not None:
+                shutil.rmtree(handed.folder, ignore_errors=True)
         if refine == "ba":
             recon.meta["refine"] = _refined(recon, clip, calibration, refine_options or RefineOptions(), note)
     note(f"rig: {recon.meta['rig']['mode']} ({recon.meta['rig']['reason']})")
@@ -288,7 +290,7 @@ def reconstruct(
         "weights": None if report is None else _describe(report),
         "untrained": None if report is None else report.untrained,
         "config": model.config.to_dict(),
-        "attention": chosen.name,
+        "attention": chosen.name, "processes": {"count": processes.world, "shard": split},
         "device": str(run_device), "seconds": round(time.perf_counter() - start, 3),
         "external_masks": None if clip.external_mask_paths is None else True,
     })
@@ -383,116 +385,3 @@ def _describe(report: LoadReport) -> str:
     if report.untrained:
         return f"{report.source} with random weights: UNTRAINED, outputs are noise"
     return f"{report.source} ({len(report.mapped)} tensors loaded by the {report.converter} converter)"
-
-
-def _stitch(
-    model: Page4D,
-    clip: MultiViewClip,
-    mode: PreprocessMode,
-    size: int,
-    windows: list[range],
-    progress: bool,
-    store: Spool | None,
-    rig: RigMode,
-    calibration: Calibration | None,
-    attention: AttentionPlan,
-) -> Reconstruction:
-    """The window loop: predict, put the calibrated K in, register each window (the first one decides the rig;
-    ``per-step`` registers each step on its own), keep the new steps."""
-    blocks: dict[str, list[np.ndarray]] = {}
-    previous: tuple[int, dict[str, np.ndarray]] | None = None
-    registration: Registration | None = None
-    check = None if calibration is None else CalibrationCheck(clip.view_names)
-    done = 0
-    bar = tqdm(total=clip.num_times * clip.num_views, unit="frame", desc="reconstruct", disable=not progress)
-    for index, times in enumerate(windows):
-        arrays, pixels, transforms = _predict(model, clip, times, mode, size, calibration, attention)
-        arrays["images"] = pixels
-        if calibration is not None:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                check.add_intrinsics(restore_intrinsics(arrays["intrinsic"], transforms), calibration.intrinsics())
-            arrays["intrinsic"] = _model_intrinsics(calibration, transforms, len(times)).copy()
-        if registration is None:
-            decision = decide_rig(rig, arrays, _calibrated_kind(calibration), attention.name == "per-step")
-            registration = _registration(decision, calibration, clip, check)
-        shared = None
-        if previous is not None:
-            first, aligned = previous
-            shared = (slice(times.start - first, done - first), aligned)
-        if attention.name == "per-step":
-            _register_steps(registration, arrays, times)
-        else:
-            registration.register(arrays, times, shared)
-        for key, value in arrays.items():
-            block = value[done - times.start :]
-            if store is not None and key not in SMALL:
-                store.append(key, block)
-            else:
-                blocks.setdefault(key, []).append(block)
-        if index + 1 < len(windows):  # keep only what the next window's registration reads
-            first = windows[index + 1].start
-            previous = (first, {k: arrays[k][first - times.start :].copy() for k in ("depth", "depth_conf", *SMALL)})
-        del arrays, pixels
-        release_free_memory()
-        bar.update((times.stop - done) * clip.num_views)
-        done = times.stop
-    bar.close()
-    out = {k: np.concatenate(v) for k, v in blocks.items()}
-    if store is not None:
-        out.update(store.arrays)
-    registration.finish(out)
-    with np.errstate(invalid="ignore"):  # an untrained camera head can predict infinite focal lengths
-        intrinsic_original = restore_intrinsics(out["intrinsic"], transforms)
-    meta = {
-        "transforms": [transform_meta(t) for t in transforms], "view_names": clip.view_names,
-        "preprocess": {"mode": mode, "size": size},
-        "windows": [[w.start, w.stop] for w in windows],
-        "rig": decision.meta(clip.view_names),
-        "world": _world(decision, calibration, attention),
-    }
-    if calibration is not None:
-        meta["calibration"] = {"source": calibration.source, "match": calibration.match,
-                               "poses": calibration.has_poses, "check": check.summary()}
-    return Reconstruction(
-        time_ids=np.asarray(clip.time_ids), view_ids=np.asarray(clip.view_ids), images=out["images"],
-        extrinsic=out["extrinsic"], intrinsic=out["intrinsic"], intrinsic_original=intrinsic_original,
-        depth=out["depth"], depth_conf=out["depth_conf"], world_points=out["world_points"],
-        world_points_conf=out["world_points_conf"], dynamic_mask=out.get("dynamic_mask"),
-        meta=meta, spool=store,
-    )
-
-
-def _register_steps(registration: Registration, arrays: dict[str, np.ndarray], times: range) -> None:
-    """Register a ``per-step`` window one step at a time (each step is in its own frame and scale), in place."""
-    for i, t in enumerate(times):
-        step = {k: v[i : i + 1] for k, v in arrays.items()}
-        registration.register(step, range(t, t + 1), None)
-        for key, value in step.items():
-            if not np.shares_memory(value, arrays[key]):  # a registration may replace an array, not only edit it
-                arrays[key][i : i + 1] = value
-
-
-def _calibrated_kind(calibration: Calibration | None) -> Calibrated:
-    if calibration is None or not calibration.has_poses:
-        return "none"
-    return "moving" if calibration.moving else "static"
-
-
-def _registration(
-    decision: RigDecision, calibration: Calibration | None, clip: MultiViewClip, check: CalibrationCheck | None
-) -> Registration:
-    if calibration is not None and calibration.has_poses:
-        return CameraRegistration(calibration.poses(clip.time_ids), check)
-    if decision.mode == "static":
-        return CameraRegistration(None)
-    return OverlapRegistration()
-
-
-def _world(decision: RigDecision, calibration: Calibration | None, attention: AttentionPlan) -> str:
-    """What the output world and units are (``meta.json``'s ``world``)."""
-    if calibration is not None and calibration.has_poses:
-        return "the calibration's world and units"
-    if decision.mode == "static":
-        first = "time step" if attention.name == "per-step" else "window"
-        return f"the model's world and units of the first {first}, each camera at its pose averaged over the clip"
-    return "the predicted camera (t0, v0) of the first window, in the model's units"
