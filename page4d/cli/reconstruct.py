@@ -222,7 +222,7 @@ def _run(args: argparse.Namespace, output: OutputFolder | None, plan: WindowPlan
                         log=log, rig=args.rig, calibration=calibration, attention=args.attention, refine=args.refine,
                         refine_options=None if args.refine == "none" else RefineOptions(
                             refine_focal=args.refine_focal, refine_calibrated=args.refine_calibrated),
-                        shard=args.shard)
+                        shard=args.shard, processes=processes)
     if recon is None:  # another process's share is done; rank 0 writes
         processes.collect((peak_memory_mb(device), time.perf_counter() - started))
         return []

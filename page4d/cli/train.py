@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from page4d.train.config import TrainConfig
@@ -56,13 +55,18 @@ def run(args: argparse.Namespace) -> int:
         config_path, overrides = None, [config_path, *overrides]
     config = TrainConfig.load(config_path, overrides)
     check_disjoint(args.output, _inputs(config_path, config))
-    import torch
-    import torch.distributed as dist
+    from page4d.devices import resolve_device
+    from page4d.distributed.processes import join
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
-        dist.init_process_group("nccl" if config.device != "cpu" and torch.cuda.is_available() else "gloo")
-    if dist.is_initialized() and dist.get_rank() > 0:  # rank 0 owns the folder
-        return _train(args, config)
+    processes = join(resolve_device(config.device))  # started by torchrun: one process group
+    try:
+        return _owned(args, config) if processes.leader else _train(args, config)  # rank 0 owns the folder
+    finally:
+        processes.close()
+
+
+def _owned(args: argparse.Namespace, config: TrainConfig) -> int:
+    """Rank 0's run: the output folder claimed, checked, and trained into."""
     out = args.output.resolve()
     with OutputLock(out):
         for note in clean_stale(out):

@@ -93,5 +93,13 @@ def join(device: torch.device) -> Processes:
     return _joined
 
 
+def grid_group(size: int) -> ProcessGroup:
+    """This process's group of ``size`` consecutive ranks (``rank // size``), among the groups that tile the world:
+    the processes that share one sample's frames. Every process makes every group, in the same order."""
+    world = dist.get_world_size()
+    groups = [dist.new_group(list(range(start, start + size))) for start in range(0, world, size)]
+    return groups[dist.get_rank() // size]
+
+
 _joined: Processes | None = None
 """The processes of this run, once joined (the control group is made once, by every process together)."""

@@ -24,7 +24,7 @@ from page4d.checkpoints.report import LoadReport
 from page4d.config import ModelConfig
 from page4d.data.clip import MultiViewClip
 from page4d.data.preprocess import PreprocessMode, batch_padded, plan_transforms
-from page4d.distributed.processes import Processes, join
+from page4d.distributed.processes import Processes
 from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
 from page4d.presets import PRESETS, preset
@@ -177,6 +177,7 @@ def reconstruct(
     refine: str = "none",
     refine_options: RefineOptions | None = None,
     shard: str = "auto",
+    processes: Processes | None = None,
 ) -> Reconstruction | None:
     """Predict every (t, v) of ``clip``; window by window when ``plan`` cuts the clip (module docstring of
     ``page4d.reconstruction.windows``). The world frame is the predicted camera (t0, v0).
@@ -204,10 +205,13 @@ def reconstruct(
             depth and points with them (``page4d.refine``); a calibration's poses stay fixed. Where it cannot
             run (too few tracks, one view) the note says why and the result is kept unrefined.
         refine_options: what the refinement may change (``RefineOptions``: focal lengths, calibrated poses, ...).
-        shard: with several processes (torchrun; ``page4d.reconstruction.scaleout``): ``windows`` (whole windows
+        shard: how ``processes`` share the work (``page4d.reconstruction.scaleout``): ``windows`` (whole windows
             per process), ``grid`` (each window's frames spread over all of them) or ``auto`` (grid when one
-            window covers the clip). Only rank 0 returns the reconstruction; the others return None. Rank 0's
-            ``spool`` (or a temporary folder) carries the windows of the other processes to it.
+            window covers the clip).
+        processes: the processes of a torchrun launch that run this together (``page4d.distributed.join``), each
+            calling ``reconstruct`` with the same arguments; only rank 0 returns the reconstruction, the others
+            None, and rank 0's ``spool`` (or a temporary folder) carries the other processes' windows to it.
+            Default: this process alone.
 
     The result's ``meta`` records the provenance: page4d version, model and weights source, ``untrained``, the
     config, device, pre-processing, the attention plan, windows, seconds, the rig decided, the output world, and
@@ -258,7 +262,7 @@ def reconstruct(
         height, width = transforms[0].output_size
         note(f"note: {', '.join(clip.view_names[v] for v in padded)} (another aspect ratio) padded with white to "
              f"{width}×{height}; each view's outputs are mapped back to its own resolution")
-    processes = join(run_device)
+    processes = processes or Processes()
     window = processes.share(_window_steps(plan, model, chosen, clip, transforms[0].output_size, run_device, note))
     start = time.perf_counter()
     if chosen.name == "per-step":  # steps stand alone: windows share none and the last one is cut short

@@ -97,6 +97,10 @@ class TrainConfig:
     eval_scenes: int = 2
     log_every: int = 10
     checkpoint_every: int = 50
+    grid_processes: int = 1
+    """Processes that share each sample's frames (grid parallelism, ``page4d.aggregator.grid``: a (T, V) sample too
+    large for one GPU trains across several); the processes of a torchrun launch form a grid of
+    ``WORLD_SIZE / grid_processes`` data-parallel groups × ``grid_processes``. 1: data parallelism only."""
     workers: int = 0
     """Background processes that make the next batches while the model trains (0: made in the loop). A batch is a
     function of (seed, step, sample) alone, so the batches are the same with any number of them."""
@@ -113,6 +117,7 @@ class TrainConfig:
         _need(self.log_every >= 1, "log_every", self.log_every, "an integer >= 1")
         _need(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "an integer >= 1")
         _need(self.workers >= 0, "workers", self.workers, "an integer >= 0 (0: batches made in the training loop)")
+        _need(self.grid_processes >= 1, "grid_processes", self.grid_processes, "an integer >= 1 (1: off)")
         _need(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0 (0: never)")
         _need(self.eval_every == 0 or self.eval_scenes >= 1, "eval_scenes", self.eval_scenes,
               "an integer >= 1 when eval_every > 0")

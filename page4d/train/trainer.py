@@ -25,12 +25,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from page4d.aggregator.grid import GridShard
 from page4d.data.clip import MultiViewClip
 from page4d.data.layout import load_clip
 from page4d.data.samplers import ClipSamples, WindowSampler, colour_jitter, quarter_turn, zoom
 from page4d.data.sources import TimeSelection, select_clip
 from page4d.data.synthetic import SceneConfig, generate_clip, write_clip
 from page4d.devices import resolve_device
+from page4d.distributed.processes import grid_group
 from page4d.eval.runner import evaluate, report_value
 from page4d.model import Page4D
 from page4d.outputs import Predictions
@@ -152,11 +154,15 @@ def _sample_terms(pred: Predictions, targets: Targets, i: int) -> Terms:
     return terms
 
 
-def compute_losses(model: nn.Module, batch: dict[str, torch.Tensor], step: int, weights: dict[str, float]
-                   ) -> tuple[torch.Tensor, Terms]:
+def compute_losses(model: nn.Module, batch: dict[str, torch.Tensor], step: int, weights: dict[str, float],
+                   shard: GridShard | None = None) -> tuple[torch.Tensor, Terms]:
     """Total loss and its named terms for one batch, each the mean over samples of that sample's term (so that
-    data-parallel ranks averaging their gradients reproduce the whole batch). Mask terms only with a mask head."""
-    pred = model(batch["images"], forward_inputs(batch, step))
+    data-parallel ranks averaging their gradients reproduce the whole batch). Mask terms only with a mask head.
+
+    ``shard``: the batch's frames are spread over the processes of its group, each of which gets the whole
+    predictions and so the whole loss; the gradients that flow back through the exchanges then sum to that group's
+    size times the batch's gradient, which averaging over every process (DDP) turns into the data-parallel mean."""
+    pred = model(batch["images"], forward_inputs(batch, step), shard=shard)
     targets = make_targets(batch["extrinsics"], batch["intrinsics"], batch["depth"], batch["dynamic_mask"])
     per_sample = [_sample_terms(pred, targets, i) for i in range(len(batch["images"]))]
     terms = {k: torch.stack([t[k] for t in per_sample]).mean() for k in per_sample[0]}
@@ -223,8 +229,19 @@ class Trainer:
         config.validate()  # again: a config changed after it was built is checked too
         self.config, self.folder = config, Path(folder)
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        if config.batch_size % self.world:
-            raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {self.world} processes")
+        grid = config.grid_processes
+        if self.world % grid:
+            raise ValueError(f"grid_processes {grid} must divide the {self.world} processes (data-parallel groups × "
+                             "grid_processes)")
+        self.groups = self.world // grid
+        if config.batch_size % self.groups:
+            raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {self.groups} data-parallel "
+                             f"groups ({self.world} processes / grid_processes {grid})")
+        scene, share = config.scene, config.batch_size // self.groups
+        if grid > 1 and max(share, scene.num_times, scene.num_views) < grid:
+            raise ValueError(f"grid_processes {grid} share each group's {share} samples of {scene.num_times} × "
+                             f"{scene.num_views} frames, and need at least {grid} samples, time steps or views")
+        self.shard = GridShard(grid_group(grid)) if grid > 1 else None
         self.device = resolve_device(config.device)
         self.batches = Batches(config)
         torch.manual_seed(config.seed)
@@ -239,7 +256,8 @@ class Trainer:
         self.model.to(self.device)
         self.model.aggregator.gradient_checkpointing = config.gradient_checkpointing
         self.trained = train_only(self.model, config.train)
-        # Each rank computes its share of the batch; DDP averages the gradients (equal shares: the batch mean).
+        # Each data-parallel group computes its share of the batch (its grid processes each the whole loss of it, see
+        # compute_losses); DDP averages the gradients over every process: the batch mean.
         ids = [self.device.index] if self.device.type == "cuda" else None
         self.net = (DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
                     if self.world > 1 else self.model)
@@ -252,9 +270,9 @@ class Trainer:
 
     @property
     def _share(self) -> range:
-        """The samples of each batch this process computes."""
-        share = self.config.batch_size // self.world
-        return range(self.rank * share, (self.rank + 1) * share)
+        """The samples of each batch this process's data-parallel group computes (its grid processes share them)."""
+        share, group = self.config.batch_size // self.groups, self.rank // self.config.grid_processes
+        return range(group * share, (group + 1) * share)
 
     def train_step(self, batch: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
         """One optimisation step on the batch of ``self.step`` (made here unless given, as :meth:`batches_ahead`
@@ -262,7 +280,7 @@ class Trainer:
         self.model.train()
         batch = self.batches.batch(self.step, self._share) if batch is None else batch
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        total, terms = compute_losses(self.net, batch, self.step, self.config.loss_weights)
+        total, terms = compute_losses(self.net, batch, self.step, self.config.loss_weights, self.shard)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
