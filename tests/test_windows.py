@@ -200,6 +200,14 @@ def test_the_automatic_window_fits_half_the_free_memory(monkeypatch):
 
     monkeypatch.setattr(budget, "available_memory", lambda device: int(per_step * 20.5))
     assert window() == 10  # floor(0.5 * 20.5 steps)
+    # spread over 4 processes (--shard grid), each holds a quarter of the tokens and all of the outputs
+    pixels = 392 * 518 * 80
+    assert budget.bytes_per_frame(config, (392, 518), 4, processes=4) - pixels == (
+        budget.bytes_per_frame(config, (392, 518), 4) - pixels) // 4
+    spread = budget.choose_window(config, 4, PLANS["factorised"], clip.num_times, clip.num_views, (392, 518),
+                                  torch.device("cpu"), processes=4).steps
+    assert spread == int(0.5 * per_step * 20.5 // (budget.bytes_per_frame(config, (392, 518), 4, 4) * 4))
+    assert spread > 10
     monkeypatch.setattr(budget, "available_memory", lambda device: 0)
     assert window() == 2  # never below 2
     monkeypatch.setattr(budget, "available_memory", lambda device: 10**15)

@@ -1,12 +1,11 @@
 """Differentiable collectives over one process group, for chunks of unequal size along one dimension.
 
-Both are built on ``torch.distributed.all_to_all_single`` (NCCL and gloo; gloo's ``all_gather`` refuses tensors
-of unequal size), and each backward is the reverse exchange, so gradients flow back to the rank that owned each
-value:
+Both run on NCCL and gloo (whose ``all_gather`` refuses tensors of unequal size, hence the padding), and each
+backward is the reverse exchange, so gradients flow back to the rank that owned each value:
 
 * ``exchange``: rank r sends ``chunks[s]`` to rank s and receives one chunk from every rank (all-to-all).
-* ``gather``: every rank's tensor, concatenated in rank order along ``dim`` (an all-gather; its backward sums the
-  gradients of every rank's copy, a reduce-scatter).
+* ``gather``: every rank's tensor, concatenated in rank order along ``dim`` (an all-gather of tensors padded to
+  one size; its backward sums the gradients of every rank's copy, a reduce-scatter).
 """
 
 from __future__ import annotations
@@ -57,16 +56,6 @@ class _AllToAll(torch.autograd.Function):
         return back, None, None, None
 
 
-def _shapes(group: ProcessGroup | None, shape: torch.Size) -> list[torch.Size]:
-    """Every rank's ``shape`` (an all-gather of the small shape vectors)."""
-    world = dist.get_world_size(group)
-    mine = torch.tensor(list(shape), dtype=torch.long)
-    every = [torch.empty_like(mine) for _ in range(world)]
-    with collective("shapes"):
-        dist.all_gather(every, mine, group=group)
-    return [torch.Size(s.tolist()) for s in every]
-
-
 def exchange(
     chunks: list[torch.Tensor], recv_shapes: list[torch.Size], group: ProcessGroup | None = None
 ) -> list[torch.Tensor]:
@@ -82,14 +71,35 @@ def exchange(
     return [piece.view(shape) for piece, shape in zip(flat.split(recv_sizes), recv_shapes, strict=True)]
 
 
-def gather(
-    x: torch.Tensor, dim: int, sizes: list[int] | None = None, group: ProcessGroup | None = None
-) -> torch.Tensor:
-    """Every rank's ``x``, concatenated in rank order along ``dim``. ``sizes``: each rank's length along ``dim``
-    when the caller knows them (other dimensions equal); otherwise the shapes are exchanged first. Differentiable."""
-    world, dim = dist.get_world_size(group), dim % x.dim()
-    if sizes is None:
-        shapes = _shapes(group, x.shape)
-    else:
-        shapes = [torch.Size((*x.shape[:dim], n, *x.shape[dim + 1:])) for n in sizes]
-    return torch.cat(exchange([x] * world, shapes, group), dim=dim)
+class _AllGather(torch.autograd.Function):
+    """All-gather along ``dim`` of chunks ``sizes[r]`` long: each padded to the longest (collectives want equal
+    sizes), gathered, trimmed and concatenated. Backward: each rank's slice of every rank's gradient, summed."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int, sizes: list[int], group: ProcessGroup | None):
+        ctx.dim, ctx.sizes, ctx.group = dim, sizes, group
+        longest = max(sizes)
+        pad = list(x.shape)
+        pad[dim] = longest - x.shape[dim]
+        padded = torch.cat([x, x.new_zeros(pad)], dim=dim).contiguous() if pad[dim] else x.contiguous()
+        every = [torch.empty_like(padded) for _ in sizes]
+        with collective("tensors"):
+            dist.all_gather(every, padded, group=group)
+        return torch.cat([part.narrow(dim, 0, n) for part, n in zip(every, sizes, strict=True)], dim=dim)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        slices = list(grad.split(ctx.sizes, dim=ctx.dim))
+        mine = slices[dist.get_rank(ctx.group)].shape
+        received = exchange(slices, [mine] * len(slices), ctx.group)
+        return torch.stack(received).sum(0), None, None, None
+
+
+def gather(x: torch.Tensor, dim: int, sizes: list[int], group: ProcessGroup | None = None) -> torch.Tensor:
+    """Every rank's ``x``, concatenated in rank order along ``dim``; ``sizes``: each rank's length along ``dim``
+    (the other dimensions are equal). Differentiable: the backward sums the gradients of every rank's copy."""
+    dim = dim % x.dim()
+    if x.shape[dim] != sizes[dist.get_rank(group)]:
+        raise ValueError(f"this rank's tensor is {x.shape[dim]} long along dim {dim}, and sizes say "
+                         f"{sizes[dist.get_rank(group)]}")
+    return _AllGather.apply(x, dim, sizes, group)

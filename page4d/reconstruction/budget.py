@@ -44,16 +44,17 @@ def tokens_per_frame(config: ModelConfig, image_size: tuple[int, int]) -> int:
     return 1 + config.aggregator.num_register_tokens + patches
 
 
-def bytes_per_frame(config: ModelConfig, image_size: tuple[int, int], entries: int) -> int:
+def bytes_per_frame(config: ModelConfig, image_size: tuple[int, int], entries: int, processes: int = 1) -> int:
     """Rough peak bytes one frame adds to a forward pass: the ``entries`` kept aggregator outputs (2C each) plus
     about 24 token-sized working buffers (encoder, attention, MLP), and about 80 bytes per pixel for the input and
-    the full-resolution outputs (10 float32 channels, held as a tensor and as a numpy copy).
+    the full-resolution outputs (10 float32 channels, held as a tensor and as a numpy copy). With the frames
+    spread over ``processes`` (grid parallelism) each holds its share of the tokens and all of the outputs.
 
     For ``tiny-mv`` at 518×392 this gives 21 MB where a 16 × 4 pass measures 18 MB per frame; the full-size
     ``page4d-mv`` gives 145 MB."""
     tokens = (image_size[0] // config.patch_size) * (image_size[1] // config.patch_size)
     width = config.aggregator.embed_dim
-    return tokens * width * 4 * (2 * entries + 24) + image_size[0] * image_size[1] * 80
+    return tokens * width * 4 * (2 * entries + 24) // processes + image_size[0] * image_size[1] * 80
 
 
 def longest_sequence(config: ModelConfig, plan: AttentionPlan, steps: int, views: int, frame_tokens: int) -> int:
@@ -74,13 +75,14 @@ class WindowChoice:
 
 def choose_window(
     config: ModelConfig, entries: int, plan: AttentionPlan, num_times: int, num_views: int,
-    image_size: tuple[int, int], device: torch.device,
+    image_size: tuple[int, int], device: torch.device, processes: int = 1,
 ) -> WindowChoice:
     """The most time steps per window (at least 2, at most the clip) that fit ``MEMORY_FRACTION`` of the free
     memory on ``device`` and keep the plan's longest attention sequence within ``MAX_ATTENTION_TOKENS``;
-    ``entries``: the aggregator outputs the heads keep (``Page4D.required_entries``)."""
+    ``entries``: the aggregator outputs the heads keep (``Page4D.required_entries``); ``processes``: how many
+    share each window's frames (``--shard grid``)."""
     budget = MEMORY_FRACTION * available_memory(device)
-    by_memory = int(budget // (bytes_per_frame(config, image_size, entries) * num_views))
+    by_memory = int(budget // (bytes_per_frame(config, image_size, entries, processes) * num_views))
     frame_tokens = tokens_per_frame(config, image_size)
     low, high = 1, num_times  # the sequence grows with the steps: bisect for the last that stays within the limit
     while low < high:

@@ -263,7 +263,10 @@ def reconstruct(
         note(f"note: {', '.join(clip.view_names[v] for v in padded)} (another aspect ratio) padded with white to "
              f"{width}×{height}; each view's outputs are mapped back to its own resolution")
     processes = processes or Processes()
-    window = processes.share(_window_steps(plan, model, chosen, clip, transforms[0].output_size, run_device, note))
+    # An explicit grid spreads each window's activations over the processes, so an automatic window can be longer.
+    spread = processes.world if shard == "grid" else 1
+    window = processes.share(_window_steps(plan, model, chosen, clip, transforms[0].output_size, run_device, note,
+                                           spread))
     start = time.perf_counter()
     if chosen.name == "per-step":  # steps stand alone: windows share none and the last one is cut short
         windows = plan_windows(clip.num_times, window, 0, equal=False)
@@ -366,15 +369,16 @@ def _check_types(model: object, clip: object, plan: object) -> None:
 
 
 def _window_steps(plan: WindowPlan, model: Page4D, attention: AttentionPlan, clip: MultiViewClip,
-                  image_size: tuple[int, int], device: torch.device, note: Callable[[str], None]) -> int:
+                  image_size: tuple[int, int], device: torch.device, note: Callable[[str], None],
+                  processes: int = 1) -> int:
     """Time steps per forward pass: the plan's number, the whole clip (``all``) or what fits (``auto``,
-    ``page4d.reconstruction.budget``)."""
+    ``page4d.reconstruction.budget``; each window's tokens spread over ``processes``)."""
     if plan.window == "all":
         return clip.num_times
     if plan.window != "auto":
         return plan.window
     choice = choose_window(model.config, len(model.required_entries()), attention, clip.num_times,
-                           clip.num_views, image_size, device)
+                           clip.num_views, image_size, device, processes)
     window = choice.steps
     if window < clip.num_times:
         note(f"window: {window} steps ({choice.reason})")
