@@ -39,6 +39,24 @@ def test_camera_loss_clamps_translation_and_skips_invalid_frames():
     assert only_second["camera_T"].item() == 0.0 and math.isclose(only_second["camera_R"].item(), 2.0, rel_tol=1e-6)
 
 
+def test_camera_rotation_loss_is_the_same_for_q_and_minus_q():
+    """A camera 179° from the reference and one 181° from it are 2° apart, though their standardised (w ≥ 0)
+    quaternions differ in the sign of xyz: the rotation term measures the 2°, not the sign flip."""
+    def encoding(degrees: float) -> torch.Tensor:
+        half = math.radians(degrees) / 2
+        q = torch.tensor([0.0, math.sin(half), 0.0, math.cos(half)])  # xyzw, about y
+        q = q if q[3] >= 0 else -q  # the targets' convention
+        return torch.cat([torch.zeros(3), q, torch.ones(2)]).view(1, 1, 1, 9)
+
+    near = camera_loss([encoding(179.0)], encoding(181.0))["camera_R"].item()
+    plain = (encoding(179.0) - encoding(181.0))[..., 3:7].abs().mean().item()
+    assert plain > 0.4  # what a plain L1 would charge: the xyz part flipped
+    assert near == pytest.approx(2 * math.sin(math.radians(0.5)) / 4, rel=1e-5)  # |Δw| = 2 sin(0.5°); Δy = 0
+    flipped = encoding(30.0).clone()
+    flipped[..., 3:7] *= -1
+    assert camera_loss([flipped], encoding(30.0))["camera_R"].item() == 0.0
+
+
 def test_dense_loss_hand_computed():
     target = torch.zeros(1, 2, 3, 1)
     pred = torch.tensor([0.0, 1.0, 2.0, 0.0, 0.0, 0.0]).view(1, 2, 3, 1)

@@ -38,6 +38,12 @@ def camera_loss(
 ) -> Terms:
     """Pose-encoding L1 over camera-head iterations.
 
+    The rotation term is sign-invariant: q and -q are one rotation, and the targets' quaternions are standardised
+    to w ≥ 0, so a camera turned just past 180° from the reference has a target whose xyz part flips sign against
+    one just short of it. Each frame's rotation error is ``min(|q̂ - q|, |q̂ + q|)`` (L1 over the 4 components,
+    averaged like the other parts), which equals plain L1 wherever q̂ is the nearer of the two; wide rigs, with
+    cameras facing each other across the scene, have many targets near 180°.
+
     Args:
         pose_enc_list: one ``[B, T, V, 9]`` per iteration (``Predictions.pose_enc_list``).
         target: ``[B, T, V, 9]`` ground-truth encoding (``extri_intri_to_pose_encoding``).
@@ -52,9 +58,11 @@ def camera_loss(
     for k, pred in enumerate(pose_enc_list):
         weight = gamma ** (count - 1 - k) / count
         error = (pred - target).abs()
-        for name, part in parts.items():
-            values = error[..., part].clamp(max=max_translation) if name == "camera_T" else error[..., part]
-            terms[name] = terms[name] + weight * _valid_mean(values, valid)
+        rotation = torch.minimum(error[..., 3:7].sum(-1), (pred[..., 3:7] + target[..., 3:7]).abs().sum(-1))
+        values = {"camera_T": error[..., 0:3].clamp(max=max_translation), "camera_R": rotation[..., None] / 4,
+                  "camera_FoV": error[..., 7:9]}
+        for name in parts:
+            terms[name] = terms[name] + weight * _valid_mean(values[name], valid)
     terms["camera"] = terms["camera_T"] + terms["camera_R"] + weight_fov * terms["camera_FoV"]
     return terms
 
