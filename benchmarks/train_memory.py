@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from page4d.aggregator.grid import GridShard
 from page4d.inputs import ForwardInputs
 from page4d.model import Page4D
 from page4d.presets import preset
@@ -39,8 +40,9 @@ def crop_height(width: int) -> int:
     return round(width * 3 / 4 / 14) * 14
 
 
-def saved_bytes(model: Page4D, times: int, views: int, width: int) -> int:
-    """Bytes autograd keeps for the backward pass of one ``[1, T, V, 3, H, W]`` sample (4:3 crop)."""
+def saved_bytes(model: Page4D, times: int, views: int, width: int, shard: GridShard | None = None) -> int:
+    """Bytes autograd keeps for the backward pass of one ``[1, T, V, 3, H, W]`` sample (4:3 crop); with ``shard``,
+    in the process of the grid ``shard`` names (``benchmarks/scaleout.py``)."""
     height = crop_height(width)
     images = torch.rand(1, times, views, 3, height, width, device="meta")
     storages: dict[int, int] = {}
@@ -51,7 +53,7 @@ def saved_bytes(model: Page4D, times: int, views: int, width: int) -> int:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(images, ForwardInputs(mask_step=0.0))
+        model(images, ForwardInputs(mask_step=0.0), shard=shard)
     return sum(storages.values())
 
 
