@@ -12,16 +12,17 @@ _EXPORTS = {
     "ForwardInputs": "page4d.inputs", "Predictions": "page4d.outputs",
     "load_pretrained": "page4d.checkpoints.pretrained", "open_input": "page4d.data.sources",
     "reconstruct": "page4d.reconstruction.runner", "WindowPlan": "page4d.reconstruction.runner",
-    "Reconstruction": "page4d.reconstruction.record",
+    "Reconstruction": "page4d.reconstruction.record", "GridShard": "page4d.aggregator.grid",
 }
 """Public name -> the module that defines it: the model, its inputs and outputs, and the reconstruction pipeline."""
 
 __all__ = [
-    "ForwardInputs", "ModelConfig", "Page4D", "Predictions", "Reconstruction", "WindowPlan", "__version__",
+    "ForwardInputs", "GridShard", "ModelConfig", "Page4D", "Predictions", "Reconstruction", "WindowPlan", "__version__",
     "load_pretrained", "open_input", "preset", "reconstruct",
 ]
 
 if TYPE_CHECKING:
+    from page4d.aggregator.grid import GridShard
     from page4d.checkpoints.pretrained import load_pretrained
     from page4d.config import ModelConfig
     from page4d.data.sources import open_input

@@ -3,7 +3,9 @@
 Tokens stay in the layout of the attention kind that last ran and are re-grouped only when the
 kind changes. Only the output entries the heads read are kept (VGGT keeps all of them, its top
 memory cost). How many token streams run (one shared, or a pose and a geometry stream) is the
-stream strategy's business (``streams``); the aggregator always returns both readers' entries.
+stream strategy's business (``streams``); the aggregator always returns both readers' entries. Which frames this
+process holds in each layout, and how tokens move between layouts, is the frame grid's (``grid``): one process
+holds them all, and with a ``GridShard`` several processes share one forward pass.
 """
 
 from __future__ import annotations
@@ -273,13 +275,13 @@ class Aggregator(nn.Module):
             x = kinds.to_sequences(pooling.restore(full, pooled, out), layout)
         stream.x = x
         if step.index in stream.keep:
-            stream.record(step.bank, step.index, frames.frames(stream.x, stream.layout))
+            stream.record(step.bank, step.index, frames.local_frames(stream.x, stream.layout))
 
     def _run_sparse(self, index: int, stream: Stream, run: _Run) -> None:
         """Sparse block ``index`` on the token grid. Landmarks are the given keypoints, else the most static
         patches (``1 - moving``) when a dynamic mask exists."""
         frames = run.frames
-        grid = frames.frames(stream.x, stream.layout, "global")
+        grid = frames.local_frames(stream.x, stream.layout, "global")
         given = run.inputs.keypoints
         keypoints = frames.take_batch(given.flatten(-2)) if given is not None and stream.takes_keypoints else None
         scores = None if run.mask is None or given is not None else frames.take_batch(1.0 - run.mask.moving.flatten(-2))

@@ -146,7 +146,7 @@ class FrameGrid:
         """Local sequences of ``layout`` -> its local frames ``[B, T_loc, V_loc, P, C]``."""
         return kinds.from_sequences(seq, layout, *self.shape(layout))
 
-    def frames(self, seq: torch.Tensor, layout: str, dst: str = "frame") -> torch.Tensor:
+    def local_frames(self, seq: torch.Tensor, layout: str, dst: str = "frame") -> torch.Tensor:
         """Local sequences of ``layout`` -> the local frames of ``dst``'s split (exchanged if the splits differ)."""
         return self._move(self.from_sequences(seq, layout), self.split(layout), self.split(dst))
 
@@ -154,7 +154,7 @@ class FrameGrid:
         """Local sequences of layout ``src`` -> local sequences of ``dst``."""
         if self._same(self.split(src), self.split(dst)):
             return kinds.convert(seq, src, dst, *self.shape(src))
-        return kinds.to_sequences(self.frames(seq, src, dst), dst)
+        return kinds.to_sequences(self.local_frames(seq, src, dst), dst)
 
     def key_gather(self, layout: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """For a layout whose sequences span ranks: a map from local keys (or values) ``[N, heads, L_loc, D]`` to
