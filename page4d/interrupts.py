@@ -71,3 +71,20 @@ _pending: list[int] = []
 
 def _record(signum: int, _frame: object) -> None:
     _pending.append(signum)
+
+
+@contextlib.contextmanager
+def python_handlers_kept() -> Iterator[None]:
+    """Put Python's SIGINT and SIGTERM handlers back after the block. For imports of native libraries that install
+    their own at load time: pycolmap's glog takes SIGTERM (it prints a C++ stack trace and exits, skipping every
+    ``finally``, so a stopped run would leave its temporary folder)."""
+    if not _main_thread():
+        yield
+        return
+    handlers = {signum: signal.getsignal(signum) for signum in HANDLED}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            if handler is not None:  # None: a handler not installed from Python; nothing to restore
+                signal.signal(signum, handler)

@@ -162,6 +162,13 @@ def test_bad_options_fail_cleanly(tmp_path, capsys, args, message):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_a_short_window_without_overlap_shares_one_step_less(tmp_path):
+    """--window 2 alone: the default overlap of 2 becomes 1 (an explicit --overlap 2 is still refused above)."""
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--window", "2", "--quiet", "--export", "none"]) == 0
+    assert json.loads((out / "meta.json").read_text())["windows"] == [[0, 2], [1, 3]]
+
+
 def test_bad_clip_fails_cleanly(tmp_path, capsys):
     clip = tmp_path / "clip"
     shutil.copytree(EXAMPLE / "images", clip / "images")

@@ -527,3 +527,29 @@ def test_bad_input_on_an_almost_full_disk_is_still_reported_as_bad_input(tmp_pat
     assert main(["reconstruct", str(EXAMPLE), "-o", str(tmp_path / "out"), "--export-time", "3", *FAST]) == 2
     err = one_line_error(capsys, "--export-time 3 is not a time id of the input")
     assert "no space" not in err and list(tmp_path.iterdir()) == []
+
+
+PROBE = """\
+import ctypes, signal, sys
+class Action(ctypes.Structure):
+    _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
+                ("restorer", ctypes.c_void_p)]
+def installed():
+    action = Action()
+    ctypes.CDLL(None).sigaction(signal.SIGTERM, None, ctypes.byref(action))
+    return action.handler
+signal.signal(signal.SIGTERM, lambda *_: None)
+python = installed()
+import {module}
+print(int(installed() == python))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the handler through glibc's sigaction")
+@pytest.mark.parametrize("module", ["pycolmap", "page4d.refine.pipeline", "page4d.export.colmap"])
+def test_loading_pycolmap_leaves_python_in_charge_of_sigterm(module):
+    """pycolmap installs glog's SIGTERM handler (a C++ stack dump and exit, skipping every cleanup) when it loads;
+    page4d's modules that load it put Python's handler back, so a stopped --refine ba run still cleans up."""
+    out = subprocess.run([sys.executable, "-c", PROBE.format(module=module)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[-1] == ("0" if module == "pycolmap" else "1")  # the bare import is what page4d works around

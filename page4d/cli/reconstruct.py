@@ -100,10 +100,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--window", default=str(WindowPlan.window),
                    help="time steps per forward pass; 'auto' fits half the free memory, 'all' = one pass (default: "
                    f"{WindowPlan.window})")
-    p.add_argument("--overlap", type=int, default=WindowPlan.overlap,
+    p.add_argument("--overlap", type=int,
                    help="time steps shared by consecutive windows, below --window; 0 only for a static rig of "
                    f"several cameras or calibrated poses; unused by --attention per-step (default: "
-                   f"{WindowPlan.overlap})")
+                   f"{WindowPlan.overlap}, or one below a shorter --window)")
     p.add_argument(
         "--shard", choices=SHARD_MODES, default="auto",
         help="under torchrun --nproc_per_node=N: windows (each process runs whole windows; rank 0 stitches them), "
@@ -142,11 +142,15 @@ def _exports(value: str) -> list[str]:
         raise ValueError(f"--export {value}: {err}, or pass --export none") from None
 
 
-def _plan(value: str, overlap: int) -> WindowPlan:
-    """``--window`` and ``--overlap`` as the library's window plan (which checks them)."""
+def _plan(value: str, overlap: int | None) -> WindowPlan:
+    """``--window`` and ``--overlap`` as the library's window plan (which checks them); without ``--overlap``, the
+    default, or one step below a window shorter than it."""
     if value not in ("auto", "all") and not value.isdigit():
         raise ValueError(f"--window {value}: give 'auto', 'all' or a number of time steps >= 2")
-    return WindowPlan(int(value) if value.isdigit() else value, overlap)
+    window = int(value) if value.isdigit() else value
+    if overlap is None:
+        overlap = min(WindowPlan.overlap, window - 1) if isinstance(window, int) and window >= 1 else WindowPlan.overlap
+    return WindowPlan(window, overlap)
 
 
 def _inputs(args: argparse.Namespace) -> list[Path]:

@@ -170,7 +170,10 @@ def read_toml(path: Path) -> list[CameraCalibration]:
 
 def read_colmap(folder: Path) -> list[CameraCalibration]:
     """One camera per registered image of a COLMAP model, in natural order of the image names."""
-    import pycolmap
+    from page4d.interrupts import python_handlers_kept
+
+    with python_handlers_kept():  # pycolmap installs glog's SIGTERM handler when it loads
+        import pycolmap
 
     try:
         model = pycolmap.Reconstruction(str(folder))

@@ -19,11 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pycolmap
 
 from page4d.conventions import COLMAP_PIXEL_OFFSET, colmap_pinhole_params
 from page4d.export.points import DEFAULT_CONF_PERCENTILE, PointSource, select_points
+from page4d.interrupts import python_handlers_kept
 from page4d.reconstruction.record import Reconstruction
+
+with python_handlers_kept():  # pycolmap installs glog's SIGTERM handler when it loads
+    import pycolmap
 
 DEFAULT_MAX_POINTS = 50_000
 """Enough to initialise Gaussian splatting or inspect the geometry while keeping points3D small (~2 MB)."""

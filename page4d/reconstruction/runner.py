@@ -277,6 +277,11 @@ def reconstruct(
                       shard=GridShard() if split == "grid" else None)
     if split is not None:
         note(f"processes: {processes.world}, sharing {'each window' if split == 'grid' else 'the windows'}")
+    if split is None and shard != "auto":
+        note(f"note: shard {shard} does nothing in one process; launch with torchrun --nproc_per_node=N")
+    if split == "windows" and len(windows) < processes.world:
+        note(f"note: {processes.world - len(windows)} of the {processes.world} processes have no window to run (the "
+             f"clip makes {len(windows)}); shard grid spreads each window over all of them")
     handed = share_windows(split, processes, predict, windows, spool, progress)
     if not processes.leader:
         return None

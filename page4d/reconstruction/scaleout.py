@@ -89,7 +89,7 @@ def share_windows(
         Path(tempfile.mkdtemp(prefix="page4d-windows-")) if spool is None else Path(spool) / "windows"))
     files = WindowFiles(folder)
     mine = own_windows(len(windows), processes)
-    bar = tqdm(mine, unit="window", desc=f"predict (rank 0 of {processes.world})",
+    bar = tqdm(mine, unit="window", desc=f"rank 0's windows ({len(mine)} of {len(windows)})",
                disable=not (progress and processes.leader))
     for index in bar:
         files.write(index, *predict(windows[index]))

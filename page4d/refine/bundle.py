@@ -16,11 +16,14 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import pycolmap
 
 from page4d.conventions import COLMAP_PIXEL_OFFSET, colmap_pinhole_params
+from page4d.interrupts import python_handlers_kept
 from page4d.reconstruction.rig import fit_cameras, moved, rig_poses
 from page4d.refine.tracks import Tracks, connected, image_groups
+
+with python_handlers_kept():  # pycolmap installs glog's SIGTERM handler when it loads
+    import pycolmap
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pycolmap
 import torch
 
 from page4d.conventions import COLMAP_PIXEL_OFFSET
+from page4d.interrupts import python_handlers_kept
 from page4d.refine.tracks import Tracks, from_matches
+
+with python_handlers_kept():  # pycolmap installs glog's SIGTERM handler when it loads
+    import pycolmap
 
 MIN_MATCHES = 8
 """Fewer verified matches than this between two views are dropped (a two-view geometry needs them)."""

@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pycolmap
 
 from page4d.conventions import COLMAP_PIXEL_OFFSET, colmap_pinhole_params
+from page4d.interrupts import python_handlers_kept
 from page4d.reconstruction.rig import fit_cameras, moved
 from page4d.refine.bundle import onto_images
 from page4d.refine.tracks import Tracks
+
+with python_handlers_kept():  # pycolmap installs glog's SIGTERM handler when it loads
+    import pycolmap
 
 
 @dataclass(frozen=True)

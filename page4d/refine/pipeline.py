@@ -25,11 +25,11 @@ import warnings
 from collections.abc import Iterator
 
 import numpy as np
-import pycolmap
 
 from page4d.conventions import colmap_pinhole_params
 from page4d.data.clip import MultiViewClip
 from page4d.devices import peak_memory_mb
+from page4d.interrupts import python_handlers_kept
 from page4d.reconstruction.record import Reconstruction
 from page4d.reconstruction.registration import re_express_clip
 from page4d.reconstruction.rig import centres, pose, rotation_angles_deg
@@ -38,6 +38,9 @@ from page4d.refine.features import Extractor, FrameGeometry, Keypoints, feature_
 from page4d.refine.mapper import register
 from page4d.refine.modes import RefineOptions
 from page4d.refine.tracks import TrackedPoints, Tracks, image_groups
+
+with python_handlers_kept():  # pycolmap installs glog's SIGTERM handler when it loads
+    import pycolmap
 
 
 class RefinementError(ValueError):
