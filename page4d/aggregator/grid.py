@@ -4,6 +4,7 @@ One forward pass over a grid may be spread over the ranks of a process group (gr
 parallelism over the frame grid as DeepSpeed-Ulysses does over heads). Each attention layout's sequences are
 split along one grid axis in contiguous runs (``split_sizes``):
 
+    every layout, when B ≥ N: by batch element (independent sets, e.g. the per-step plan's steps: no exchange);
     time   : by view when V ≥ N, so each rank holds whole time sequences (its cameras, all T steps);
     view   : by time when T ≥ N, so each rank holds whole view sequences (its time steps, all V cameras);
     frame, global, and a time / view layout whose own axis is shorter than N: by the output axis (time when
@@ -11,7 +12,7 @@ split along one grid axis in contiguous runs (``split_sizes``):
              rank (``key_gather``).
 
 Between blocks of different splits the tokens are exchanged all-to-all; entries the heads read, the dynamic mask
-and predictions are kept or gathered in the output split. With one process (``group`` None) every layout is
+and predictions are kept or gathered in the output split. With one process (no ``GridShard``) every layout is
 local, nothing is exchanged, and every method is the identity on the whole grid: the single-process model is
 this same code path.
 """
@@ -48,7 +49,7 @@ class GridShard:
 
 @dataclass(frozen=True)
 class Split:
-    """How a layout's frames are spread: along ``axis`` (``TIME`` or ``VIEW``), ``sizes[r]`` on rank r."""
+    """How a layout's frames are spread: along ``axis`` (``BATCH``, ``TIME`` or ``VIEW``), ``sizes[r]`` on rank r."""
 
     axis: int
     sizes: tuple[int, ...]
