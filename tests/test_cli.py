@@ -136,7 +136,7 @@ def test_overwrite_replaces_the_folder(tmp_path):
         (["--size", "100"], "multiple of 14"),
         (["--model", "no-such-model"], "no-such-model"),
         (["--model", "pi3-large"], "a reconstruction needs the camera, depth and point heads"),
-        (["--export", "ply,obj"], "unknown export format 'obj'; choose from ply, glb, colmap, png"),
+        (["--export", "ply,obj"], "unknown export format 'obj'; choose from ply, glb, colmap, png, nerfstudio"),
         (["--export-time", "3"], "--export-time 3 is not a time id of the input (8..10)"),
         (["--window", "1"], "window 1: give 'auto', 'all' or a number of time steps >= 2"),
         (["--overlap", "0", "--window", "2"], "overlap 0 leaves consecutive windows nothing to register on"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
 import re
 
@@ -251,14 +252,23 @@ def test_panels_layout_and_pixels(tmp_path):
     assert np.asarray(Image.open(no_mask[1])).shape == (3 * row, 2 * W, 3)
 
 
+def _originals(t: int, v: int) -> np.ndarray:
+    """A distinct original frame (64 × 84, CROP's size) per (t, v)."""
+    return np.full((64, 84, 3), 40 * t + 10 * v, np.uint8)
+
+
 def test_export_writes_every_format(tmp_path):
     recon = make_recon()
     out = tmp_path / "out"
-    written = export(recon, out, FORMATS, progress=False)
+    written = export(recon, out, FORMATS, progress=False, frames=_originals)
     colmap = [f"colmap/time_07/sparse/0/{name}.bin" for name in ("cameras", "frames", "images", "points3D", "rigs")]
+    frames = [f"nerfstudio/{kind}/time_{t:02d}_view{v}.png" for t in TIME_IDS for v in VIEW_IDS
+              for kind in ("images", "masks")]
+    colmap_images = [f"colmap/time_07/images/view{v}.png" for v in VIEW_IDS]
     expected = [
         "points/time_03_static.ply", "points/time_03_dynamic.ply", "panels/time_03.png",
-        "points/time_07_static.ply", "panels/time_07.png", "scene_time_07.glb", *colmap,
+        "points/time_07_static.ply", "panels/time_07.png", "scene_time_07.glb",
+        "nerfstudio/transforms.json", *frames, "nerfstudio/points_static.ply", *colmap, *colmap_images,
     ]
     assert [p.relative_to(out).as_posix() for p in written] == expected
     assert all(p.is_file() for p in written)
@@ -268,10 +278,56 @@ def test_export_writes_every_format(tmp_path):
     assert pycolmap.Reconstruction(out / "colmap/time_07/sparse/0").num_points3D() == len(sel)
 
 
+def test_nerfstudio_export_reads_back_in_the_reconstructions_world(tmp_path):
+    """transforms.json: camera centres and K as in cameras.json (original resolution, no re-centring), OpenGL
+    camera-to-world matrices, a static point projecting through them onto the original pixel it came from, masks
+    that zero the moving box at original resolution, and times spread over [0, 1]."""
+    recon = make_recon()
+    export(recon, tmp_path, ["nerfstudio"], progress=False, frames=_originals)
+    folder = tmp_path / "nerfstudio"
+    doc = json.loads((folder / "transforms.json").read_text())
+    cameras = recon.cameras_json()
+    assert doc["camera_model"] == "PINHOLE" and len(doc["frames"]) == 4
+    for index, frame in enumerate(doc["frames"]):
+        t, v = divmod(index, 2)
+        assert frame["file_path"] == f"images/time_{TIME_IDS[t]:02d}_view{VIEW_IDS[v]}.png"
+        assert frame["time"] == t and (frame["w"], frame["h"]) == (84, 64)
+        k = np.array(cameras["K"][t][v])
+        np.testing.assert_allclose([frame["fl_x"], frame["fl_y"], frame["cx"], frame["cy"]],
+                                   [k[0, 0], k[1, 1], k[0, 2], k[1, 2]], rtol=1e-6)
+        c2w = np.array(frame["transform_matrix"])
+        w2c = np.array(cameras["E_w2c"][t][v])
+        np.testing.assert_allclose(c2w[:3, 3], -w2c[:, :3].T @ w2c[:, 3], atol=1e-6)  # the same centre
+        np.testing.assert_allclose(c2w[:3, :3] @ np.diag([1, -1, -1]), w2c[:, :3].T, atol=1e-6)  # GL = CV · flip
+        image = np.asarray(Image.open(folder / frame["file_path"]))
+        np.testing.assert_array_equal(image, _originals(t, v))
+        mask = np.asarray(Image.open(folder / frame["mask_path"]))
+        assert mask.shape == (64, 84) and set(np.unique(mask)) <= {0, 255}
+        # the moving box, rows 5..9 and columns 8..19 of the model grid, is original rows 14.5..22.5, columns
+        # 16.5..38.5 (CROP); the box is moving at time index 0 only
+        assert (mask[16:22, 18:38] == 0).all() == (t == 0) and (mask[40:, 50:] == 255).all()
+    cloud = trimesh.load(folder / doc["ply_file_path"])
+    static = select_points(recon, 0)
+    static = static.subset(~static.moving)
+    point = np.asarray(cloud.vertices[0], np.float64)
+    np.testing.assert_allclose(point, static.xyz[0], rtol=1e-6)
+    frame = doc["frames"][static.view[0]]  # time index 0, the first selected point's view
+    camera = np.linalg.inv(np.array(frame["transform_matrix"])) @ np.append(point, 1.0)
+    x, y, z = np.diag([1, -1, -1]) @ camera[:3]  # back to OpenCV axes
+    pixel = [frame["fl_x"] * x / z + frame["cx"], frame["fl_y"] * y / z + frame["cy"]]
+    np.testing.assert_allclose(pixel, CROP.unmap_pixels(static.pixel[0].astype(np.float64)), atol=1e-3)
+
+
+def test_nerfstudio_export_needs_the_frames(tmp_path):
+    with pytest.raises(ValueError, match="writes the original frames"):
+        export(make_recon(), tmp_path / "out", ["nerfstudio"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_errors_write_nothing(tmp_path, monkeypatch):
     recon = make_recon()
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="choose from ply, glb, colmap, png"):
+    with pytest.raises(ValueError, match="choose from ply, glb, colmap, png, nerfstudio"):
         export(recon, out, ["ply", "obj"])
     with pytest.raises(ValueError, match="out of range"):
         export(recon, out, ["glb"], time_index=2)

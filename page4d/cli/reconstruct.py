@@ -112,7 +112,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "clip, else windows (default: auto). Rank 0 writes the output",
     )
     p.add_argument("--export", default=DEFAULT_EXPORTS,
-                   help=f"comma-separated subset of ply, glb, colmap, png, or 'none' (default: {DEFAULT_EXPORTS})")
+                   help="comma-separated subset of ply, glb, colmap, png, nerfstudio (transforms.json, images, masks "
+                   f"and static points for nerfstudio / gsplat), or 'none' (default: {DEFAULT_EXPORTS})")
     p.add_argument("--export-time", type=int,
                    help="time id of the GLB scene and the COLMAP model (default: the middle time step)")
     p.add_argument("--conf-percentile", type=float, default=20.0,

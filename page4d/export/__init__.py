@@ -1,10 +1,11 @@
-"""Exports of a :class:`~page4d.reconstruction.record.Reconstruction`: PLY point clouds, GLB scenes, COLMAP models
-and PNG panels, written under one folder::
+"""Exports of a :class:`~page4d.reconstruction.record.Reconstruction`: PLY point clouds, GLB scenes, COLMAP models,
+PNG panels and a nerfstudio dataset, written under one folder::
 
     points/time_XX_{static,dynamic}.ply   every time step (ply)
     scene_time_XX.glb                     one time step (glb)
     colmap/time_XX/sparse/0/*.bin         one time step (colmap), with images/ of that step
     panels/time_XX.png                    every time step (png)
+    nerfstudio/transforms.json            every frame, with images/, masks/ and points_static.ply (nerfstudio)
 
 XX is the time id. The writers import trimesh, pycolmap and matplotlib (the ``export`` extra), so this module
 imports them only when a format that needs them is asked for.
@@ -32,8 +33,8 @@ from page4d.reconstruction.record import Reconstruction
 
 __all__ = ["FORMATS", "PointSelection", "export", "select_points"]
 
-FORMATS = ("ply", "glb", "colmap", "png")
-REQUIREMENTS = {"ply": "trimesh", "glb": "trimesh", "colmap": "pycolmap", "png": "matplotlib"}
+FORMATS = ("ply", "glb", "colmap", "png", "nerfstudio")
+REQUIREMENTS = {"ply": "trimesh", "glb": "trimesh", "colmap": "pycolmap", "png": "matplotlib", "nerfstudio": "trimesh"}
 """The third-party package each format needs."""
 
 
@@ -72,9 +73,11 @@ def export(
     points (see :func:`select_points`). ``progress`` shows a tqdm bar over the time steps. ``colmap`` is a COLMAP
     project: the model in ``colmap/time_XX/sparse/0`` and, with ``frames`` (``frames(t, v)``: the original image
     of step index ``t``, view ``v``, ``[H0, W0, 3]`` uint8), the step's images in ``colmap/time_XX/images``, the
-    layout COLMAP's GUI, gsplat and nerfstudio read.
+    layout COLMAP's GUI, gsplat and nerfstudio read. ``nerfstudio`` needs ``frames`` (``page4d.export.nerfstudio``).
     """
     formats = check_formats(formats)
+    if "nerfstudio" in formats and frames is None:
+        raise ValueError("the nerfstudio export writes the original frames: pass frames=clip.load_original")
     t = recon.num_times // 2 if time_index is None else time_index
     check_time_index(recon, t)
     check_conf_percentile(conf_percentile)
@@ -98,6 +101,10 @@ def export(
 
         scene = folder / f"scene_{time_name(recon, t)}.glb"
         written.append(write_scene(recon, scene, t, conf_percentile=conf_percentile))
+    if "nerfstudio" in formats:
+        from page4d.export.nerfstudio import write_nerfstudio
+
+        written += write_nerfstudio(recon, folder, frames, conf_percentile)
     if "colmap" in formats:
         from page4d.export.colmap import image_name, write_colmap
 

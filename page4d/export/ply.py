@@ -33,8 +33,7 @@ def write_point_cloud(recon: Reconstruction, folder: Path, t: int, **selection) 
     for part, keep in (("static", ~points.moving), ("dynamic", points.moving)):
         if keep.any():
             path = out / f"{time_name(recon, t)}_{part}.ply"
-            _write_ply(points.subset(keep), path)
-            written.append(path)
+            written.append(write_points(points.subset(keep), path))
     return written
 
 
@@ -43,5 +42,7 @@ def write_point_clouds(recon: Reconstruction, folder: Path, **selection) -> list
     return [path for t in range(recon.num_times) for path in write_point_cloud(recon, folder, t, **selection)]
 
 
-def _write_ply(points: PointSelection, path: Path) -> None:
+def write_points(points: PointSelection, path: Path) -> Path:
+    """Write ``points`` (a non-empty selection) as a coloured binary PLY at ``path``; returns it."""
     trimesh.PointCloud(points.xyz, colors=points.rgb).export(path, file_type="ply")
+    return path
