@@ -32,6 +32,8 @@ from page4d.distributed.collectives import exchange, gather, split_sizes
 
 BATCH, TIME, VIEW = 0, 1, 2
 """Grid dimensions of ``[B, T, V, ...]`` a split runs along."""
+KeyGather = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""Local keys and values ``[N, heads, L_loc, D]`` -> those of the whole sequences ``[N, heads, L, D]``."""
 
 
 @dataclass(frozen=True)
@@ -157,16 +159,19 @@ class FrameGrid:
             return kinds.convert(seq, src, dst, *self.shape(src))
         return kinds.to_sequences(self.local_frames(seq, src, dst), dst)
 
-    def key_gather(self, layout: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """For a layout whose sequences span ranks: a map from local keys (or values) ``[N, heads, L_loc, D]`` to
-        the whole sequences' ``[N, heads, L, D]``, in the layout's token order; None when sequences are local."""
+    def key_gather(self, layout: str) -> KeyGather | None:
+        """For a layout whose sequences span ranks: a map from local keys and values ``[N, heads, L_loc, D]`` to
+        the whole sequences' ``[N, heads, L, D]``, in the layout's token order (one exchange for both); None when
+        sequences are local."""
         if not self.split(layout).gathered:
             return None
 
-        def whole(x: torch.Tensor) -> torch.Tensor:
-            heads = x.shape[1]
-            local = self.from_sequences(rearrange(x, "n h l d -> n l (h d)"), layout)
-            return rearrange(kinds.to_sequences(self.seen(local, layout), layout), "n l (h d) -> n h l d", h=heads)
+        def whole(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            heads = keys.shape[1]
+            both = rearrange(torch.cat([keys, values], dim=-1), "n h l d -> n l (h d)")
+            seen = kinds.to_sequences(self.seen(self.from_sequences(both, layout), layout), layout)
+            keys, values = rearrange(seen, "n l (h d) -> n h l d", h=heads).chunk(2, dim=-1)
+            return keys, values
 
         return whole
 

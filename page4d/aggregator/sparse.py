@@ -149,7 +149,7 @@ class SparseGlobalBlock(nn.Module, ABC):
         q, k, values = block.attn.heads(block.norm1(x), pos.repeat(t * v, 1))
         whole = frames.key_gather("global")
         if whole is not None:
-            k, values = whole(torch.cat([k, values], dim=-1)).chunk(2, dim=-1)
+            k, values = whole(k, values)
         x = x + block.ls1(block.attn.proj(merge_heads(self.attend(q, k, values, call))))
         x = x + block.ls2(block.mlp(block.norm2(x)))
         return rearrange(x, "b (t v p) c -> b t v p c", t=t, v=v)

@@ -99,8 +99,4 @@ def _static_points(recon: Reconstruction, conf_percentile: float) -> PointSelect
     """The confident static points of every time step, at most ``MAX_POINTS`` (a seeded random subset)."""
     every = PointSelection.concat([select_points(recon, t, conf_percentile=conf_percentile)
                                    for t in range(recon.num_times)])
-    static = every.subset(~every.moving)
-    if len(static) > MAX_POINTS:
-        keep = np.random.default_rng(0).choice(len(static), MAX_POINTS, replace=False)
-        static = static.subset(np.sort(keep))
-    return static
+    return every.subset(~every.moving).sample(MAX_POINTS)

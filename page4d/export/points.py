@@ -50,6 +50,13 @@ class PointSelection:
         """The rows picked by a boolean mask or index array ``keep``."""
         return PointSelection(*(getattr(self, f.name)[keep] for f in dataclasses.fields(self)))
 
+    def sample(self, max_points: int) -> PointSelection:
+        """At most ``max_points`` rows: a seeded random subset (the same on every call), kept in row order."""
+        if len(self) <= max_points:
+            return self
+        rng = np.random.default_rng(SUBSAMPLE_SEED)
+        return self.subset(np.sort(rng.choice(len(self), max_points, replace=False)))
+
     @staticmethod
     def concat(selections: list[PointSelection]) -> PointSelection:
         """The rows of ``selections`` one after the other."""
@@ -101,10 +108,7 @@ def select_points(
         xyz=xyz[valid].astype(np.float32), rgb=recon.images[t][valid], conf=conf[valid].astype(np.float32),
         mask=moving, view=view.astype(np.int64), pixel=np.stack([col, row], axis=-1).astype(np.int64),
     )
-    if max_points is not None and len(selection) > max_points:
-        rng = np.random.default_rng(SUBSAMPLE_SEED)
-        selection = selection.subset(np.sort(rng.choice(len(selection), max_points, replace=False)))
-    return selection
+    return selection if max_points is None else selection.sample(max_points)
 
 
 def check_time_index(recon: Reconstruction, t: int) -> None:

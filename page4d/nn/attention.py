@@ -64,7 +64,7 @@ class AttentionExtras:
     chunked_bias: ChunkedBias | None = None
     time_rotation: TimeRotation | None = None
     mask: torch.Tensor | None = None
-    gather_keys: Callable[[torch.Tensor], torch.Tensor] | None = None
+    gather_keys: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 NO_EXTRAS = AttentionExtras()
@@ -186,8 +186,8 @@ class Attention(nn.Module):
         """``x`` ``[N, L, C]``, ``pos`` ``[L, 2]`` or ``[N, L, 2]`` (RoPE positions) -> ``[N, L, C]``, with the
         biases, time rotation, key gathering and (test-only) mask of ``extras``."""
         q, k, v = self.heads(x, pos, extras.time_rotation)
-        if extras.gather_keys is not None:  # one exchange for both: keys and values travel together
-            k, v = extras.gather_keys(torch.cat([k, v], dim=-1)).chunk(2, dim=-1)
+        if extras.gather_keys is not None:
+            k, v = extras.gather_keys(k, v)
         out = attend(q, k, v, extras, backend=self.backend)
         return self.proj(rearrange(out, "n h l d -> n l (h d)"))
 
