@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from conftest import EXAMPLE
 from PIL import Image
 
 from page4d.cli.main import main
+from page4d.cli.reconstruct import open_lines
 from page4d.data.layout import load_clip
 from page4d.model import Page4D
 from page4d.presets import preset
@@ -45,6 +47,40 @@ def test_reconstruct_bundled_example(tmp_path, capsys):
     # intrinsic_original maps the model-resolution K back to the 640x480 originals.
     restored = transforms[2].restore_intrinsics(torch.from_numpy(pred["intrinsic"][1, 2]).double()).numpy()
     np.testing.assert_allclose(pred["intrinsic_original"][1, 2], restored, rtol=1e-6)
+
+
+def test_summary_names_the_exports_to_open(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(EXAMPLE), "-o", str(out), "--size", "56", "--export", "png,glb,nerfstudio"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    opened = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in lines[-3:]}
+    assert opened == {
+        "PNG panels": f"{out}/panels/time_08.png … time_10.png (3 files)",
+        "GLB scene": f"{out}/scene_time_09.glb",
+        "nerfstudio / gsplat dataset": f"{out}/nerfstudio/transforms.json",
+    }
+    for path in (out / "panels" / "time_08.png", out / "panels" / "time_10.png", out / "scene_time_09.glb",
+                 out / "nerfstudio" / "transforms.json"):
+        assert path.is_file()
+
+
+def test_summary_lines_of_every_export() -> None:
+    out = Path("OUT")
+    written = [Path(name) for name in (
+        "predictions.npz", "points/time_00_static.ply", "panels/time_00.png", "points/time_00_dynamic.ply",
+        "points/time_01_static.ply", "panels/time_01.png", "scene_time_01.glb", "nerfstudio/transforms.json",
+        "nerfstudio/images/time_00_view0.png", "colmap/time_01/sparse/0/cameras.bin",
+        "colmap/time_01/sparse/0/images.bin", "colmap/time_01/images/view0.png", "recording.rrd",
+    )]
+    assert open_lines(out, written) == [
+        "PNG panels: OUT/panels/time_00.png … time_01.png (2 files)",
+        "point clouds: OUT/points/time_00_static.ply … time_01_static.ply (3 files)",
+        "GLB scene: OUT/scene_time_01.glb",
+        "COLMAP project: OUT/colmap/time_01",
+        "nerfstudio / gsplat dataset: OUT/nerfstudio/transforms.json",
+        "rerun recording (open with: rerun FILE): OUT/recording.rrd",
+    ]
+    assert open_lines(out, written[:1]) == []
 
 
 def test_a_preset_runs_with_random_weights_and_says_so(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""``page4d eval``: end-to-end report (metrics.json, per_step.png, table) and error cases that write nothing."""
+"""``page4d eval``: end-to-end report (metrics.json, the figures, table) and error cases that write nothing."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ from page4d.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SIZE = 84  # model grid 56 x 84 keeps the run fast; the protocol is the same at any size
+FILES = ["depth_error", "metrics.json", "per_step.png", "trajectories.png"]
+VIEW_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+"""matplotlib's tab10, the colours of views 0-3."""
+INVALID = (153, 153, 153)
+"""The grey (0.6) of pixels without ground truth."""
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,8 @@ def _rewrite(folder: Path, **changes) -> None:
 def test_eval_writes_metrics_plot_and_table(prediction, capsys) -> None:
     assert main(["eval", str(EXAMPLE), str(prediction)]) == 0
     out = prediction / "eval"
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_step.png"]
+    assert sorted(p.name for p in out.iterdir()) == FILES
+    assert sorted(p.name for p in (out / "depth_error").iterdir()) == ["time_08.png", "time_09.png", "time_10.png"]
     assert not [p for p in prediction.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
     report = json.loads((out / "metrics.json").read_text())
@@ -68,6 +74,15 @@ def test_eval_writes_metrics_plot_and_table(prediction, capsys) -> None:
     with Image.open(out / "per_step.png") as img:
         assert img.size == (1200, 320)
         assert len(np.unique(np.asarray(img.convert("L")))) > 10  # drawn axes, lines and text, not a blank canvas
+    with Image.open(out / "trajectories.png") as img:
+        assert img.size == (750, 600)
+        colours = {tuple(c) for c in np.asarray(img.convert("RGB")).reshape(-1, 3)}
+    assert set(VIEW_COLOURS) <= colours  # a track in each view's colour
+    with Image.open(out / "depth_error" / "time_09.png") as img:
+        assert img.size == (1040, 686)  # 4 views of 56 x 84: one 2.2-inch column each, 4 rows
+        pixels = np.asarray(img.convert("RGB"))
+    assert (pixels == INVALID).all(-1).sum() > 100  # pixels without ground-truth depth are grey
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1000  # images, depth maps, colour bars
 
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "prediction: ground truth"
@@ -76,7 +91,12 @@ def test_eval_writes_metrics_plot_and_table(prediction, capsys) -> None:
     assert depth_rows[1].split()[-3:] == ["0.0000", "0.0000", "0.0000"]
     assert next(line for line in lines if line.startswith("pose AUC")).split()[-3:] == ["1.0000"] * 3
     assert next(line for line in lines if line.startswith("dynamic mask")).split()[-2:] == ["1.0000", "1.0000"]
-    assert lines[-1] == f"wrote {out}/metrics.json and per_step.png"
+    assert lines[-4:] == [
+        f"report: {out}/metrics.json",
+        f"errors per time step: {out}/per_step.png",
+        f"camera centres seen from above: {out}/trajectories.png",
+        f"per-pixel depth errors: {out}/depth_error/time_08.png … time_10.png (3 files)",
+    ]
 
 
 def test_options_and_untrained_flag(prediction, tmp_path, capsys) -> None:
@@ -122,7 +142,23 @@ def test_errors_exit_2_and_write_nothing(prediction, tmp_path, capsys, monkeypat
     _assert_fails(["eval", str(EXAMPLE), str(prediction), "-o", str(out)], "pass --overwrite", capsys)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert main(["eval", str(EXAMPLE), str(prediction), "-o", str(out), "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_step.png"]
+    assert sorted(p.name for p in out.iterdir()) == FILES
+
+
+def test_a_failing_figure_leaves_nothing(prediction, monkeypatch, capsys) -> None:
+    """The depth-error figures are the last thing written: when one fails, the report and the figures before it
+    go too."""
+    from page4d.cli import evaluate as cli
+
+    def fail_after_one(evaluation, folder):
+        folder.mkdir()
+        (folder / "time_08.png").write_bytes(b"half")
+        raise ValueError("drawing failed")
+
+    monkeypatch.setattr(cli, "plot_depth_errors", fail_after_one)
+    _assert_fails(["eval", str(EXAMPLE), str(prediction)], "drawing failed", capsys)
+    assert not (prediction / "eval").exists()
+    assert not [p for p in prediction.iterdir() if p.name.startswith(".")]
 
 
 def test_help_documents_protocols(capsys) -> None:

@@ -1,4 +1,4 @@
-"""Exports (PLY, GLB, COLMAP) and PNG panels, read back with trimesh, pycolmap and PIL."""
+"""Exports (PLY, GLB, COLMAP) and PNG panels, read back with trimesh, pycolmap and PIL (rerun: test_export_rerun.py)."""
 
 from __future__ import annotations
 
@@ -268,7 +268,7 @@ def test_export_writes_every_format(tmp_path):
     expected = [
         "points/time_03_static.ply", "points/time_03_dynamic.ply", "panels/time_03.png",
         "points/time_07_static.ply", "panels/time_07.png", "scene_time_07.glb",
-        "nerfstudio/transforms.json", *frames, "nerfstudio/points_static.ply", *colmap, *colmap_images,
+        "nerfstudio/transforms.json", *frames, "nerfstudio/points_static.ply", "recording.rrd", *colmap, *colmap_images,
     ]
     assert [p.relative_to(out).as_posix() for p in written] == expected
     assert all(p.is_file() for p in written)

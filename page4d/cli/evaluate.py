@@ -6,15 +6,19 @@ import argparse
 import json
 from pathlib import Path
 
+from page4d.cli.summary import file_span
 from page4d.data.layout import load_clip
-from page4d.eval.plots import plot_per_step, require_matplotlib
+from page4d.eval.plots import plot_depth_errors, plot_per_step, plot_trajectories, require_matplotlib
 from page4d.eval.protocols import PROTOCOLS
-from page4d.eval.runner import evaluate
+from page4d.eval.runner import run_evaluation
 from page4d.reconstruction.record import Reconstruction
 from page4d.transaction import OutputFolder
 
 METRICS = "metrics.json"
 PLOT = "per_step.png"
+TRAJECTORIES = "trajectories.png"
+DEPTH_ERRORS = "depth_error"
+"""Folder of the depth-error figures, ``time_XX.png`` per time step (as ``page4d reconstruct``'s ``panels/``)."""
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -25,8 +29,11 @@ def register(commands: argparse._SubParsersAction) -> None:
             "Compare the output folder of `page4d reconstruct` with the ground truth of the clip it was made from "
             "(depths/, cameras.json, optional masks/) on the (time, view) ids both have. Writes REPORT_DIR/"
             f"{METRICS} (every number, the protocol, the model and whether its weights were trained) and "
-            f"REPORT_DIR/{PLOT} (AbsRel, δ<1.25 and ATE per time step), and prints a summary table. Depth and "
-            "masks are compared on the predictions' model-input grid (GT resampled by nearest pixel)."
+            f"REPORT_DIR/{PLOT} (AbsRel, δ<1.25 and ATE per time step), REPORT_DIR/{TRAJECTORIES} (camera centres "
+            "seen from above, prediction Sim(3)-aligned as for the ATE, against the ground truth) and "
+            f"REPORT_DIR/{DEPTH_ERRORS}/time_XX.png (per time step and view: image, median-aligned predicted depth, "
+            "ground-truth depth, per-pixel AbsRel), and prints a summary table. Depth and masks are compared on the "
+            "predictions' model-input grid (GT resampled by nearest pixel)."
         ),
     )
     p.add_argument("clip", type=Path, help="clip folder with ground truth: images/, depths/, cameras.json "
@@ -107,11 +114,18 @@ def run(args: argparse.Namespace) -> int:
     require_matplotlib()
     with claim as output:
         recon = Reconstruction.load(args.predictions)
-        report = evaluate(load_clip(args.clip), recon, protocol=args.protocol, max_depth=args.max_depth)
+        evaluation = run_evaluation(load_clip(args.clip), recon, protocol=args.protocol, max_depth=args.max_depth)
+        report = evaluation.report
         report["prediction"]["folder"] = str(args.predictions)
         # allow_nan=False: a NaN would make the file unreadable for strict JSON parsers; fail loudly instead.
         (output.path / METRICS).write_text(json.dumps(report, indent=1, allow_nan=False))
         plot_per_step(report, output.path / PLOT)
+        plot_trajectories(evaluation, output.path / TRAJECTORIES)
+        maps = [p.relative_to(output.path) for p in plot_depth_errors(evaluation, output.path / DEPTH_ERRORS)]
     print(format_table(report))
-    print(f"wrote {out}/{METRICS} and {PLOT}")
+    # Printed once the report is in place, with the final paths (the files were written into a temporary folder).
+    print(f"report: {out / METRICS}")
+    print(f"errors per time step: {out / PLOT}")
+    print(f"camera centres seen from above: {out / TRAJECTORIES}")
+    print(f"per-pixel depth errors: {file_span(out, maps)}")
     return 0

@@ -10,6 +10,7 @@ import torch
 
 from page4d.attention_plans import ATTENTION_PLANS
 from page4d.checkpoints.pretrained import DEFAULT_MODEL, resolve
+from page4d.cli.summary import file_span
 from page4d.data.clip import MultiViewClip
 from page4d.data.sources import TimeSelection, open_input
 from page4d.data.sync import SYNC_MODES
@@ -33,7 +34,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="predict cameras, depth, points and dynamic masks for every (time, view) of a clip",
         description=(
             "Run the model over a multi-view clip and write predictions.npz ([T, V, ...] arrays), meta.json, "
-            "cameras.json and the chosen exports (PLY point clouds, a GLB scene, a COLMAP model, PNG panels) to OUT."
+            "cameras.json and the chosen exports (PLY point clouds, a GLB scene, a COLMAP model, PNG panels, a "
+            "nerfstudio dataset, a rerun recording) to OUT."
         ),
     )
     p.add_argument(
@@ -113,7 +115,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--export", default=DEFAULT_EXPORTS,
                    help="comma-separated subset of ply, glb, colmap, png, nerfstudio (transforms.json, images, masks "
-                   f"and static points for nerfstudio / gsplat), or 'none' (default: {DEFAULT_EXPORTS})")
+                   "and static points for nerfstudio / gsplat), rerun (recording.rrd: every step's cameras, images, "
+                   "depth, masks and points for the rerun viewer; needs page4d[rerun]), or 'none' (default: "
+                   f"{DEFAULT_EXPORTS})")
     p.add_argument("--export-time", type=int,
                    help="time id of the GLB scene and the COLMAP model (default: the middle time step)")
     p.add_argument("--conf-percentile", type=float, default=20.0,
@@ -177,6 +181,21 @@ def _write(recon: Reconstruction, folder: Path, args: argparse.Namespace, format
     return files
 
 
+def open_lines(out: Path, names: list[Path]) -> list[str]:
+    """One summary line per export found in ``names`` (the files written, relative to ``out``, in the order
+    written) naming what to open: the panels, point clouds, scene, COLMAP project, nerfstudio dataset and rerun
+    recording."""
+    found = {
+        "PNG panels": [n for n in names if n.parts[0] == "panels"],
+        "point clouds": [n for n in names if n.parts[0] == "points"],
+        "GLB scene": [n for n in names if n.suffix == ".glb"],
+        "COLMAP project": sorted({Path(*n.parts[:2]) for n in names if n.parts[0] == "colmap"}),
+        "nerfstudio / gsplat dataset": [n for n in names if n.parts == ("nerfstudio", "transforms.json")],
+        "rerun recording (open with: rerun FILE)": [n for n in names if n.suffix == ".rrd"],
+    }
+    return [f"{label}: {file_span(out, paths)}" for label, paths in found.items() if paths]
+
+
 def run(args: argparse.Namespace) -> int:
     if args.size is not None and (args.size <= 0 or args.size % 14):
         raise ValueError(f"--size {args.size} must be a positive multiple of 14 (e.g. 518)")
@@ -235,8 +254,8 @@ def _run(args: argparse.Namespace, output: OutputFolder | None, plan: WindowPlan
         seen = clip if calibration is None else calibration.applied_to(clip)  # the frames as the model saw them
         files = _write(recon, tmp, args, formats, seen)
     ranks = processes.collect((peak_memory_mb(device), time.perf_counter() - started))
-    names = sorted({p.relative_to(tmp).parts[0] + ("/" if len(p.relative_to(tmp).parts) > 1 else "")
-                    for p in files})
+    written = [p.relative_to(tmp) for p in files]
+    names = sorted({p.parts[0] + ("/" if len(p.parts) > 1 else "") for p in written})
     total_mb = sum(p.stat().st_size for p in files) / 2**20
     height, width = recon.size
     windows = recon.meta["windows"]
@@ -246,6 +265,7 @@ def _run(args: argparse.Namespace, output: OutputFolder | None, plan: WindowPlan
         f"{max(stop - start for start, stop in windows)} steps, attention {recon.meta['attention']}; peak memory "
         f"{peak_memory_mb(device):.0f} MB",
         f"wrote {args.output}: {', '.join(names)} ({len(files)} files, {total_mb:.0f} MB)",
+        *open_lines(args.output, written),
     ]
     if processes.world > 1:
         per_rank = ", ".join(f"rank {r} {mb:.0f} MB {s:.1f} s" for r, (mb, s) in enumerate(ranks))

@@ -206,6 +206,20 @@ def report_value(report: dict, path: tuple[str, ...]) -> float | None:
     return None if value is None else float(value)
 
 
+@dataclass
+class Evaluation:
+    """What :func:`run_evaluation` computed: the report and the arrays its figures draw."""
+
+    report: dict
+    """The JSON-ready report (:func:`evaluate`)."""
+    recon: Reconstruction
+    """The prediction restricted to the evaluated (time, view) ids, in the clip's order."""
+    truth: GroundTruth
+    """The ground truth of the same ids on the prediction's grid."""
+    sim3: Sim3 | None
+    """Prediction → ground-truth similarity fitted on the camera centres (the ATE's); None where it cannot be."""
+
+
 def evaluate(
     clip: MultiViewClip,
     recon: Reconstruction,
@@ -219,6 +233,18 @@ def evaluate(
     JSON-ready dict: protocol descriptions, what was evaluated, one section per metric family (None where
     it does not apply, with the reason in ``notes``) and ``per_step`` values for the plots.
     """
+    return run_evaluation(clip, recon, protocol, max_depth, max_points).report
+
+
+def run_evaluation(
+    clip: MultiViewClip,
+    recon: Reconstruction,
+    protocol: Protocol = "video-depth",
+    max_depth: float | None = None,
+    max_points: int = DEFAULT_MAX_POINTS,
+) -> Evaluation:
+    """:func:`evaluate`, keeping the evaluated prediction, its ground truth and the camera Sim(3) next to the
+    report (what the figures of :mod:`page4d.eval.plots` draw)."""
     _check_inputs(clip, recon, protocol, max_depth)
     clip_t, pred_t, clip_v, pred_v = match_ids(clip, recon)
     recon = select(recon, pred_t, pred_v)
@@ -240,7 +266,7 @@ def evaluate(
         "mask_iou": None if mask is None else mask["per_step"]["iou"],
         "consistency_within": None if consistency is None else consistency["prediction"]["per_step"]["within"],
     }
-    return {
+    report = {
         "format": REPORT_FORMAT,
         "clip": str(clip.root),
         "prediction": {k: recon.meta.get(k) for k in ("model", "weights")} | {"untrained": recon.untrained},
@@ -256,3 +282,4 @@ def evaluate(
         "per_step": per_step,
         "notes": notes + point_notes + mask_notes + consistency_notes,
     }
+    return Evaluation(report=report, recon=recon, truth=truth, sim3=sim3)

@@ -1,14 +1,15 @@
 """Exports of a :class:`~page4d.reconstruction.record.Reconstruction`: PLY point clouds, GLB scenes, COLMAP models,
-PNG panels and a nerfstudio dataset, written under one folder::
+PNG panels, a nerfstudio dataset and a rerun recording, written under one folder::
 
     points/time_XX_{static,dynamic}.ply   every time step (ply)
     scene_time_XX.glb                     one time step (glb)
     colmap/time_XX/sparse/0/*.bin         one time step (colmap), with images/ of that step
     panels/time_XX.png                    every time step (png)
     nerfstudio/transforms.json            every frame, with images/, masks/ and points_static.ply (nerfstudio)
+    recording.rrd                         every time step, for the rerun viewer (rerun)
 
-XX is the time id. The writers import trimesh, pycolmap and matplotlib (the ``export`` extra), so this module
-imports them only when a format that needs them is asked for.
+XX is the time id. The writers import trimesh, pycolmap and matplotlib (the ``export`` extra) or rerun-sdk (the
+``rerun`` extra), so this module imports them only when a format that needs them is asked for.
 """
 
 from __future__ import annotations
@@ -33,9 +34,14 @@ from page4d.reconstruction.record import Reconstruction
 
 __all__ = ["FORMATS", "PointSelection", "export", "select_points"]
 
-FORMATS = ("ply", "glb", "colmap", "png", "nerfstudio")
-REQUIREMENTS = {"ply": "trimesh", "glb": "trimesh", "colmap": "pycolmap", "png": "matplotlib", "nerfstudio": "trimesh"}
-"""The third-party package each format needs."""
+FORMATS = ("ply", "glb", "colmap", "png", "nerfstudio", "rerun")
+REQUIREMENTS = {
+    "ply": "trimesh", "glb": "trimesh", "colmap": "pycolmap", "png": "matplotlib", "nerfstudio": "trimesh",
+    "rerun": "rerun",
+}
+"""The third-party package (module) each format needs."""
+EXTRAS = {"rerun": "rerun"}
+"""The page4d extra that installs a format's package, where it is not ``export``."""
 
 
 def check_formats(formats: str | Iterable[str]) -> list[str]:
@@ -47,12 +53,18 @@ def check_formats(formats: str | Iterable[str]) -> list[str]:
     unknown = [name for name in formats if name not in FORMATS]
     if unknown:
         raise ValueError(f"unknown export format {', '.join(map(repr, unknown))}; choose from {', '.join(FORMATS)}")
-    missing = sorted({REQUIREMENTS[name] for name in formats if importlib.util.find_spec(REQUIREMENTS[name]) is None})
-    if missing:
+    lacking = [name for name in formats if importlib.util.find_spec(REQUIREMENTS[name]) is None]
+    if lacking:
+        missing = sorted({REQUIREMENTS[name] for name in lacking})
+        extras = sorted({EXTRAS.get(name, "export") for name in lacking})
         raise ValueError(
             f"exporting {', '.join(formats)} needs {', '.join(missing)}, not installed; "
-            'run pip install "page4d[export]"'
+            f'run pip install "page4d[{",".join(extras)}]"'
         )
+    if "rerun" in formats:
+        from page4d.export.rerun import check_enabled
+
+        check_enabled()
     return formats
 
 
@@ -74,6 +86,7 @@ def export(
     project: the model in ``colmap/time_XX/sparse/0`` and, with ``frames`` (``frames(t, v)``: the original image
     of step index ``t``, view ``v``, ``[H0, W0, 3]`` uint8), the step's images in ``colmap/time_XX/images``, the
     layout COLMAP's GUI, gsplat and nerfstudio read. ``nerfstudio`` needs ``frames`` (``page4d.export.nerfstudio``).
+    ``rerun`` is one recording of every time step (``page4d.export.rerun``).
     """
     formats = check_formats(formats)
     if "nerfstudio" in formats and frames is None:
@@ -105,6 +118,10 @@ def export(
         from page4d.export.nerfstudio import write_nerfstudio
 
         written += write_nerfstudio(recon, folder, frames, conf_percentile)
+    if "rerun" in formats:
+        from page4d.export.rerun import write_rerun
+
+        written.append(write_rerun(recon, folder, conf_percentile, progress))
     if "colmap" in formats:
         from page4d.export.colmap import image_name, write_colmap
 
