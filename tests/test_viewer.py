@@ -17,17 +17,19 @@ from PIL import Image
 
 from page4d.cli.main import main
 from page4d.data.preprocess import ImageTransform
+from page4d.export.points import PointSelection, select_points
+from page4d.geometry.ground import up_direction
 from page4d.reconstruction.record import Reconstruction, transform_meta
-from page4d.viz.viewer import (
+from page4d.viz.scene import (
     CONF_RAMP,
     MASK_RAMP,
-    build_scene,
-    camera_poses,
+    ScenePoints,
+    camera_centres,
+    opening_view,
     point_colors,
-    serve,
     step_layers,
-    up_direction,
 )
+from page4d.viz.viewer import build_scene, camera_poses, serve
 
 H, W = 28, 42
 K = np.array([[40.0, 0.0, 20.5], [0.0, 40.0, 13.5], [0.0, 0.0, 1.0]], np.float32)
@@ -90,9 +92,12 @@ def _valid(recon: Reconstruction, t: int) -> np.ndarray:
     return np.isfinite(depth) & (depth > 0) & (conf > 0)
 
 
+ALL_VIEWS = np.array([True, True])
+
+
 def test_layers_split_by_mask_with_pixel_colours_and_depth_points():
     recon = make_recon()
-    layers = step_layers(recon, conf_percentile=0.0)
+    layers = step_layers(recon)
     points = recon.depth_points()
     for t, layer in enumerate(layers):
         moving = recon.dynamic_mask[t] > 0.5
@@ -111,19 +116,35 @@ def test_layers_split_by_mask_with_pixel_colours_and_depth_points():
     assert len(layers[1].static) == 2 * H * W - 2 * 7 * 12 - 1  # one zero-confidence pixel
 
 
-def test_confidence_percentile_keeps_the_most_confident_points():
+@pytest.mark.parametrize("percentile", [0.0, 37.0, 50.0, 90.0])
+def test_live_confidence_filter_keeps_what_the_exports_keep(percentile):
     recon = make_recon()
-    full, kept = step_layers(recon, conf_percentile=0.0), step_layers(recon, conf_percentile=50.0)
+    points = ScenePoints(step_layers(recon))
+    want = [select_points(recon, t, conf_percentile=percentile) for t in range(2)]  # the exports' own filter
+    static = PointSelection.concat([w.subset(~w.moving) for w in want])
+    got = points.static_points(percentile, ALL_VIEWS)
+    for field in ("pixel", "view", "rgb"):  # the colour encodes the time step
+        np.testing.assert_array_equal(getattr(got, field), getattr(static, field))
     for t in range(2):
-        conf = np.concatenate([full[t].static.conf, full[t].dynamic.conf])
-        threshold = np.percentile(conf, 50.0)
-        assert len(kept[t].static) + len(kept[t].dynamic) == (conf >= threshold).sum()
-        assert kept[t].static.conf.min() >= threshold
+        moving, want_moving = points.moving_points(t, percentile, ALL_VIEWS), want[t].subset(want[t].moving)
+        for field in ("pixel", "view", "rgb"):
+            np.testing.assert_array_equal(getattr(moving, field), getattr(want_moving, field))
+    assert 0 < len(points.static_points(90.0, ALL_VIEWS)) < len(points.static_points(37.0, ALL_VIEWS))
+
+
+def test_camera_filter_drops_that_cameras_points_only():
+    points = ScenePoints(step_layers(make_recon()))
+    only_first = np.array([True, False])
+    for got, whole in ((points.static_points(20.0, only_first), points.static_points(20.0, ALL_VIEWS)),
+                       (points.moving_points(1, 20.0, only_first), points.moving_points(1, 20.0, ALL_VIEWS))):
+        assert len(got) > 0 and (got.view == 0).all()
+        np.testing.assert_array_equal(got.pixel, whole.pixel[whole.view == 0])
+    assert len(points.static_points(0.0, np.array([False, False]))) == 0
 
 
 def test_without_mask_every_point_is_per_step():
     recon = make_recon(with_mask=False)
-    for t, layer in enumerate(step_layers(recon, conf_percentile=0.0)):
+    for t, layer in enumerate(step_layers(recon)):
         assert len(layer.static) == 0
         assert len(layer.dynamic) == _valid(recon, t).sum()
         np.testing.assert_array_equal(layer.dynamic.mask, 0.0)
@@ -131,9 +152,9 @@ def test_without_mask_every_point_is_per_step():
 
 def test_point_limits_are_deterministic_subsets():
     recon = make_recon()
-    full = step_layers(recon, conf_percentile=0.0)
-    small = step_layers(recon, conf_percentile=0.0, max_points_per_step=50, max_background_points=300)
-    again = step_layers(recon, conf_percentile=0.0, max_points_per_step=50, max_background_points=300)
+    full = step_layers(recon)
+    small = step_layers(recon, max_points_per_step=50, max_background_points=300)
+    again = step_layers(recon, max_points_per_step=50, max_background_points=300)
     for t in range(2):
         assert len(small[t].dynamic) == 50 and len(small[t].static) == 150  # 300 over T = 2
         for part, whole, repeat in ((small[t].dynamic, full[t].dynamic, again[t].dynamic),
@@ -145,7 +166,7 @@ def test_point_limits_are_deterministic_subsets():
 
 def test_point_colors():
     recon = make_recon()
-    layer = step_layers(recon, conf_percentile=0.0)[0].dynamic
+    layer = step_layers(recon)[0].dynamic
     np.testing.assert_array_equal(point_colors(layer, "rgb", (0, 1)), layer.rgb)
     low, high = float(layer.conf.min()), float(layer.conf.max())
     conf = point_colors(layer, "confidence", (low, high))
@@ -176,6 +197,35 @@ def test_up_direction_ignores_pitch_and_falls_back_for_one_camera():
     np.testing.assert_allclose(up_direction(extrinsic[:1]), -extrinsic[0, 1, :3], atol=1e-9)
 
 
+def test_opening_view_frames_the_scene_from_behind_the_reference_camera():
+    """A ring of 6 cameras pitched 20 degrees down at a cloud around the origin, in a world whose up is not an
+    axis; 10 % of the points are far walls behind camera 0, which must not pull the eye in among them."""
+    rng = np.random.default_rng(0)
+    turn = vtf.SO3.from_rpy_radians(0.4, -0.3, 1.1).as_matrix()  # world = z-up world turned
+    extrinsic = []
+    for yaw in np.linspace(0, 2 * np.pi, 6, endpoint=False):
+        rot = _rotation(yaw, math.radians(20))
+        centre = -4.0 * np.array([math.cos(yaw), math.sin(yaw), 0.0]) + [0, 0, 1.5]
+        extrinsic.append(np.concatenate([rot @ turn.T, -(rot @ centre)[:, None]], 1))
+    extrinsic = np.stack(extrinsic)[None]
+    scene = rng.normal(0.0, 0.7, (9000, 3))
+    walls = np.array([-12.0, 0.0, 0.0]) + rng.uniform(-3, 3, (1000, 3))  # behind camera 0 (at x = -4)
+    points = np.concatenate([scene, walls]) @ turn.T
+    up, fov = turn @ [0.0, 0.0, 1.0], 1.3
+    np.testing.assert_allclose(up_direction(extrinsic), up, atol=1e-9)
+    eye, target = opening_view(points, extrinsic, up, fov)
+    look = (target - eye) / np.linalg.norm(target - eye)
+    forward0, centre0 = extrinsic[0, 0, 2, :3], camera_centres(extrinsic[0, 0])
+    assert (centre0 - eye) @ forward0 > 0  # the eye is behind camera 0 ...
+    assert look @ forward0 > 0.8  # ... looking its way (30 degrees down; camera 0 looks 20 degrees down)
+    assert (eye - target) @ up > 0  # from above
+    for inside in (camera_centres(extrinsic).reshape(-1, 3), scene[np.linalg.norm(scene, axis=1) < 1.0] @ turn.T):
+        rays = (inside - eye) / np.linalg.norm(inside - eye, axis=1, keepdims=True)
+        assert np.arccos(np.clip(rays @ look, -1, 1)).max() < fov / 2  # every camera and the scene's core in view
+    nearest = np.linalg.norm(points - eye, axis=1).min()
+    assert nearest > 0.3 * np.linalg.norm(target - eye)  # not among the walls' points
+
+
 @pytest.fixture
 def server():
     server = viser.ViserServer(host="127.0.0.1", port=0, verbose=False)
@@ -186,25 +236,63 @@ def server():
 def test_scene_follows_the_widgets(server):
     recon = make_recon()
     c = build_scene(server, recon, conf_percentile=0.0, max_background_points=400)
-    np.testing.assert_allclose(c.static_cloud.points, np.concatenate([x.static.xyz for x in c.layers]), atol=4e-3)
-    np.testing.assert_array_equal(c.static_cloud.colors, np.concatenate([x.static.rgb for x in c.layers]))
-    np.testing.assert_allclose(c.dynamic_cloud.points, c.layers[0].dynamic.xyz, atol=4e-3)  # float16 upload
-    c.time.value = 1
-    np.testing.assert_allclose(c.dynamic_cloud.points, c.layers[1].dynamic.xyz, atol=4e-3)
-    _, centres = camera_poses(recon.extrinsic[1])
-    np.testing.assert_allclose([f.position for f in c.frusta], centres, atol=1e-6)
-    assert c.frusta[0].image.shape == (H, W, 3)
-    assert "time id **7**" in c.status.content
-    c.color.value = "dynamic mask"
-    np.testing.assert_array_equal(c.dynamic_cloud.colors, point_colors(c.layers[1].dynamic, "dynamic mask", (0, 1)))
-    c.show_static.value, c.show_frusta.value = False, False
-    assert not c.static_cloud.visible and c.dynamic_cloud.visible and not any(f.visible for f in c.frusta)
-    c.point_size.value = 0.05
-    assert c.static_cloud.point_size == c.dynamic_cloud.point_size == pytest.approx(0.05)
+    try:
+        background = c.points.static_points(0.0, ALL_VIEWS)
+        np.testing.assert_allclose(c.static_cloud.points, background.xyz, atol=4e-3)  # float16 upload
+        np.testing.assert_array_equal(c.static_cloud.colors, background.rgb)
+        np.testing.assert_allclose(c.dynamic_cloud.points, c.points.layers[0].dynamic.xyz, atol=4e-3)
+        c.time.value = 1
+        np.testing.assert_allclose(c.dynamic_cloud.points, c.points.layers[1].dynamic.xyz, atol=4e-3)
+        _, centres = camera_poses(recon.extrinsic[1])
+        np.testing.assert_allclose([f.position for f in c.frusta], centres, atol=1e-6)
+        assert c.frusta[0].image.shape == (H, W, 3)
+        assert "time id **7**" in c.status.content
+        c.color.value = "dynamic mask"
+        np.testing.assert_array_equal(c.dynamic_cloud.colors,
+                                      point_colors(c.points.layers[1].dynamic, "dynamic mask", (0, 1)))
+        c.confidence.value = 60.0
+        kept = c.points.static_points(60.0, ALL_VIEWS)
+        assert 0 < len(kept) < len(background) and len(c.static_cloud.points) == len(kept)
+        np.testing.assert_allclose(c.static_cloud.points, kept.xyz, atol=4e-3)
+        assert len(c.dynamic_cloud.points) == len(c.points.moving_points(1, 60.0, ALL_VIEWS))
+        c.views[1].value = False  # camera 1: its frustum and its points go
+        assert c.frusta[0].visible and not c.frusta[1].visible
+        np.testing.assert_allclose(c.static_cloud.points, kept.xyz[kept.view == 0], atol=4e-3)
+        c.show_static.value, c.show_frusta.value = False, False
+        assert not c.static_cloud.visible and c.dynamic_cloud.visible and not any(f.visible for f in c.frusta)
+        c.show_frusta.value = True
+        assert [f.visible for f in c.frusta] == [True, False]
+        c.point_size.value = 0.05
+        assert c.static_cloud.point_size == c.dynamic_cloud.point_size == pytest.approx(0.05)
+    finally:
+        c.playback.stop()
+
+
+def test_play_loops_over_the_steps_until_paused(server):
+    c = build_scene(server, make_recon())
+    try:
+        seen, deadline = set(), time.monotonic() + 10
+        c.speed.value = 30.0
+        c.play.value = True
+        while len(seen) < 2 and time.monotonic() < deadline:  # T = 2: both steps, so it wrapped round
+            seen.add(int(c.time.value))
+            time.sleep(0.005)
+        c.play.value = False
+        assert seen == {0, 1}
+        time.sleep(0.2)  # the loop sees the pause within IDLE_POLL
+        paused_at = int(c.time.value)
+        shown = c.points.moving_points(paused_at, float(c.confidence.value), ALL_VIEWS)
+        np.testing.assert_allclose(c.dynamic_cloud.points, shown.xyz, atol=4e-3)
+        time.sleep(0.3)  # 9 steps at 30 steps / s, had it not paused
+        assert int(c.time.value) == paused_at
+    finally:
+        c.playback.stop()
+    assert not c.playback._thread.is_alive()
 
 
 def test_no_mask_offers_no_mask_colours(server):
     c = build_scene(server, make_recon(with_mask=False))
+    c.playback.stop()
     assert c.color.options == ("rgb", "confidence") and not c.show_static.visible
     assert len(c.static_cloud.points) == 0
 
@@ -231,35 +319,53 @@ def _canvas_region(png: bytes) -> np.ndarray:
     return pixels[int(0.3 * height):int(0.9 * height), int(0.1 * width):int(0.55 * width)]
 
 
+def _settled_canvas(page: object, deadline: float) -> np.ndarray:
+    """The canvas region once it stops changing (nodes fade in; software WebGL takes a few frames)."""
+    region = _canvas_region(page.screenshot())
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        again = _canvas_region(page.screenshot())
+        if np.abs(again - region).mean() < 0.5:
+            break
+        region = again
+    return region
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 @needs_chromium
-def test_headless_browser_draws_the_scene():
+def test_headless_browser_draws_the_scene_and_its_controls_change_it():
     from playwright.sync_api import sync_playwright
 
-    server = serve(make_recon(untrained=True), port=_free_port())
+    viewer = serve(make_recon(untrained=True), port=_free_port())
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 800, "height": 600})
-            page.goto(f"http://127.0.0.1:{server.get_port()}")
+            page.goto(f"http://127.0.0.1:{viewer.port}")
             deadline = time.monotonic() + 20
-            while not server.get_clients() and time.monotonic() < deadline:
+            while not viewer.server.get_clients() and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert server.get_clients(), "the browser never connected to the viser server"
+            assert viewer.server.get_clients(), "the browser never connected to the viser server"
             page.get_by_text("Untrained weights").wait_for(timeout=15_000)
-            while True:  # nodes fade in; software WebGL takes a few frames
-                region = _canvas_region(page.screenshot())
-                colours = len(np.unique(region.reshape(-1, 3), axis=0))
-                if (region.std() > 30 and colours > 2000) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
+            for label in ("play", "min confidence %", "view 2 (orange)"):  # the panel shows every control
+                page.get_by_text(label, exact=True).wait_for(timeout=15_000)
+            drawn = _settled_canvas(page, time.monotonic() + 20)
+            page.get_by_label("static background").click()  # in the browser, as a user would
+            deadline = time.monotonic() + 10
+            while viewer.controls.show_static.value and time.monotonic() < deadline:
+                time.sleep(0.05)
+            without_background = _settled_canvas(page, time.monotonic() + 20)
             browser.close()
     finally:
-        server.stop()
+        viewer.stop()
     # Measured here: the drawn scene gives std ~75 and ~19k colours; frusta without points std ~10 and 7 colours.
-    assert region.std() > 30, f"the canvas is blank (pixel std {region.std():.1f})"
+    colours = len(np.unique(drawn.reshape(-1, 3), axis=0))
+    assert drawn.std() > 30, f"the canvas is blank (pixel std {drawn.std():.1f})"
     assert colours > 2000, f"the canvas shows only {colours} colours: no points drawn"
+    assert not viewer.controls.show_static.value and not viewer.controls.static_cloud.visible
+    changed = (np.abs(without_background - drawn).sum(-1) > 60).mean()
+    assert changed > 0.05, f"hiding the background changed {changed:.1%} of the canvas"
 
 
 def test_cli_rejects_missing_and_empty_folders(tmp_path, capsys):

@@ -28,8 +28,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 = every interface)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
     p.add_argument("--conf-percentile", type=float, default=DEFAULT_CONF_PERCENTILE,
-                   help="drop points below this percentile of each time step's confidence "
-                   f"(default: {DEFAULT_CONF_PERCENTILE:g})")
+                   help="first value of the viewer's confidence slider: hide points below this percentile of "
+                   f"each time step's confidence (default: {DEFAULT_CONF_PERCENTILE:g})")
     p.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS,
                    help=f"at most this many moving points per time step (default: {DEFAULT_MAX_POINTS}); the static "
                    "background gets 4x that over the whole clip")
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise ValueError(f'the viewer needs viser ({err}); install it with pip install "page4d[viz]"') from None
     recon = load_input(args.out)
-    server = serve(recon, host=args.host, port=args.port, conf_percentile=args.conf_percentile,
+    viewer = serve(recon, host=args.host, port=args.port, conf_percentile=args.conf_percentile,
                    max_points_per_step=args.max_points, max_background_points=4 * args.max_points)
     shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
     print(f"page4d view: {args.out} (T={recon.num_times} × V={recon.num_views}) at http://{shown}:{args.port}")
@@ -75,5 +75,5 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("stopped")
     finally:
-        server.stop()
+        viewer.stop()
     return 0

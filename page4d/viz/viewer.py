@@ -1,20 +1,15 @@
-"""A 4D browser viewer of a :class:`Reconstruction`: a time slider over per-step points and camera frusta.
+"""A 4D browser viewer of a :class:`Reconstruction`: a time line over per-step points and camera frusta.
 
 Built on viser because it is a pure-Python ``pip install`` (no system libraries, no GPU) that serves its web
 client over plain HTTP/WebSocket on one port, so it works on a headless GPU box through SSH port forwarding
-(``ssh -L 8080:localhost:8080 host``); it has the GUI widgets a 4D clip needs (slider, dropdown, checkbox,
+(``ssh -L 8080:localhost:8080 host``); it has the GUI widgets a 4D clip needs (sliders, checkboxes, folders,
 markdown) and the scene primitives (point clouds, camera frusta textured with an image), and its client runs
 in any browser, including a headless one, so the viewer is tested end to end.
 
-What is shown: the static background, accumulated over every time step (points whose ``dynamic_mask`` is
-<= ``MOVING_THRESHOLD``, thinned so that the total stays under ``max_background_points``), plus the current
-time step's moving points (``dynamic_mask`` > ``MOVING_THRESHOLD``, at most ``max_points_per_step``) and its
-camera frusta. Without a dynamic mask every point is per-step. Points are ``recon.depth_points()`` filtered
-as the exports do (``page4d.export.points.select_points``: finite, positive depth and confidence, at or above
-the step's ``conf_percentile``-th confidence percentile). All subsampling is seeded, so it is deterministic.
-
-The scene logic is pure numpy (:func:`step_layers`, :func:`point_colors`, :func:`camera_poses`); the
-``viser`` part (:func:`build_scene`, :func:`serve`) only uploads arrays and wires the widgets.
+Controls: the time step with play / pause and a speed; the confidence percentile (live); the colour (RGB,
+confidence, dynamic mask); the point size; the static background, moving points and frusta; each camera on its
+own (its frustum and its points). What is drawn and how it is decimated is in :mod:`page4d.viz.scene`; this
+module uploads those arrays and wires the widgets.
 """
 
 from __future__ import annotations
@@ -28,118 +23,37 @@ import viser
 import viser.transforms as vtf
 from PIL import Image
 
-from page4d.export.points import DEFAULT_CONF_PERCENTILE, SUBSAMPLE_SEED, PointSelection, select_points
+from page4d.export.points import DEFAULT_CONF_PERCENTILE, check_conf_percentile
+from page4d.geometry.ground import up_direction
 from page4d.reconstruction.record import Reconstruction
+from page4d.viz.scene import (
+    COLOR_MODES,
+    DEFAULT_MAX_BACKGROUND_POINTS,
+    DEFAULT_MAX_POINTS_PER_STEP,
+    ScenePoints,
+    camera_centres,
+    opening_view,
+    point_colors,
+    step_layers,
+)
 
-DEFAULT_MAX_POINTS_PER_STEP = 150_000
-DEFAULT_MAX_BACKGROUND_POINTS = 4 * DEFAULT_MAX_POINTS_PER_STEP
-COLOR_MODES = ("rgb", "confidence", "dynamic mask")
 FRUSTUM_IMAGE_WIDTH = 160
 """Frustum textures are downscaled to this width: V of them are re-sent on every time step."""
 FRUSTUM_SCALE = 0.08
 """Frustum size as a fraction of the median depth: visible next to the scene without covering it."""
-CONF_RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float64)
-"""Low -> high confidence (viridis anchors)."""
-MASK_RAMP = np.array([[120, 130, 150], [235, 40, 40]], np.float64)
-"""Static (grey-blue) -> moving (red) probability."""
-MIN_AXIS_SPREAD = 0.01
-"""Camera x axes whose second principal direction holds less than this share of their spread are taken as
-parallel (for two cameras: less than 11.5 degrees apart, sin²(angle / 2) < 0.01)."""
-VIEW_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
-
-
-@dataclass
-class StepLayer:
-    """What one time step contributes to the scene."""
-
-    static: PointSelection
-    """This step's share of the accumulated background (``dynamic_mask <= MOVING_THRESHOLD``); empty without
-    a mask."""
-    dynamic: PointSelection
-    """Shown only while this step is selected (``dynamic_mask > MOVING_THRESHOLD``, or every point without a
-    mask)."""
-
-
-def _thin(layer: PointSelection, limit: int) -> PointSelection:
-    """At most ``limit`` rows, a seeded random subset kept in the original order."""
-    if len(layer) <= limit:
-        return layer
-    rng = np.random.default_rng(SUBSAMPLE_SEED)
-    return layer.subset(np.sort(rng.choice(len(layer), limit, replace=False)))
-
-
-def step_layers(
-    recon: Reconstruction,
-    *,
-    conf_percentile: float = DEFAULT_CONF_PERCENTILE,
-    max_points_per_step: int = DEFAULT_MAX_POINTS_PER_STEP,
-    max_background_points: int = DEFAULT_MAX_BACKGROUND_POINTS,
-) -> list[StepLayer]:
-    """One :class:`StepLayer` per time step (``recon.time_ids`` order).
-
-    Each step keeps at most ``max_points_per_step`` dynamic points and ``max_background_points // T`` static
-    ones, so the scene stays bounded however long the clip is.
-    """
-    if max_points_per_step < 1 or max_background_points < 1:
-        raise ValueError(f"point limits must be positive, got {max_points_per_step} and {max_background_points}")
-    static_limit = max(1, max_background_points // recon.num_times)
-    layers = []
-    for t in range(recon.num_times):
-        points = select_points(recon, t, source="depth", conf_percentile=conf_percentile)
-        is_dynamic = np.ones(len(points), bool) if recon.dynamic_mask is None else points.moving
-        layers.append(StepLayer(
-            static=_thin(points.subset(~is_dynamic), static_limit),
-            dynamic=_thin(points.subset(is_dynamic), max_points_per_step),
-        ))
-    return layers
-
-
-def _ramp(values: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """``[N]`` values in [0, 1] -> ``[N, 3]`` uint8, piecewise linear through evenly spaced ``anchors [K, 3]``."""
-    stops = np.linspace(0.0, 1.0, len(anchors))
-    return np.stack([np.interp(values, stops, anchors[:, c]) for c in range(3)], -1).round().astype(np.uint8)
-
-
-def conf_range(layers: list[StepLayer]) -> tuple[float, float]:
-    """Colour range of the confidence mode: 2nd and 98th percentiles of every drawn point's confidence."""
-    conf = np.concatenate([x.conf for layer in layers for x in (layer.static, layer.dynamic)])
-    return (0.0, 1.0) if len(conf) == 0 else tuple(float(q) for q in np.percentile(conf, (2.0, 98.0)))
-
-
-def point_colors(layer: PointSelection, mode: str, value_range: tuple[float, float]) -> np.ndarray:
-    """``[N, 3]`` uint8 colours of ``layer`` in one of ``COLOR_MODES``; ``value_range`` scales confidence."""
-    if mode == "rgb":
-        return layer.rgb
-    if mode == "confidence":
-        low, high = value_range
-        return _ramp(np.clip((layer.conf - low) / max(high - low, 1e-12), 0.0, 1.0), CONF_RAMP)
-    if mode == "dynamic mask":
-        return _ramp(np.clip(layer.mask, 0.0, 1.0), MASK_RAMP)
-    raise ValueError(f"colour mode must be one of {COLOR_MODES}, got {mode!r}")
+VIEW_COLORS = (((31, 119, 180), "blue"), ((255, 127, 14), "orange"), ((44, 160, 44), "green"),
+               ((214, 39, 40), "red"), ((148, 103, 189), "purple"), ((140, 86, 75), "brown"))
+PLAY_SPEED = (0.5, 30.0, 4.0)
+"""Playback speed slider in time steps per second: minimum, maximum, initial."""
+IDLE_POLL = 0.1
+"""Seconds between checks of the play box while paused."""
 
 
 def camera_poses(extrinsic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Camera-to-world orientation ``[N, 4]`` (wxyz, viser's order) and centres ``[N, 3]`` of world-to-camera
     ``extrinsic [N, 3, 4]``."""
     rot_c2w = np.swapaxes(extrinsic[:, :, :3], -1, -2).astype(np.float64)
-    centres = -(rot_c2w @ extrinsic[:, :, 3:].astype(np.float64))[..., 0]
-    return vtf.SO3.from_matrix(rot_c2w).wxyz, centres
-
-
-def up_direction(extrinsic: np.ndarray) -> np.ndarray:
-    """``[3]`` world up guessed from world-to-camera ``extrinsic [..., 3, 4]``.
-
-    Cameras are rarely rolled, so their x axes are horizontal whatever their pitch: up is the direction
-    orthogonal to all of them, signed like the cameras' mean up axis (-y in OpenCV). When the x axes are all
-    parallel (one camera, a rig facing one way) that plane is undefined and the mean up axis is used.
-    """
-    rotation = extrinsic[..., :3].reshape(-1, 3, 3).astype(np.float64)  # rows = camera axes in world
-    mean_up = -rotation[:, 1].mean(0)
-    spread, axes = np.linalg.eigh(rotation[:, 0].T @ rotation[:, 0])
-    if spread[1] < MIN_AXIS_SPREAD * spread.sum():
-        return mean_up / max(np.linalg.norm(mean_up), 1e-12)
-    up = axes[:, 0]
-    return up if up @ mean_up >= 0 else -up
+    return vtf.SO3.from_matrix(rot_c2w).wxyz, camera_centres(extrinsic)
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:
@@ -150,23 +64,48 @@ def _thumbnail(image: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
 
 
+class Playback:
+    """Steps the time slider forward while ``play`` is ticked, ``speed`` steps per second, looping at the end;
+    a daemon thread until :meth:`stop`."""
+
+    def __init__(self, time: viser.GuiSliderHandle, play: viser.GuiCheckboxHandle, speed: viser.GuiSliderHandle,
+                 num_steps: int) -> None:
+        self.time, self.play, self.speed, self.num_steps = time, play, speed, num_steps
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="page4d-viewer-playback", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(1.0 / float(self.speed.value) if self.play.value else IDLE_POLL):
+            if self.play.value:
+                self.time.value = (int(self.time.value) + 1) % self.num_steps
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
 @dataclass
 class ViewerControls:
     """The widgets and scene nodes :func:`build_scene` made; setting a widget's ``value`` updates the scene."""
 
     time: viser.GuiSliderHandle
+    play: viser.GuiCheckboxHandle
+    speed: viser.GuiSliderHandle
+    confidence: viser.GuiSliderHandle
     color: viser.GuiDropdownHandle
     point_size: viser.GuiSliderHandle
     show_static: viser.GuiCheckboxHandle
     show_dynamic: viser.GuiCheckboxHandle
     show_frusta: viser.GuiCheckboxHandle
+    views: list[viser.GuiCheckboxHandle]
+    """One box per camera (``recon.view_ids`` order): its frustum and its points."""
     status: viser.GuiMarkdownHandle
     static_cloud: viser.PointCloudHandle
     dynamic_cloud: viser.PointCloudHandle
     frusta: list[viser.CameraFrustumHandle]
-    layers: list[StepLayer]
-    background: PointSelection
-    """Every step's ``static`` points, concatenated: what ``static_cloud`` holds."""
+    points: ScenePoints
+    playback: Playback
 
 
 def build_scene(
@@ -176,14 +115,13 @@ def build_scene(
     conf_percentile: float = DEFAULT_CONF_PERCENTILE,
     max_points_per_step: int = DEFAULT_MAX_POINTS_PER_STEP,
     max_background_points: int = DEFAULT_MAX_BACKGROUND_POINTS,
-    up: str | tuple[float, float, float] = "auto",
 ) -> ViewerControls:
-    """Add ``recon``'s scene and GUI to ``server``; ``up="auto"`` takes :func:`up_direction`, anything else is
-    passed to ``server.scene.set_up_direction``."""
-    layers = step_layers(recon, conf_percentile=conf_percentile, max_points_per_step=max_points_per_step,
-                         max_background_points=max_background_points)
-    background = PointSelection.concat([layer.static for layer in layers])
-    value_range = conf_range(layers)
+    """Add ``recon``'s scene and GUI to ``server``; ``conf_percentile`` is the confidence slider's first value.
+    The world's up is guessed from the cameras (:func:`~page4d.geometry.ground.up_direction`). Stop the
+    returned controls' ``playback`` before the server."""
+    check_conf_percentile(conf_percentile)
+    points = ScenePoints(step_layers(recon, max_points_per_step=max_points_per_step,
+                                     max_background_points=max_background_points))
     height, width = recon.size
     depth = recon.depth[:, :, ::8, ::8]
     depth = depth[np.isfinite(depth) & (depth > 0)]
@@ -191,86 +129,92 @@ def build_scene(
     focal = float(np.median(recon.intrinsic[:, :, 1, 1]))
     # A point covers the pixels it stands for: one pixel's footprint at the median depth, widened when fewer
     # points are drawn at once (background + one step) than one step has pixels.
-    drawn = max(len(background) + len(layers[0].dynamic), 1)
+    drawn = max(len(points.background) + len(points.layers[0].dynamic), 1)
     point_size = median_depth / focal * np.sqrt(max(height * width * recon.num_views / drawn, 1.0))
 
-    up_vector = up_direction(recon.extrinsic) if up == "auto" else None
-    server.scene.set_up_direction(up_vector if up_vector is not None else up)
-    _place_initial_camera(server, recon, background, layers[0].dynamic, up_vector)
+    up = up_direction(recon.extrinsic)
+    server.scene.set_up_direction(up)
+    drawn_xyz = np.concatenate([points.background.xyz, points.layers[0].dynamic.xyz])
+    eye, target = opening_view(drawn_xyz, recon.extrinsic, up, server.initial_camera.fov)
+    server.initial_camera.position, server.initial_camera.look_at = tuple(eye), tuple(target)
+    server.initial_camera.up = tuple(up)
 
     gui = server.gui
     if recon.untrained:
         gui.add_markdown("**Untrained weights**: this reconstruction came from random weights; it shows that the "
                          "pipeline runs, not what the scene looks like.")
-    model = recon.meta.get("model", "unknown model")
-    gui.add_markdown(f"**{model}** · T={recon.num_times} × V={recon.num_views} · {width}×{height} px")
-    time_slider = gui.add_slider("time step", 0, max(recon.num_times - 1, 1), 1, 0, disabled=recon.num_times == 1)
-    status = gui.add_markdown("")
-    modes = COLOR_MODES if recon.dynamic_mask is not None else COLOR_MODES[:2]
-    color = gui.add_dropdown("colour", modes, initial_value="rgb")
-    size = gui.add_slider("point size", point_size / 10, point_size * 5, point_size / 20, point_size)
-    show_static = gui.add_checkbox("static background", True, visible=recon.dynamic_mask is not None)
-    show_dynamic = gui.add_checkbox("moving points" if recon.dynamic_mask is not None else "points", True)
-    show_frusta = gui.add_checkbox("camera frusta", True)
+    gui.add_markdown(f"**{recon.meta.get('model', 'unknown model')}** · T={recon.num_times} × V={recon.num_views} · "
+                     f"{width}×{height} px")
+    single = recon.num_times == 1
+    with gui.add_folder("time"):
+        time_slider = gui.add_slider("time step", 0, max(recon.num_times - 1, 1), 1, 0, disabled=single)
+        play = gui.add_checkbox("play", False, disabled=single, hint="loop over the time steps")
+        speed = gui.add_slider("steps / s", *PLAY_SPEED[:2], 0.5, PLAY_SPEED[2], disabled=single)
+        status = gui.add_markdown("")
+    with gui.add_folder("points"):
+        confidence = gui.add_slider("min confidence %", 0.0, 99.0, 1.0, conf_percentile,
+                                    hint="hide points below this percentile of their time step's confidence")
+        modes = COLOR_MODES if recon.dynamic_mask is not None else COLOR_MODES[:2]
+        color = gui.add_dropdown("colour", modes, initial_value="rgb")
+        size = gui.add_slider("point size", point_size / 10, point_size * 5, point_size / 20, point_size)
+        show_static = gui.add_checkbox("static background", True, visible=recon.dynamic_mask is not None)
+        show_dynamic = gui.add_checkbox("moving points" if recon.dynamic_mask is not None else "points", True)
+    with gui.add_folder("cameras"):
+        show_frusta = gui.add_checkbox("camera frusta", True)
+        views = [gui.add_checkbox(f"view {int(view_id)} ({VIEW_COLORS[v % len(VIEW_COLORS)][1]})", True)
+                 for v, view_id in enumerate(recon.view_ids)]
 
-    static_cloud = server.scene.add_point_cloud("/static", background.xyz, background.rgb, point_size=point_size)
-    dynamic_cloud = server.scene.add_point_cloud("/dynamic", layers[0].dynamic.xyz, layers[0].dynamic.rgb,
-                                                 point_size=point_size)
+    empty = np.zeros((0, 3), np.float32)
+    static_cloud = server.scene.add_point_cloud("/static", empty, empty.astype(np.uint8), point_size=point_size,
+                                                point_shape="rounded")
+    dynamic_cloud = server.scene.add_point_cloud("/dynamic", empty, empty.astype(np.uint8), point_size=point_size,
+                                                 point_shape="rounded")
     frusta = [
         server.scene.add_camera_frustum(
             f"/cameras/view{int(view_id)}", fov=1.0, aspect=width / height,  # pose, fov, image: per step
-            scale=FRUSTUM_SCALE * median_depth, color=VIEW_COLORS[v % len(VIEW_COLORS)], thickness_units="screen",
-            thickness=2.0,
+            scale=FRUSTUM_SCALE * median_depth, color=VIEW_COLORS[v % len(VIEW_COLORS)][0],
+            thickness_units="screen", thickness=2.0,
         )
         for v, view_id in enumerate(recon.view_ids)
     ]
-    controls = ViewerControls(time_slider, color, size, show_static, show_dynamic, show_frusta, status, static_cloud,
-                              dynamic_cloud, frusta, layers, background)
-    _wire(server, recon, controls, value_range)
+    playback = Playback(time_slider, play, speed, recon.num_times)
+    controls = ViewerControls(time_slider, play, speed, confidence, color, size, show_static, show_dynamic,
+                              show_frusta, views, status, static_cloud, dynamic_cloud, frusta, points, playback)
+    _wire(server, recon, controls)
     return controls
 
 
-def _place_initial_camera(
-    server: viser.ViserServer, recon: Reconstruction, background: PointSelection, first: PointSelection,
-    up: np.ndarray | None,
-) -> None:
-    """Look from behind and above camera (t0, v0) at a point between the points' median and the rig's centre,
-    far enough back to see the scene and every frustum (from the rig's centre a ring of cameras would give a
-    top-down view)."""
-    points = np.concatenate([background.xyz, first.xyz])
-    _, centres = camera_poses(recon.extrinsic[0])
-    target = np.median(points, axis=0) if len(points) else centres[0]
-    target = target + 0.3 * (centres.mean(0) - target)
-    offset = centres[0] - target
-    lift = 0.9 * float(np.linalg.norm(offset)) * (up if up is not None else np.zeros(3))
-    server.initial_camera.look_at = tuple(target)
-    server.initial_camera.position = tuple(target + 1.45 * offset + lift)
-    if up is not None:
-        server.initial_camera.up = tuple(up)
-
-
-def _wire(
-    server: viser.ViserServer, recon: Reconstruction, c: ViewerControls, value_range: tuple[float, float]
-) -> None:
-    """Connect the widgets to the scene; callbacks run on viser's threads, so updates take a lock."""
+def _wire(server: viser.ViserServer, recon: Reconstruction, c: ViewerControls) -> None:
+    """Connect the widgets to the scene; callbacks run on viser's threads (and the playback's), so updates take
+    a lock."""
     lock = threading.Lock()
+    value_range = c.points.conf_range()
+
+    def visible_views() -> np.ndarray:
+        return np.array([box.value for box in c.views])
 
     def show_step(_: object = None) -> None:
-        t = min(int(c.time.value), recon.num_times - 1)
-        layer = c.layers[t].dynamic
-        wxyz, centres = camera_poses(recon.extrinsic[t])
-        fov = 2 * np.arctan2(recon.size[0] / 2, recon.intrinsic[t, :, 1, 1])  # vertical, as viser wants
         with lock, server.atomic():
+            t = min(int(c.time.value), recon.num_times - 1)
+            layer = c.points.moving_points(t, float(c.confidence.value), visible_views())
+            wxyz, centres = camera_poses(recon.extrinsic[t])
+            fov = 2 * np.arctan2(recon.size[0] / 2, recon.intrinsic[t, :, 1, 1])  # vertical, as viser wants
             c.dynamic_cloud.points = layer.xyz
             c.dynamic_cloud.colors = point_colors(layer, c.color.value, value_range)
             for v, frustum in enumerate(c.frusta):
                 frustum.wxyz, frustum.position, frustum.fov = wxyz[v], centres[v], float(fov[v])
                 frustum.image = _thumbnail(recon.images[t, v])
-            c.status.content = f"time id **{int(recon.time_ids[t])}** · {len(layer):,} per-step points"
+            moving = "moving" if recon.dynamic_mask is not None else "per-step"
+            c.status.content = (f"time id **{int(recon.time_ids[t])}** · {len(layer):,} {moving} points · "
+                                f"{len(c.static_cloud.points):,} background points")
 
-    def recolor(_: object) -> None:
+    def refilter(_: object = None) -> None:
         with lock, server.atomic():
-            c.static_cloud.colors = point_colors(c.background, c.color.value, value_range)
+            background = c.points.static_points(float(c.confidence.value), visible_views())
+            c.static_cloud.points = background.xyz
+            c.static_cloud.colors = point_colors(background, c.color.value, value_range)
+            for frustum, box in zip(c.frusta, c.views, strict=True):
+                frustum.visible = c.show_frusta.value and box.value
         show_step()
 
     def resize(_: object) -> None:
@@ -279,15 +223,33 @@ def _wire(
     def toggle(_: object) -> None:
         c.static_cloud.visible = c.show_static.value
         c.dynamic_cloud.visible = c.show_dynamic.value
-        for frustum in c.frusta:
-            frustum.visible = c.show_frusta.value
+        for frustum, box in zip(c.frusta, c.views, strict=True):
+            frustum.visible = c.show_frusta.value and box.value
 
     c.time.on_update(show_step)
-    c.color.on_update(recolor)
+    for widget in (c.confidence, c.color, *c.views):
+        widget.on_update(refilter)
     c.point_size.on_update(resize)
     for box in (c.show_static, c.show_dynamic, c.show_frusta):
         box.on_update(toggle)
-    show_step()
+    refilter()
+
+
+@dataclass
+class Viewer:
+    """A running viewer: the viser server and the controls of its scene."""
+
+    server: viser.ViserServer
+    controls: ViewerControls
+
+    @property
+    def port(self) -> int:
+        return self.server.get_port()
+
+    def stop(self) -> None:
+        """Stop the playback thread, then the server (its port is free afterwards)."""
+        self.controls.playback.stop()
+        self.server.stop()
 
 
 def check_port(host: str, port: int) -> None:
@@ -301,17 +263,16 @@ def check_port(host: str, port: int) -> None:
         raise ValueError(f"cannot listen on {host}:{port} ({err}); pass a free --port or another --host") from None
 
 
-def serve(recon: Reconstruction, host: str = "127.0.0.1", port: int = 8080, **options: object) -> viser.ViserServer:
+def serve(recon: Reconstruction, host: str = "127.0.0.1", port: int = 8080, **options: object) -> Viewer:
     """Start a viser server showing ``recon`` and return it without blocking; ``options`` go to
-    :func:`build_scene`. ``port=0`` picks a free port (``server.get_port()``). Stop it with ``server.stop()``."""
+    :func:`build_scene`. ``port=0`` picks a free port (``viewer.port``). Stop it with ``viewer.stop()``."""
     check_port(host, port)
     server = viser.ViserServer(host=host, port=port, verbose=False)
     if port and server.get_port() != port:  # taken between the check and the bind
         server.stop()
         raise ValueError(f"port {port} on {host} is in use; pass a free --port")
     try:
-        build_scene(server, recon, **options)
+        return Viewer(server, build_scene(server, recon, **options))
     except Exception:
         server.stop()
         raise
-    return server
