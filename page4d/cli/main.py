@@ -12,7 +12,7 @@ import warnings
 from page4d import __version__
 from page4d.interrupts import Terminated, deferred_signals, sigterm_raises
 
-COMMANDS = ("reconstruct", "convert", "eval", "view", "train")
+COMMANDS = ("reconstruct", "convert", "eval", "view", "train", "demo")
 MODULES = {"eval": "evaluate"}
 """Subcommand -> its module in ``page4d.cli`` (imported inside ``main``, after the signal handling is in place)."""
 
