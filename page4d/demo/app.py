@@ -132,13 +132,13 @@ def viewer_frame(page_url: str, port: int) -> str:
     host = parts.hostname or "localhost"
     host = f"[{host}]" if ":" in host else host
     src = f"{parts.scheme or 'http'}://{host}:{port}/"
-    return (f'<iframe src="{src}" title="page4d 4D viewer" style="width:100%;height:600px;border:0"></iframe>'
+    return (f'<iframe src="{src}" title="page4d 4D viewer" style="width:100%;height:640px;border:0"></iframe>'
             f'<p>4D viewer: <a href="{src}" target="_blank">{src}</a> (on a remote machine, forward this port '
             "too)</p>")
 
 
 def build_app(demo: Demo) -> gr.Blocks:
-    """The page: uploads and options on the left, the viewer, panels, downloads and summary on the right."""
+    """The page: uploads, options and downloads on top; the viewer, the panels and the summary below."""
 
     def on_run(uploads: list[str] | None, calibration: str | None, model: str, frames: float | None,
                request: gr.Request, progress: gr.Progress = gr.Progress(track_tqdm=True)  # noqa: B008
@@ -162,17 +162,17 @@ def build_app(demo: Demo) -> gr.Blocks:
                                   file_types=[*sorted(VIDEO_SUFFIXES), ".zip"], type="filepath")
                 calibration = gr.File(label="calibration (optional): .toml, cameras.json, or a .zip of a COLMAP "
                                       "model", file_types=[*CALIBRATION_SUFFIXES, ".zip"], type="filepath")
+            with gr.Column(scale=1):
                 model = gr.Dropdown(MODELS, value=DEFAULT_MODEL, allow_custom_value=True, label="model",
                                     info="page4d-small ships with page4d and runs on a CPU; the others download "
                                     "once (or give a checkpoint path)")
                 frames = gr.Number(0, precision=0, minimum=0, label="at most this many time steps (0 = all)")
                 run = gr.Button("Reconstruct", variant="primary")
-            with gr.Column(scale=2):
-                viewer = gr.HTML("<p>The 4D viewer appears here.</p>", label="4D viewer")
-                panels = gr.Gallery(label="panels: image, depth, confidence and dynamic mask per camera",
-                                    columns=1, height=480)
                 downloads = gr.File(label="downloads", file_count="multiple", interactive=False)
-                summary = gr.Textbox(label="summary", lines=8, interactive=False)
+        viewer = gr.HTML("<p>The 4D viewer appears here.</p>", label="4D viewer")
+        panels = gr.Gallery(label="panels: image, depth, confidence and dynamic mask per camera", columns=1,
+                            object_fit="contain", height="auto")
+        summary = gr.Textbox(label="summary", lines=8, interactive=False)
         run.click(on_run, [uploads, calibration, model, frames], [viewer, panels, downloads, summary],
                   concurrency_limit=1)
     return app
