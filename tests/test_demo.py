@@ -48,10 +48,10 @@ def demo(tmp_path):
     demo.stop()
 
 
-def test_a_zipped_clip_is_found_inside_its_top_folder_or_at_the_root(tmp_path):
-    for prefix in ("tabletop4v_mini", ""):
-        archive = zip_folder(EXAMPLE, tmp_path / f"clip{prefix}.zip", prefix)
-        staged = stage([archive], None, tmp_path / f"job{prefix}")
+def test_a_zipped_clip_is_found_inside_its_top_folders_or_at_the_root(tmp_path):
+    for i, prefix in enumerate(("tabletop4v_mini", "", "captures/2026/tabletop4v_mini")):
+        archive = zip_folder(EXAMPLE, tmp_path / f"clip{i}.zip", prefix)
+        staged = stage([archive], None, tmp_path / f"job{i}")
         assert len(staged.inputs) == 1 and staged.cameras is None
         assert sorted(p.name for p in (staged.inputs[0] / "images").iterdir()) == \
             sorted(p.name for p in (EXAMPLE / "images").iterdir())
@@ -82,6 +82,11 @@ def test_bad_zips_are_refused_before_anything_is_unpacked(tmp_path):
     with pytest.raises(ValueError, match="would unpack outside the folder"):
         stage([tmp_path / "escape.zip"], None, tmp_path / "job")
     assert not (tmp_path / "job").exists() and not (tmp_path.parent / "outside.txt").exists()
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("clip/images/time_00/view0.png", bytes(100 * 2**20))  # 100 MB of zeros, 0.1 MB zipped
+    with pytest.raises(ValueError, match="unpacks to [0-9]+ times its size"):
+        stage([tmp_path / "bomb.zip"], None, tmp_path / "job")
+    assert not (tmp_path / "job").exists()
 
 
 def test_calibrations(tmp_path):
@@ -112,7 +117,8 @@ def test_a_job_writes_what_the_command_line_writes(tmp_path, demo):
     with zipfile.ZipFile(result.downloads[0]) as bundle:
         inside = set(bundle.namelist())
     assert {"predictions.npz", "cameras.json", "nerfstudio/transforms.json", "panels/time_09.png"} <= inside
-    assert "done: 12 frames (3×4)" in result.summary and "PNG panels:" in result.summary
+    assert "done: 12 frames (3×4)" in result.summary and "PNG panels: result/panels/time_08.png" in result.summary
+    assert str(demo.workspace) not in result.summary  # the server's paths stay on the server
     viewer = demo._viewer  # the result is on show
     assert viewer is not None and viewer.controls.points.layers[0].dynamic.xyz.shape[1] == 3
     np.testing.assert_array_equal(viewer.controls.time.max, 2)
@@ -150,8 +156,14 @@ def test_a_refused_upload_gives_the_command_lines_message(tmp_path, demo, capsys
 
 
 def test_the_viewer_frame_points_at_the_host_the_page_was_reached_at():
-    assert 'src="http://gpu-box:8081/"' in viewer_frame("http://gpu-box:7860/?x=1", 8081)
-    assert 'src="http://[::1]:9000/"' in viewer_frame("http://[::1]:7860/", 9000)
+    assert 'src="http://gpu-box:8081/?result=job-a"' in viewer_frame("http://gpu-box:7860/?x=1", 8081, "job-a")
+    assert 'src="http://[::1]:9000/?result=job-b"' in viewer_frame("http://[::1]:7860/", 9000, "job-b")
+
+
+def test_only_the_offered_models_run(tmp_path, demo):
+    with pytest.raises(ValueError, match="model '/etc/passwd' is not offered here; pick one of page4d-small"):
+        demo.reconstruct([str(zip_folder(EXAMPLE, tmp_path / "mini.zip"))], None, "/etc/passwd", 0)
+    assert not list(demo.workspace.glob("job-*"))
 
 
 def test_cli_refusals(tmp_path, capsys, monkeypatch):
@@ -159,14 +171,49 @@ def test_cli_refusals(tmp_path, capsys, monkeypatch):
     assert "give the viewer a port of its own" in capsys.readouterr().err
     assert main(["demo", "--device", "tpu"]) == 2
     assert "tpu" in capsys.readouterr().err
+    assert main(["demo", "--model", "page4d-smol"]) == 2
+    assert "page4d-smol" in capsys.readouterr().err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         assert main(["demo", "--viewer-port", str(busy.getsockname()[1])]) == 2
-    assert "pass a free --port" in capsys.readouterr().err
+    assert "pass a free --viewer-port" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "page4d.demo.app", None)
     assert main(["demo"]) == 2
     assert 'pip install "page4d[demo]"' in capsys.readouterr().err
+
+
+SIGTERM_AFTER_A_COLMAP_JOB = """
+import os, signal, socket, sys, threading, time
+from page4d.cli.main import entry
+
+def job():  # what a job with a COLMAP calibration does on a worker thread of the page, then docker stop
+    while socket.socket().connect_ex(("127.0.0.1", int(ports[0]))):  # until the page is up
+        time.sleep(0.2)
+    import pycolmap
+    os.kill(os.getpid(), signal.SIGTERM)
+
+ports = sys.argv[1:]
+threading.Thread(target=job, daemon=True).start()
+sys.argv = ["page4d", "demo", "--port", ports[0], "--viewer-port", ports[1]]
+entry()
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_after_a_colmap_job_stops_the_demo_cleanly(tmp_path):
+    """pycolmap's glog takes SIGTERM when it loads, and only the main thread can take it back: the demo loads it
+    at start, so a job that needs it later (on a worker thread) leaves SIGTERM to Python: exit 143, workspace
+    removed."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_A_COLMAP_JOB, str(_free_port()), str(_free_port())],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "page4d demo: terminated (SIGTERM)" in done.stderr
+    assert not list(tmp_path.glob("page4d-demo-*"))
 
 
 @pytest.mark.browser
@@ -174,7 +221,8 @@ def test_cli_refusals(tmp_path, capsys, monkeypatch):
 @needs_chromium
 def test_the_page_in_a_headless_browser(tmp_path, demo):
     """Upload the zipped example, reconstruct, see the viewer, panels and downloads; a control of the framed
-    viewer changes what it draws; a broken upload shows the one-line message."""
+    viewer changes what it draws; a second result replaces the first in the frame; a broken upload shows the
+    one-line message."""
     from playwright.sync_api import sync_playwright
 
     archive = zip_folder(EXAMPLE, tmp_path / "mini.zip")
@@ -212,9 +260,13 @@ def test_the_page_in_a_headless_browser(tmp_path, demo):
             deadline = time.monotonic() + 10
             while demo._viewer.controls.show_static.value and time.monotonic() < deadline:
                 time.sleep(0.05)
+            hidden = not demo._viewer.controls.static_cloud.visible
+            page.get_by_label("at most this many time steps (0 = all)").fill("2")
+            button.click()  # a second result on the same viewer port: the frame must show it, not the old one
+            page.frame_locator("iframe[title='page4d 4D viewer']").get_by_text("T=2 × V=4").wait_for(timeout=120_000)
             browser.close()
     finally:
         app.close()
     assert panels >= 3, f"the gallery shows {panels} panels"
     assert shot.std() > 30 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 2000, "the framed viewer is blank"
-    assert not demo._viewer.controls.static_cloud.visible
+    assert hidden, "unticking the background in the framed viewer did not hide it"

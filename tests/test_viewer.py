@@ -290,6 +290,26 @@ def test_play_loops_over_the_steps_until_paused(server):
     assert not c.playback._thread.is_alive()
 
 
+def test_no_focal_length_still_opens(server):
+    """Untrained weights can predict an infinite focal length: the point size and frusta fall back."""
+    recon = make_recon(untrained=True)
+    recon.intrinsic[:, :, 1, 1] = np.inf
+    c = build_scene(server, recon)
+    c.playback.stop()
+    assert np.isfinite(c.point_size.value) and c.point_size.value > 0
+    assert [f.fov for f in c.frusta] == [1.0, 1.0]
+
+
+def test_playback_survives_a_zero_speed(server):
+    c = build_scene(server, make_recon())
+    try:
+        c.speed.value, c.play.value = 0.0, True  # below the slider's minimum, set from Python
+        time.sleep(0.3)
+        assert c.playback._thread.is_alive()
+    finally:
+        c.playback.stop()
+
+
 def test_no_mask_offers_no_mask_colours(server):
     c = build_scene(server, make_recon(with_mask=False))
     c.playback.stop()

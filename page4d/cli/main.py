@@ -23,8 +23,8 @@ what page4d promises about your files:
   - an output folder is always whole: a run writes next to it and swaps the result in at the end, so -o holds the
     whole old or the whole new result at every instant, and a failed or stopped run leaves it as it was;
   - one run at a time per output: a second run into the same -o is refused while the first runs;
-  - Ctrl-C and SIGTERM (docker stop, Slurm, systemd) clean up and exit 130 / 143; temporaries a killed run left
-    behind are removed by the next run into the same place;
+  - Ctrl-C and SIGTERM (docker stop, Slurm, systemd) clean up and exit 130 / 143 (the servers, view and demo,
+    stop on Ctrl-C with 0); temporaries a killed run left behind are removed by the next run into the same place;
   - bad input: one line on stderr saying what is wrong and what to do, exit code 2, nothing written."""
 
 

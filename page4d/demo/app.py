@@ -36,6 +36,8 @@ EXPORTS = ("ply", "glb", "png", "nerfstudio")
 """What every job writes; ``rerun`` joins when rerun-sdk is installed."""
 KEEP_JOBS = 4
 MODELS = (DEFAULT_MODEL, *KNOWN_CHECKPOINTS)
+"""What the page offers unless ``page4d demo --model`` names others: a visitor picks, never types, a model (a
+typed path or Hub id would let anyone who reaches the page probe the server's files or make it download)."""
 DOWNLOADS = ("cameras.json", "predictions.npz", "recording.rrd")
 """Files offered one by one beside the zip of everything (with the GLB scene)."""
 FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
@@ -89,6 +91,7 @@ class Demo:
     device: str = "auto"
     viewer_host: str = "127.0.0.1"
     viewer_port: int = 8081
+    models: tuple[str, ...] = MODELS
     _viewer: Viewer | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
@@ -102,10 +105,14 @@ class Demo:
     def reconstruct(self, uploads: list[str] | None, calibration: str | None, model: str, frames: float | None
                     ) -> Result:
         """Stage the uploads, reconstruct, and show the result in the viewer."""
+        if model not in self.models:
+            raise ValueError(f"model {model!r} is not offered here; pick one of {', '.join(self.models)}")
         job = self.new_job()
         staged = stage([Path(p) for p in uploads or []], None if calibration is None else Path(calibration), job)
         out = job / "out"
-        summary = run_reconstruct(staged, out, model.strip() or DEFAULT_MODEL, int(frames or 0), self.device)
+        summary = run_reconstruct(staged, out, model, int(frames or 0), self.device)
+        # the visitor's view of the paths: the result and the upload, not where they lie on the server
+        summary = summary.replace(str(out), "result").replace(str(job), "upload")
         result = collect(out, summary, job)
         self.show(Reconstruction.load(out))
         return result
@@ -126,12 +133,14 @@ class Demo:
                 self._viewer = None
 
 
-def viewer_frame(page_url: str, port: int) -> str:
-    """An ``<iframe>`` of the viewer at ``port`` on the host the browser reached the page at (``page_url``)."""
+def viewer_frame(page_url: str, port: int, job: str) -> str:
+    """An ``<iframe>`` of the viewer at ``port`` on the host the browser reached the page at (``page_url``).
+    ``job`` names the result in the address: a new result on the same port is then a new address, which the
+    browser loads (the same frame would keep talking to the stopped server)."""
     parts = urlsplit(page_url)
     host = parts.hostname or "localhost"
     host = f"[{host}]" if ":" in host else host
-    src = f"{parts.scheme or 'http'}://{host}:{port}/"
+    src = f"{parts.scheme or 'http'}://{host}:{port}/?result={job}"
     return (f'<iframe src="{src}" title="page4d 4D viewer" style="width:100%;height:640px;border:0"></iframe>'
             f'<p>4D viewer: <a href="{src}" target="_blank">{src}</a> (on a remote machine, forward this port '
             "too)</p>")
@@ -148,7 +157,7 @@ def build_app(demo: Demo) -> gr.Blocks:
         except (ValueError, OSError) as err:
             raise gr.Error(str(err), print_exception=False) from None
         page = str(request.headers.get("referer") or f"http://{request.headers.get('host', 'localhost')}/")
-        return (viewer_frame(page, demo.viewer_port), [str(p) for p in result.panels],
+        return (viewer_frame(page, demo.viewer_port, result.folder.parent.name), [str(p) for p in result.panels],
                 [str(p) for p in result.downloads], result.summary)
 
     with gr.Blocks(title="page4d demo", analytics_enabled=False) as app:
@@ -163,9 +172,9 @@ def build_app(demo: Demo) -> gr.Blocks:
                 calibration = gr.File(label="calibration (optional): .toml, cameras.json, or a .zip of a COLMAP "
                                       "model", file_types=[*CALIBRATION_SUFFIXES, ".zip"], type="filepath")
             with gr.Column(scale=1):
-                model = gr.Dropdown(MODELS, value=DEFAULT_MODEL, allow_custom_value=True, label="model",
-                                    info="page4d-small ships with page4d and runs on a CPU; the others download "
-                                    "once (or give a checkpoint path)")
+                model = gr.Dropdown(list(demo.models), value=demo.models[0], label="model",
+                                    info="page4d-small ships with page4d and runs on a CPU; Hub checkpoints "
+                                    "download once")
                 frames = gr.Number(0, precision=0, minimum=0, label="at most this many time steps (0 = all)")
                 run = gr.Button("Reconstruct", variant="primary")
                 downloads = gr.File(label="downloads", file_count="multiple", interactive=False)

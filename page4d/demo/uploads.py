@@ -15,6 +15,12 @@ CALIBRATION_SUFFIXES = (".toml", ".json")
 MAX_UNZIPPED_BYTES = 8 * 2**30
 """A zip that would unpack to more than this is refused before anything is written (a clip of 16 × 8 full-HD PNGs
 is about 0.5 GB)."""
+MAX_RATIO = 50
+"""Nor more than this many times its own size, beyond ``RATIO_FREE_BYTES``: images and videos hardly compress (a
+zip of PNGs or MP4s is about as large as they are), so a higher ratio is a zip bomb, not a clip."""
+RATIO_FREE_BYTES = 64 * 2**20
+MAX_MEMBERS = 200_000
+"""Files in one zip (a 500 × 16 clip with depths and masks has 24,000)."""
 UPLOAD_HINT = (f"drop one video per camera ({', '.join(sorted(VIDEO_SUFFIXES))}) or one .zip of a clip folder "
                "(images/time_XX/viewN.png, or the videos)")
 CALIBRATION_HINT = "give an anipose / Pose2Sim .toml, a page4d cameras.json, or a .zip of a COLMAP model folder"
@@ -58,9 +64,13 @@ def unzip(archive: Path, folder: Path) -> Path:
                     raise ValueError(f"{archive.name}: the member {member.filename!r} would unpack outside the "
                                      "folder; zip the clip folder itself")
             size = sum(member.file_size for member in members)
-            if size > MAX_UNZIPPED_BYTES:
-                raise ValueError(f"{archive.name} unpacks to {size / 2**30:.1f} GiB, more than the demo's "
-                                 f"{MAX_UNZIPPED_BYTES / 2**30:.0f} GiB; run page4d reconstruct on the folder")
+            if size > MAX_UNZIPPED_BYTES or len(members) > MAX_MEMBERS:
+                raise ValueError(f"{archive.name} unpacks to {len(members)} files, {size / 2**30:.1f} GiB, more than "
+                                 f"the demo's {MAX_MEMBERS} files or {MAX_UNZIPPED_BYTES / 2**30:.0f} GiB; run page4d "
+                                 "reconstruct on the folder")
+            if size > max(MAX_RATIO * archive.stat().st_size, RATIO_FREE_BYTES):
+                raise ValueError(f"{archive.name} unpacks to {size / archive.stat().st_size:.0f} times its size, which "
+                                 "images and videos never do; zip the clip folder itself")
             folder.mkdir(parents=True, exist_ok=True)
             bundle.extractall(folder)
     except (zipfile.BadZipFile, EOFError) as err:
@@ -69,14 +79,15 @@ def unzip(archive: Path, folder: Path) -> Path:
 
 
 def _clip_root(folder: Path) -> Path:
-    """The clip inside an unpacked zip: the folder itself, or its one top-level folder (how most tools zip a
-    folder), skipping the ``__MACOSX`` folder macOS adds."""
-    entries = [p for p in folder.iterdir() if p.name != "__MACOSX" and not p.name.startswith(".")]
-    if not entries:
-        raise ValueError(f"the zip is empty; {UPLOAD_HINT}")
-    if len(entries) == 1 and entries[0].is_dir():
-        return entries[0]
-    return folder
+    """The clip inside an unpacked zip: the folder itself, or the folder that one folder after another holds alone
+    (how most tools zip a folder, or a folder inside one), skipping the ``__MACOSX`` folder macOS adds."""
+    while True:
+        entries = [p for p in folder.iterdir() if p.name != "__MACOSX" and not p.name.startswith(".")]
+        if not entries:
+            raise ValueError(f"the zip is empty; {UPLOAD_HINT}")
+        if len(entries) > 1 or not entries[0].is_dir() or entries[0].name == "images":
+            return folder
+        folder = entries[0]
 
 
 def _calibration(path: Path, folder: Path) -> Path:

@@ -151,10 +151,13 @@ def opening_view(
     screen of huge points instead of the scene.
     """
     centres = camera_centres(extrinsic).reshape(-1, 3)
+    centres = centres[np.isfinite(centres).all(-1)]
     cloud = points if len(points) else centres
+    if len(cloud) == 0:  # nothing to frame (no valid point, no finite camera): look at the origin
+        cloud = np.zeros((1, 3))
     target = np.median(cloud, axis=0)
     radius = max(float(np.percentile(np.linalg.norm(cloud - target, axis=-1), FRAMED_SHARE)),
-                 float(np.linalg.norm(centres - target, axis=-1).max()), 1e-6)
+                 float(np.linalg.norm(centres - target, axis=-1).max(initial=0.0)), 1e-6)
     forward = extrinsic[0, 0, 2, :3].astype(np.float64)  # the reference camera's optical axis in the world
     level = forward - (forward @ up) * up
     if np.linalg.norm(level) < 1e-6:  # looking straight down or up: keep its image's "down" at the bottom

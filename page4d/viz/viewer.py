@@ -76,7 +76,8 @@ class Playback:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stopped.wait(1.0 / float(self.speed.value) if self.play.value else IDLE_POLL):
+        while not self._stopped.wait(1.0 / max(float(self.speed.value), PLAY_SPEED[0]) if self.play.value
+                                     else IDLE_POLL):
             if self.play.value:
                 self.time.value = (int(self.time.value) + 1) % self.num_steps
 
@@ -126,7 +127,9 @@ def build_scene(
     depth = recon.depth[:, :, ::8, ::8]
     depth = depth[np.isfinite(depth) & (depth > 0)]
     median_depth = float(np.median(depth)) if len(depth) else 1.0
-    focal = float(np.median(recon.intrinsic[:, :, 1, 1]))
+    focal = recon.intrinsic[:, :, 1, 1]
+    focal = focal[np.isfinite(focal) & (focal > 0)]  # untrained weights can predict no focal length at all
+    focal = float(np.median(focal)) if len(focal) else float(max(height, width))
     # A point covers the pixels it stands for: one pixel's footprint at the median depth, widened when fewer
     # points are drawn at once (background + one step) than one step has pixels.
     drawn = max(len(points.background) + len(points.layers[0].dynamic), 1)
@@ -199,6 +202,7 @@ def _wire(server: viser.ViserServer, recon: Reconstruction, c: ViewerControls) -
             layer = c.points.moving_points(t, float(c.confidence.value), visible_views())
             wxyz, centres = camera_poses(recon.extrinsic[t])
             fov = 2 * np.arctan2(recon.size[0] / 2, recon.intrinsic[t, :, 1, 1])  # vertical, as viser wants
+            fov = np.where(np.isfinite(fov) & (fov > 0), fov, 1.0)  # no usable focal: a plain frustum
             c.dynamic_cloud.points = layer.xyz
             c.dynamic_cloud.colors = point_colors(layer, c.color.value, value_range)
             for v, frustum in enumerate(c.frusta):
@@ -252,15 +256,16 @@ class Viewer:
         self.server.stop()
 
 
-def check_port(host: str, port: int) -> None:
-    """``ValueError`` unless ``host:port`` can be listened on (viser would silently move to the next port)."""
+def check_port(host: str, port: int, flag: str = "--port") -> None:
+    """``ValueError`` unless ``host:port`` can be listened on (viser would silently move to the next port);
+    ``flag`` is the option the message tells the user to change."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
             probe.bind((host, port))
     except OSError as err:
-        raise ValueError(f"cannot listen on {host}:{port} ({err}); pass a free --port or another --host") from None
+        raise ValueError(f"cannot listen on {host}:{port} ({err}); pass a free {flag} or another --host") from None
 
 
 def serve(recon: Reconstruction, host: str = "127.0.0.1", port: int = 8080, **options: object) -> Viewer:
