@@ -217,8 +217,6 @@ def _wire(server: viser.ViserServer, recon: Reconstruction, c: ViewerControls) -
             background = c.points.static_points(float(c.confidence.value), visible_views())
             c.static_cloud.points = background.xyz
             c.static_cloud.colors = point_colors(background, c.color.value, value_range)
-            for frustum, box in zip(c.frusta, c.views, strict=True):
-                frustum.visible = c.show_frusta.value and box.value
         show_step()
 
     def resize(_: object) -> None:
@@ -234,7 +232,7 @@ def _wire(server: viser.ViserServer, recon: Reconstruction, c: ViewerControls) -
     for widget in (c.confidence, c.color, *c.views):
         widget.on_update(refilter)
     c.point_size.on_update(resize)
-    for box in (c.show_static, c.show_dynamic, c.show_frusta):
+    for box in (c.show_static, c.show_dynamic, c.show_frusta, *c.views):
         box.on_update(toggle)
     refilter()
 
