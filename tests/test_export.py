@@ -279,9 +279,10 @@ def test_export_writes_every_format(tmp_path):
 
 
 def test_nerfstudio_export_reads_back_in_the_reconstructions_world(tmp_path):
-    """transforms.json: camera centres and K as in cameras.json (original resolution, no re-centring), OpenGL
-    camera-to-world matrices, a static point projecting through them onto the original pixel it came from, masks
-    that zero the moving box at original resolution, and times spread over [0, 1]."""
+    """transforms.json: camera centres and K as in cameras.json (original resolution, no re-centring; the principal
+    point in nerfstudio's pixel convention, centres at +0.5), OpenGL camera-to-world matrices, a static point
+    projecting through them onto the centre of the original pixel it came from, masks that zero the moving box at
+    original resolution, and times spread over [0, 1]."""
     recon = make_recon()
     export(recon, tmp_path, ["nerfstudio"], progress=False, frames=_originals)
     folder = tmp_path / "nerfstudio"
@@ -294,7 +295,7 @@ def test_nerfstudio_export_reads_back_in_the_reconstructions_world(tmp_path):
         assert frame["time"] == t and (frame["w"], frame["h"]) == (84, 64)
         k = np.array(cameras["K"][t][v])
         np.testing.assert_allclose([frame["fl_x"], frame["fl_y"], frame["cx"], frame["cy"]],
-                                   [k[0, 0], k[1, 1], k[0, 2], k[1, 2]], rtol=1e-6)
+                                   [k[0, 0], k[1, 1], k[0, 2] + 0.5, k[1, 2] + 0.5], rtol=1e-6)
         c2w = np.array(frame["transform_matrix"])
         w2c = np.array(cameras["E_w2c"][t][v])
         np.testing.assert_allclose(c2w[:3, 3], -w2c[:, :3].T @ w2c[:, 3], atol=1e-6)  # the same centre
@@ -315,7 +316,8 @@ def test_nerfstudio_export_reads_back_in_the_reconstructions_world(tmp_path):
     camera = np.linalg.inv(np.array(frame["transform_matrix"])) @ np.append(point, 1.0)
     x, y, z = np.diag([1, -1, -1]) @ camera[:3]  # back to OpenCV axes
     pixel = [frame["fl_x"] * x / z + frame["cx"], frame["fl_y"] * y / z + frame["cy"]]
-    np.testing.assert_allclose(pixel, CROP.unmap_pixels(static.pixel[0].astype(np.float64)), atol=1e-3)
+    # nerfstudio's coordinates of the pixel's centre: page4d's + 0.5 (its rays pass through i + 0.5)
+    np.testing.assert_allclose(pixel, CROP.unmap_pixels(static.pixel[0].astype(np.float64)) + 0.5, atol=1e-3)
 
 
 def test_nerfstudio_export_needs_the_frames(tmp_path):

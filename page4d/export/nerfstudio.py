@@ -11,7 +11,9 @@ Layout under the export folder::
 ``transforms.json`` holds per frame ``file_path``, ``mask_path``, ``transform_matrix`` (camera-to-world, 4 × 4, in
 nerfstudio's OpenGL axes: x right, y up, z back), the pinhole ``fl_x fl_y cx cy w h`` at the original resolution
 (``camera_model`` PINHOLE: the frames are undistorted) and ``time`` in [0, 1] (time step index / (T - 1)) for
-dynamic methods. The world frame is ``cameras.json``'s, unchanged: nerfstudio's dataparser re-centres and rescales
+dynamic methods. nerfstudio casts a pixel's ray through its centre at (u + 0.5, v + 0.5), page4d puts that centre
+at (u, v), so the principal point is written shifted by +0.5 (as in the COLMAP export): the rays nerfstudio casts
+are page4d's. The world frame is ``cameras.json``'s, unchanged: nerfstudio's dataparser re-centres and rescales
 by itself.
 """
 
@@ -31,6 +33,8 @@ from page4d.reconstruction.record import Reconstruction
 FOLDER = "nerfstudio"
 MAX_POINTS = 300_000
 """Static points kept for initialisation (a seeded random subset beyond it)."""
+PIXEL_CENTRE = 0.5
+"""Where nerfstudio puts the centre of pixel (0, 0) along each axis (page4d: 0)."""
 OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
 """Camera axes: OpenCV (x right, y down, z forward) -> OpenGL (x right, y up, z back)."""
 
@@ -75,7 +79,8 @@ def write_nerfstudio(
             entry = {
                 "file_path": f"images/{name}",
                 "transform_matrix": camera_to_world_opengl(recon.extrinsic[t, v].astype(np.float64)).tolist(),
-                "fl_x": float(k[0, 0]), "fl_y": float(k[1, 1]), "cx": float(k[0, 2]), "cy": float(k[1, 2]),
+                "fl_x": float(k[0, 0]), "fl_y": float(k[1, 1]),
+                "cx": float(k[0, 2]) + PIXEL_CENTRE, "cy": float(k[1, 2]) + PIXEL_CENTRE,
                 "w": int(width), "h": int(height), "time": t / steps,
             }
             if recon.dynamic_mask is not None:
