@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import socket
 import sys
@@ -246,6 +247,8 @@ def test_the_page_in_a_headless_browser(tmp_path, demo):
             page.locator("input[type=file]").first.set_input_files(str(archive))
             page.get_by_text("mini", exact=True).first.wait_for(timeout=30_000)
             button.click()
+            # the command's progress bars, in the page (reconstruct's frames, then the exports' steps)
+            page.get_by_text(re.compile(r"\d+/\d+ (frame|step)")).first.wait_for(timeout=60_000)
             frame = page.frame_locator("iframe[title='page4d 4D viewer']")
             frame.get_by_text("min confidence %", exact=True).wait_for(timeout=120_000)
             page.get_by_text("page4d_result", exact=True).wait_for(timeout=30_000)  # stem and suffix are two spans
@@ -258,8 +261,8 @@ def test_the_page_in_a_headless_browser(tmp_path, demo):
             shot = np.asarray(Image.open(io.BytesIO(page.locator("iframe").screenshot())).convert("RGB"))
             frame.get_by_label("static background").click()
             deadline = time.monotonic() + 10
-            while demo._viewer.controls.show_static.value and time.monotonic() < deadline:
-                time.sleep(0.05)
+            while demo._viewer.controls.static_cloud.visible and time.monotonic() < deadline:
+                time.sleep(0.05)  # the box's value arrives first, then its callback hides the cloud
             hidden = not demo._viewer.controls.static_cloud.visible
             page.get_by_label("at most this many time steps (0 = all)").fill("2")
             button.click()  # a second result on the same viewer port: the frame must show it, not the old one

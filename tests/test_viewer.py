@@ -373,8 +373,8 @@ def test_headless_browser_draws_the_scene_and_its_controls_change_it():
             drawn = _settled_canvas(page, time.monotonic() + 20)
             page.get_by_label("static background").click()  # in the browser, as a user would
             deadline = time.monotonic() + 10
-            while viewer.controls.show_static.value and time.monotonic() < deadline:
-                time.sleep(0.05)
+            while viewer.controls.static_cloud.visible and time.monotonic() < deadline:
+                time.sleep(0.05)  # the box's value arrives first, then its callback hides the cloud
             without_background = _settled_canvas(page, time.monotonic() + 20)
             browser.close()
     finally:
