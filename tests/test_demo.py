@@ -223,7 +223,7 @@ def test_sigterm_after_a_colmap_job_stops_the_demo_cleanly(tmp_path):
 def test_the_page_in_a_headless_browser(tmp_path, demo):
     """Upload the zipped example, reconstruct, see the viewer, panels and downloads; a control of the framed
     viewer changes what it draws; a second result replaces the first in the frame; a broken upload shows the
-    one-line message."""
+    one-line message and clears the previous result."""
     from playwright.sync_api import sync_playwright
 
     archive = zip_folder(EXAMPLE, tmp_path / "mini.zip")
@@ -267,9 +267,16 @@ def test_the_page_in_a_headless_browser(tmp_path, demo):
             page.get_by_label("at most this many time steps (0 = all)").fill("2")
             button.click()  # a second result on the same viewer port: the frame must show it, not the old one
             page.frame_locator("iframe[title='page4d 4D viewer']").get_by_text("T=2 × V=4").wait_for(timeout=120_000)
+            page.locator("input[type=file]").first.set_input_files(str(tmp_path / "broken.zip"))  # beside mini.zip
+            page.get_by_text("broken", exact=True).first.wait_for(timeout=30_000)
+            button.click()  # refused: the previous result leaves the page with it
+            page.get_by_text("2 files with a zip among them").wait_for(timeout=60_000)
+            stale = (page.locator("iframe").count(), page.locator("img[src*='time_']").count(),
+                     page.get_by_label("summary").input_value())
             browser.close()
     finally:
         app.close()
     assert panels >= 3, f"the gallery shows {panels} panels"
     assert shot.std() > 30 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 2000, "the framed viewer is blank"
     assert hidden, "unticking the background in the framed viewer did not hide it"
+    assert stale == (0, 0, ""), f"a refused upload left the previous result on show: {stale}"

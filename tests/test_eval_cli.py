@@ -145,6 +145,18 @@ def test_errors_exit_2_and_write_nothing(prediction, tmp_path, capsys, monkeypat
     assert sorted(p.name for p in out.iterdir()) == FILES
 
 
+def test_non_finite_predicted_depth_is_named(prediction, capsys) -> None:
+    from page4d.reconstruction import Reconstruction
+
+    depth = Reconstruction.load(prediction).depth.copy()
+    depth[1, 2, 10:12, 20:25] = np.nan  # time id 9, view 2: 10 pixels, all with ground truth in the example
+    depth[2, 0, 0, 0] = np.inf
+    _rewrite(prediction, depth=depth)
+    _assert_fails(["eval", str(EXAMPLE), str(prediction)], "the predicted depth is NaN or infinite at 11 pixels "
+                  "with ground truth, in 2 image(s): time 9 view2, time 10 view0; the model failed there", capsys)
+    assert not (prediction / "eval").exists()
+
+
 def test_a_failing_figure_leaves_nothing(prediction, monkeypatch, capsys) -> None:
     """The depth-error figures are the last thing written: when one fails, the report and the figures before it
     go too."""

@@ -182,8 +182,10 @@ def build_app(demo: Demo) -> gr.Blocks:
         panels = gr.Gallery(label="panels: image, depth, confidence and dynamic mask per camera", columns=1,
                             object_fit="contain", height="auto")
         summary = gr.Textbox(label="summary", lines=8, interactive=False)
-        run.click(on_run, [uploads, calibration, model, frames], [viewer, panels, downloads, summary],
-                  concurrency_limit=1)
+        results = [viewer, panels, downloads, summary]
+        # the last result goes first, so that a refused upload does not leave it on show as if it were the answer
+        run.click(lambda: ("<p>Reconstructing…</p>", [], None, ""), None, results, queue=False).then(
+            on_run, [uploads, calibration, model, frames], results, concurrency_limit=1)
     return app
 
 

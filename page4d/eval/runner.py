@@ -197,6 +197,19 @@ def _check_inputs(clip: MultiViewClip, recon: Reconstruction, protocol: str, max
                              f"{recon.size}; re-run page4d reconstruct")
 
 
+def _check_finite_depth(recon: Reconstruction, truth: GroundTruth) -> None:
+    """``ValueError`` naming the images whose predicted depth is NaN or infinite where the ground truth has depth:
+    no alignment or score is defined there, and dropping those pixels would score the prediction on what it got."""
+    bad = ~np.isfinite(recon.depth) & truth.valid.numpy()
+    if bad.any():
+        steps, views = np.nonzero(bad.any((2, 3)))
+        images = [f"time {int(recon.time_ids[t])} view{int(recon.view_ids[v])}"
+                  for t, v in zip(steps, views, strict=True)]
+        raise ValueError(f"the predicted depth is NaN or infinite at {int(bad.sum())} pixels with ground truth, in "
+                         f"{len(images)} image(s): {', '.join(images[:6])}{' …' if len(images) > 6 else ''}; the "
+                         "model failed there: re-run page4d reconstruct (another model, or without those frames)")
+
+
 def report_value(report: dict, path: tuple[str, ...]) -> float | None:
     """The number at ``path`` in an ``evaluate`` report (e.g. ``("depth", "median", "all", "abs_rel")``), None
     where a section does not apply."""
@@ -252,6 +265,7 @@ def run_evaluation(
     if not truth.valid.any():
         raise ValueError(f"{clip.root}: no valid ground-truth depth at the evaluated pixels; check depths/ and "
                          "--max-depth")
+    _check_finite_depth(recon, truth)
     depth = depth_report(torch.from_numpy(recon.depth), truth.depth, truth.valid, truth.dynamic, protocol)
     cameras, sim3, notes = camera_report(torch.from_numpy(recon.extrinsic), truth.extrinsic)
     points, point_notes = point_report(recon, truth, sim3, max_points)
