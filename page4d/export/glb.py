@@ -19,7 +19,7 @@ import torch
 import trimesh
 
 from page4d.export.points import select_points
-from page4d.geometry.unprojection import pixels_to_camera
+from page4d.geometry.unprojection import camera_to_world, pixels_to_camera
 from page4d.reconstruction.record import Reconstruction
 
 OPENCV_TO_GLTF = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -28,15 +28,6 @@ FRUSTUM_SCALE = 0.05
 # Both windings of the four sides, so viewers that cull back faces show the frustum from inside and outside.
 _SIDES = np.array([[0, 1, 2], [0, 2, 3], [0, 3, 4], [0, 4, 1]])
 FRUSTUM_FACES = np.concatenate([_SIDES, _SIDES[:, ::-1]])
-
-
-def camera_to_world(extrinsic: np.ndarray) -> np.ndarray:
-    """``[4, 4]`` float64 camera-to-world pose from a world-to-camera ``extrinsic [3, 4]``."""
-    rot, trans = extrinsic[:, :3].astype(np.float64), extrinsic[:, 3].astype(np.float64)
-    pose = np.eye(4)
-    pose[:3, :3] = rot.T
-    pose[:3, 3] = -rot.T @ trans
-    return pose
 
 
 def frustum_vertices(intrinsic: np.ndarray, size: tuple[int, int], depth: float) -> np.ndarray:
@@ -58,7 +49,7 @@ def write_scene(recon: Reconstruction, path: Path, t: int, **selection) -> Path:
     ``selection`` goes to :func:`page4d.export.points.select_points` (``source``, ``conf_percentile``, ``max_points``).
     """
     points = select_points(recon, t, **selection)
-    poses = np.stack([camera_to_world(e) for e in recon.extrinsic[t]])
+    poses = camera_to_world(recon.extrinsic[t])
     spanned = np.concatenate([points.xyz.astype(np.float64), poses[:, :3, 3]])
     extent = float(np.linalg.norm(spanned.max(0) - spanned.min(0)))
     depth = FRUSTUM_SCALE * (extent if extent > 0 else 1.0)

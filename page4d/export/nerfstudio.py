@@ -28,6 +28,7 @@ from PIL import Image
 
 from page4d.export.ply import write_points
 from page4d.export.points import MOVING_THRESHOLD, PointSelection, select_points, time_name
+from page4d.geometry.unprojection import camera_to_world
 from page4d.reconstruction.record import Reconstruction
 
 FOLDER = "nerfstudio"
@@ -37,13 +38,6 @@ PIXEL_CENTRE = 0.5
 """Where nerfstudio puts the centre of pixel (0, 0) along each axis (page4d: 0)."""
 OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
 """Camera axes: OpenCV (x right, y down, z forward) -> OpenGL (x right, y up, z back)."""
-
-
-def camera_to_world_opengl(extrinsic: np.ndarray) -> np.ndarray:
-    """World-to-camera ``[3, 4]`` in OpenCV axes -> camera-to-world ``[4, 4]`` in OpenGL axes."""
-    w2c = np.eye(4)
-    w2c[:3] = extrinsic
-    return np.linalg.inv(w2c) @ OPENCV_TO_OPENGL
 
 
 def original_mask(recon: Reconstruction, t: int, v: int) -> np.ndarray:
@@ -68,6 +62,7 @@ def write_nerfstudio(
     written: list[Path] = []
     entries = []
     steps = max(recon.num_times - 1, 1)
+    poses = camera_to_world(recon.extrinsic)
     for t in range(recon.num_times):
         for v, view_id in enumerate(recon.view_ids):
             name = f"{time_name(recon, t)}_view{int(view_id)}.png"
@@ -78,7 +73,7 @@ def write_nerfstudio(
             height, width = recon.original_sizes[v]
             entry = {
                 "file_path": f"images/{name}",
-                "transform_matrix": camera_to_world_opengl(recon.extrinsic[t, v].astype(np.float64)).tolist(),
+                "transform_matrix": (poses[t, v] @ OPENCV_TO_OPENGL).tolist(),  # OpenCV -> OpenGL camera axes
                 "fl_x": float(k[0, 0]), "fl_y": float(k[1, 1]),
                 "cx": float(k[0, 2]) + PIXEL_CENTRE, "cy": float(k[1, 2]) + PIXEL_CENTRE,
                 "w": int(width), "h": int(height), "time": t / steps,

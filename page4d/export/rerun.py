@@ -41,6 +41,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from page4d.export.points import MOVING_THRESHOLD, PointSelection, select_points
+from page4d.geometry.unprojection import camera_to_world
 from page4d.reconstruction.record import Reconstruction
 
 if TYPE_CHECKING:
@@ -111,12 +112,11 @@ def _log_cameras(rec: rr.RecordingStream, recon: Reconstruction, t: int) -> None
     import rerun as rr
 
     height, width = recon.size
-    images, depths = recon.images[t], recon.depth[t]
+    images, depths, poses = recon.images[t], recon.depth[t], camera_to_world(recon.extrinsic[t])
     masks = None if recon.dynamic_mask is None else recon.dynamic_mask[t]
     for v, view_id in enumerate(recon.view_ids):
         camera = f"world/cameras/view{int(view_id)}"
-        rot, trans = recon.extrinsic[t, v, :, :3].astype(np.float64), recon.extrinsic[t, v, :, 3].astype(np.float64)
-        rec.log(camera, rr.Transform3D(translation=-rot.T @ trans, mat3x3=rot.T,
+        rec.log(camera, rr.Transform3D(translation=poses[v, :3, 3], mat3x3=poses[v, :3, :3],
                                        relation=rr.TransformRelation.ParentFromChild))
         rec.log(f"{camera}/image",
                 rr.Pinhole(image_from_camera=recon.intrinsic[t, v], resolution=[width, height],

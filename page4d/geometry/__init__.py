@@ -5,6 +5,7 @@ from page4d.geometry.ground import ground_axes, top_view, up_direction
 from page4d.geometry.pose_encoding import extri_intri_to_pose_encoding, pose_encoding_to_extri_intri
 from page4d.geometry.rotations import mat_to_quat, quat_to_mat, standardize_quaternion
 from page4d.geometry.unprojection import (
+    camera_to_world,
     closed_form_inverse_se3,
     depth_to_camera_points,
     pixels_to_camera,
@@ -13,6 +14,7 @@ from page4d.geometry.unprojection import (
 )
 
 __all__ = [
+    "camera_to_world",
     "closed_form_inverse_se3",
     "depth_to_camera_points",
     "pixels_to_camera",

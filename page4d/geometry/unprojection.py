@@ -6,6 +6,7 @@ Pixel convention (VGGT's): pixel (u, v) = (column, row) at integer coordinates i
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -22,6 +23,14 @@ def closed_form_inverse_se3(transform: torch.Tensor) -> torch.Tensor:
     if transform.shape[-2] == 4:
         inverse = torch.cat([inverse, transform[..., 3:, :]], dim=-2)
     return inverse
+
+
+def camera_to_world(extrinsic: np.ndarray) -> np.ndarray:
+    """``[..., 4, 4]`` float64 camera-to-world poses of world-to-camera ``extrinsic [..., 3, 4]`` (numpy), through
+    :func:`closed_form_inverse_se3`: for the exports and the viewer, which hold numpy arrays."""
+    pose = np.broadcast_to(np.eye(4), (*extrinsic.shape[:-2], 4, 4)).copy()
+    pose[..., :3, :] = closed_form_inverse_se3(torch.from_numpy(np.asarray(extrinsic, np.float64))).numpy()
+    return pose
 
 
 def pixels_to_camera(uv: torch.Tensor, depth: torch.Tensor, intrinsic: torch.Tensor) -> torch.Tensor:

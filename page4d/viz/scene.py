@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from page4d.export.points import PointSelection, select_points
+from page4d.geometry.unprojection import camera_to_world
 from page4d.reconstruction.record import Reconstruction
 
 DEFAULT_MAX_POINTS_PER_STEP = 150_000
@@ -132,8 +133,7 @@ def point_colors(layer: PointSelection, mode: str, value_range: tuple[float, flo
 
 def camera_centres(extrinsic: np.ndarray) -> np.ndarray:
     """``[..., 3]`` world positions of the cameras of world-to-camera ``extrinsic [..., 3, 4]``."""
-    rot_c2w = np.swapaxes(extrinsic[..., :3], -1, -2).astype(np.float64)
-    return -(rot_c2w @ extrinsic[..., 3:].astype(np.float64))[..., 0]
+    return camera_to_world(extrinsic)[..., :3, 3]
 
 
 def opening_view(

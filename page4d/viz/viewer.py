@@ -25,13 +25,13 @@ from PIL import Image
 
 from page4d.export.points import DEFAULT_CONF_PERCENTILE, check_conf_percentile
 from page4d.geometry.ground import up_direction
+from page4d.geometry.unprojection import camera_to_world
 from page4d.reconstruction.record import Reconstruction
 from page4d.viz.scene import (
     COLOR_MODES,
     DEFAULT_MAX_BACKGROUND_POINTS,
     DEFAULT_MAX_POINTS_PER_STEP,
     ScenePoints,
-    camera_centres,
     opening_view,
     point_colors,
     step_layers,
@@ -52,8 +52,8 @@ IDLE_POLL = 0.1
 def camera_poses(extrinsic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Camera-to-world orientation ``[N, 4]`` (wxyz, viser's order) and centres ``[N, 3]`` of world-to-camera
     ``extrinsic [N, 3, 4]``."""
-    rot_c2w = np.swapaxes(extrinsic[:, :, :3], -1, -2).astype(np.float64)
-    return vtf.SO3.from_matrix(rot_c2w).wxyz, camera_centres(extrinsic)
+    pose = camera_to_world(extrinsic)
+    return vtf.SO3.from_matrix(pose[:, :3, :3]).wxyz, pose[:, :3, 3]
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:
