@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from page4d.cli.view import DEFAULT_MAX_POINTS, load_input
+from page4d.cli.view import load_input
+from page4d.export.points import BACKGROUND_FACTOR, MAX_MOVING_POINTS
 from page4d.viz.viewer import serve
 
 CHROMIUM = "/usr/bin/chromium"
@@ -61,15 +62,16 @@ def browser_round_trip(viewer: object, recon: object, repeats: int) -> list[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS,
-                        help="page4d view's --max-points (the background gets 4x that)")
+    parser.add_argument("--max-points", type=int, default=MAX_MOVING_POINTS,
+                        help=f"page4d view's --max-points (the background gets {BACKGROUND_FACTOR}x that)")
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--no-browser", action="store_true")
     args = parser.parse_args()
 
     recon = load_input(args.out)
     start = time.perf_counter()
-    viewer = serve(recon, port=0, max_points_per_step=args.max_points, max_background_points=4 * args.max_points)
+    viewer = serve(recon, port=0, max_points_per_step=args.max_points,
+                   max_background_points=BACKGROUND_FACTOR * args.max_points)
     build = time.perf_counter() - start
     c = viewer.controls
     try:

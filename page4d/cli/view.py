@@ -6,10 +6,13 @@ import argparse
 import time
 from pathlib import Path
 
-from page4d.export.points import DEFAULT_CONF_PERCENTILE, check_conf_percentile
+from page4d.export.points import (
+    BACKGROUND_FACTOR,
+    DEFAULT_CONF_PERCENTILE,
+    MAX_MOVING_POINTS,
+    check_conf_percentile,
+)
 from page4d.reconstruction.record import PREDICTIONS, Reconstruction
-
-DEFAULT_MAX_POINTS = 150_000
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -30,9 +33,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--conf-percentile", type=float, default=DEFAULT_CONF_PERCENTILE,
                    help="first value of the viewer's confidence slider: hide points below this percentile of "
                    f"each time step's confidence (default: {DEFAULT_CONF_PERCENTILE:g})")
-    p.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS,
-                   help=f"at most this many moving points per time step (default: {DEFAULT_MAX_POINTS}); the static "
-                   "background gets 4x that over the whole clip")
+    p.add_argument("--max-points", type=int, default=MAX_MOVING_POINTS,
+                   help=f"at most this many moving points per time step (default: {MAX_MOVING_POINTS}); the static "
+                   f"background gets {BACKGROUND_FACTOR}x that over the whole clip")
     p.set_defaults(run=run)
 
 
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f'the viewer needs viser ({err}); install it with pip install "page4d[viz]"') from None
     recon = load_input(args.out)
     viewer = serve(recon, host=args.host, port=args.port, conf_percentile=args.conf_percentile,
-                   max_points_per_step=args.max_points, max_background_points=4 * args.max_points)
+                   max_points_per_step=args.max_points, max_background_points=BACKGROUND_FACTOR * args.max_points)
     shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
     print(f"page4d view: {args.out} (T={recon.num_times} × V={recon.num_views}) at http://{shown}:{args.port}")
     print(f"remote machine? ssh -L {args.port}:localhost:{args.port} HOST, then open http://localhost:{args.port}")

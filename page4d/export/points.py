@@ -19,6 +19,13 @@ DEFAULT_CONF_PERCENTILE = 20.0
 MOVING_THRESHOLD = 0.5
 """``dynamic_mask`` probability above which a pixel counts as moving."""
 SUBSAMPLE_SEED = 0
+MAX_MOVING_POINTS = 150_000
+"""Moving points per time step that ``page4d view`` draws and the rerun export records (a seeded random subset
+beyond it)."""
+BACKGROUND_FACTOR = 4
+MAX_STATIC_POINTS = BACKGROUND_FACTOR * MAX_MOVING_POINTS
+"""Static points over the whole clip, ``MAX_STATIC_POINTS // T`` per step, so the background takes the same room
+however long the clip."""
 
 
 @dataclass

@@ -40,7 +40,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from page4d.export.points import MOVING_THRESHOLD, PointSelection, select_points
+from page4d.export.points import (
+    MAX_MOVING_POINTS,
+    MAX_STATIC_POINTS,
+    MOVING_THRESHOLD,
+    PointSelection,
+    select_points,
+)
 from page4d.geometry.unprojection import camera_to_world
 from page4d.reconstruction.record import Reconstruction
 
@@ -50,11 +56,6 @@ if TYPE_CHECKING:
 FILE = "recording.rrd"
 APPLICATION_ID = "page4d"
 TIMELINE = "time"
-MAX_MOVING_POINTS = 150_000
-"""Moving points kept per step (a seeded random subset beyond it); both limits are ``page4d view``'s."""
-MAX_STATIC_POINTS = 600_000
-"""Static points kept over the clip: at most ``MAX_STATIC_POINTS // T`` per step (a seeded random subset), so the
-background takes the same room however long the clip."""
 
 
 def write_rerun(recon: Reconstruction, folder: Path, conf_percentile: float, progress: bool = True) -> Path:

@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from page4d.export.points import PointSelection, select_points
+from page4d.export.points import MAX_MOVING_POINTS, MAX_STATIC_POINTS, PointSelection, select_points
 from page4d.geometry.unprojection import camera_to_world
 from page4d.reconstruction.record import Reconstruction
 
-DEFAULT_MAX_POINTS_PER_STEP = 150_000
-DEFAULT_MAX_BACKGROUND_POINTS = 4 * DEFAULT_MAX_POINTS_PER_STEP
 COLOR_MODES = ("rgb", "confidence", "dynamic mask")
 CONF_RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float64)
 """Low -> high confidence (viridis anchors)."""
@@ -58,8 +56,8 @@ class StepLayer:
 def step_layers(
     recon: Reconstruction,
     *,
-    max_points_per_step: int = DEFAULT_MAX_POINTS_PER_STEP,
-    max_background_points: int = DEFAULT_MAX_BACKGROUND_POINTS,
+    max_points_per_step: int = MAX_MOVING_POINTS,
+    max_background_points: int = MAX_STATIC_POINTS,
 ) -> list[StepLayer]:
     """One :class:`StepLayer` per time step (``recon.time_ids`` order), thinned as the module docstring says."""
     if max_points_per_step < 1 or max_background_points < 1:

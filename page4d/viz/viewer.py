@@ -23,14 +23,17 @@ import viser
 import viser.transforms as vtf
 from PIL import Image
 
-from page4d.export.points import DEFAULT_CONF_PERCENTILE, check_conf_percentile
+from page4d.export.points import (
+    DEFAULT_CONF_PERCENTILE,
+    MAX_MOVING_POINTS,
+    MAX_STATIC_POINTS,
+    check_conf_percentile,
+)
 from page4d.geometry.ground import up_direction
 from page4d.geometry.unprojection import camera_to_world
 from page4d.reconstruction.record import Reconstruction
 from page4d.viz.scene import (
     COLOR_MODES,
-    DEFAULT_MAX_BACKGROUND_POINTS,
-    DEFAULT_MAX_POINTS_PER_STEP,
     ScenePoints,
     opening_view,
     point_colors,
@@ -114,8 +117,8 @@ def build_scene(
     recon: Reconstruction,
     *,
     conf_percentile: float = DEFAULT_CONF_PERCENTILE,
-    max_points_per_step: int = DEFAULT_MAX_POINTS_PER_STEP,
-    max_background_points: int = DEFAULT_MAX_BACKGROUND_POINTS,
+    max_points_per_step: int = MAX_MOVING_POINTS,
+    max_background_points: int = MAX_STATIC_POINTS,
 ) -> ViewerControls:
     """Add ``recon``'s scene and GUI to ``server``; ``conf_percentile`` is the confidence slider's first value.
     The world's up is guessed from the cameras (:func:`~page4d.geometry.ground.up_direction`). Stop the
