@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,6 +84,13 @@ def pytest_make_collect_report(collector: pytest.Collector):
     ``pytest.importorskip``) is a collection error."""
     outcome = yield
     _fail_skipped(outcome.get_result(), collector.config)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server or a process group a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:

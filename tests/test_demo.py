@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, EXAMPLE, needs_chromium
+from conftest import CHROMIUM, EXAMPLE, free_port, needs_chromium
 from PIL import Image
 from test_sources import write_video
 from test_viewer import CHROMIUM_ARGS
@@ -23,12 +23,6 @@ from test_viewer import CHROMIUM_ARGS
 from page4d.cli.main import main
 from page4d.demo.app import Demo, launch, viewer_frame
 from page4d.demo.uploads import stage
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def zip_folder(folder: Path, archive: Path, prefix: str | None = None) -> Path:
@@ -44,7 +38,7 @@ def zip_folder(folder: Path, archive: Path, prefix: str | None = None) -> Path:
 
 @pytest.fixture
 def demo(tmp_path):
-    demo = Demo(tmp_path / "workspace", device="cpu", viewer_port=_free_port())
+    demo = Demo(tmp_path / "workspace", device="cpu", viewer_port=free_port())
     yield demo
     demo.stop()
 
@@ -210,7 +204,7 @@ def test_sigterm_after_a_colmap_job_stops_the_demo_cleanly(tmp_path):
     import subprocess
 
     env = dict(os.environ, TMPDIR=str(tmp_path))
-    done = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_A_COLMAP_JOB, str(_free_port()), str(_free_port())],
+    done = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_A_COLMAP_JOB, str(free_port()), str(free_port())],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 143, done.stderr[-2000:]
     assert "page4d demo: terminated (SIGTERM)" in done.stderr
@@ -228,7 +222,7 @@ def test_the_page_in_a_headless_browser(tmp_path, demo):
 
     archive = zip_folder(EXAMPLE, tmp_path / "mini.zip")
     (tmp_path / "broken.zip").write_text("not a zip")
-    port = _free_port()
+    port = free_port()
     app = launch(demo, "127.0.0.1", port, block=False)
     try:
         with sync_playwright() as pw:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 
 from page4d import ForwardInputs, Page4D
 from page4d.aggregator.grid import BATCH, TIME, VIEW, FrameGrid, GridShard
@@ -98,12 +98,6 @@ def _predict(case: tuple, shard: GridShard | None) -> dict[str, torch.Tensor]:
             if isinstance(getattr(pred, f.name), torch.Tensor)}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -122,7 +116,7 @@ def single() -> list[dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_forward_equals_one_process(world, single, tmp_path):
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     for rank in range(world):
         sharded = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for case, one, many in zip(CASES, single, sharded, strict=True):

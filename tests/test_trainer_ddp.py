@@ -9,12 +9,12 @@ all-reduce alone can flip its sign; such entries say nothing about data parallel
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 
 from page4d.data.synthetic import SceneConfig
 from page4d.train.config import TrainConfig
@@ -23,12 +23,6 @@ from page4d.train.trainer import Trainer
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 CONFIG = TrainConfig(model="tiny-mv", scene=SceneConfig(num_times=2, num_views=2, height=28, width=42),
                      batch_size=2, steps=1)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -46,7 +40,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 
 def test_two_processes_update_like_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     parallel = torch.load(tmp_path / "ddp.pt", weights_only=True)
     single = Trainer(CONFIG, tmp_path / "single")
     single.train_step()

@@ -8,12 +8,12 @@ tokens cross processes both ways in the forward pass, and the gradients back thr
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 
 from page4d.data.synthetic import SceneConfig
 from page4d.train.config import TrainConfig
@@ -25,12 +25,6 @@ SCENE = SceneConfig(num_times=3, num_views=2, height=28, width=42)
 
 def _config(batch: int, grid: int) -> TrainConfig:
     return TrainConfig(model="tiny-mv", scene=SCENE, batch_size=batch, steps=1, grid_processes=grid)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _worker(rank: int, world: int, batch: int, port: int, out: str) -> None:
@@ -49,7 +43,7 @@ def _worker(rank: int, world: int, batch: int, port: int, out: str) -> None:
 
 @pytest.mark.parametrize(("world", "batch"), [(2, 1), (4, 2)])
 def test_grid_parallel_step_equals_one_process_on_the_whole_batch(world, batch, tmp_path):
-    mp.spawn(_worker, args=(world, batch, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, batch, free_port(), str(tmp_path)), nprocs=world, join=True)
     single = Trainer(_config(batch, grid=1), tmp_path / "single")
     loss = single.train_step()["loss"]
     noise = 1e-6 * max(p.grad.abs().max().item() for p in single.model.parameters() if p.grad is not None)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import viser
 import viser.transforms as vtf
-from conftest import CHROMIUM, EXAMPLE, needs_chromium
+from conftest import CHROMIUM, EXAMPLE, free_port, needs_chromium
 from PIL import Image
 
 from page4d.cli.main import main
@@ -317,12 +317,6 @@ def test_no_mask_offers_no_mask_colours(server):
     assert len(c.static_cloud.points) == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_refuses_a_port_in_use():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -357,7 +351,7 @@ def _settled_canvas(page: object, deadline: float) -> np.ndarray:
 def test_headless_browser_draws_the_scene_and_its_controls_change_it():
     from playwright.sync_api import sync_playwright
 
-    viewer = serve(make_recon(untrained=True), port=_free_port())
+    viewer = serve(make_recon(untrained=True), port=free_port())
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -406,7 +400,7 @@ def test_cli_reports_a_port_in_use(tmp_path, capsys):
 
 def test_cli_serves_until_ctrl_c(tmp_path, capsys, monkeypatch):
     make_recon().save(tmp_path)
-    port = _free_port()
+    port = free_port()
 
     def interrupt(_: float) -> None:
         raise KeyboardInterrupt
