@@ -23,7 +23,12 @@ FIXTURES = SHARED / "fixtures"
 EXAMPLE = REPO / "examples" / "tabletop4v_mini"
 """The bundled example clip the README runs."""
 CHROMIUM = "/usr/bin/chromium"
-"""Debian's Chromium, which the headless viewer test drives through Playwright."""
+"""Debian's Chromium, which the headless viewer and demo tests drive through Playwright."""
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+]
+"""Headless, offline, WebGL in software (SwiftShader): no GPU and no network on CI."""
 
 needs_shared = pytest.mark.skipif(
     not SHARED.is_dir(), reason=f"prerequisite missing: {SHARED} (fixtures and data, checked out beside the repository)"

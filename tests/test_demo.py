@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, EXAMPLE, free_port, needs_chromium
+from conftest import CHROMIUM, CHROMIUM_ARGS, EXAMPLE, free_port, needs_chromium
 from PIL import Image
 from test_sources import write_video
-from test_viewer import CHROMIUM_ARGS
 
 from page4d.cli.main import main
 from page4d.demo.app import Demo, launch, viewer_frame

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import viser
 import viser.transforms as vtf
-from conftest import CHROMIUM, EXAMPLE, free_port, needs_chromium
+from conftest import CHROMIUM, CHROMIUM_ARGS, EXAMPLE, free_port, needs_chromium
 from PIL import Image
 
 from page4d.cli.main import main
@@ -35,10 +35,6 @@ H, W = 28, 42
 K = np.array([[40.0, 0.0, 20.5], [0.0, 40.0, 13.5], [0.0, 0.0, 1.0]], np.float32)
 BOX = (slice(5, 12), slice(8, 20))
 """Moving region (rows, columns) of every view at time index 0; at time index 1 it is shifted 10 columns."""
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-]
 
 
 def _rotation(yaw: float, pitch: float) -> np.ndarray:
